@@ -1,0 +1,241 @@
+"""The batched per-sample profile engine.
+
+For a batch ``(x, y)`` it computes, for every sample ``i`` and every unit ``u``
+(an output filter of a convolution), ``mean_w |dL_i/dw|`` over the weights of
+the unit, with ``L_i = cross_entropy(f(x_i), y_i)`` and the model in eval mode.
+
+How: one batched forward pass and one backward pass of ``sum_i L_i`` with respect
+to the *input* only (no weight gradient is ever formed by autograd). Forward hooks
+keep each convolution's input; a pre-hook on the convolution's autograd node
+receives the gradient of its output. Because the model is in eval mode, samples
+do not interact, so row ``i`` of that gradient is exactly ``dL_i/d out_i`` and the
+per-sample weight gradient of the layer is a batched product of the unfolded
+input with it. It is reduced to one number per filter at once and dropped, layer
+by layer: at no time are the per-sample gradients of more than one layer held.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .layout import Layer, UnitLayout
+
+_DEFAULT_BLOCK_BYTES = 256 * 2**20
+
+
+@dataclass
+class Profiles:
+    """Per-sample results of one batch. All tensors have the batch as first dim."""
+
+    raw: torch.Tensor  # (B, U) float32: mean |dL/dw| per unit
+    logits: torch.Tensor  # (B, K)
+    loss: torch.Tensor  # (B,)
+    pred: torch.Tensor  # (B,) int64
+    true_conf: torch.Tensor  # (B,) softmax probability of the true label
+    pred_conf: torch.Tensor  # (B,) softmax probability of the predicted label
+    feature: torch.Tensor  # (B, F) input of the last linear layer
+
+    def to(self, device: torch.device | str) -> "Profiles":
+        return Profiles(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def outputs_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss, prediction and confidences per sample, from logits."""
+    logits = logits.detach()
+    loss = F.cross_entropy(logits.float(), y, reduction="none")
+    prob = logits.float().softmax(dim=1)
+    pred_conf, pred = prob.max(dim=1)
+    true_conf = prob.gather(1, y[:, None])[:, 0]
+    return {"loss": loss, "pred": pred, "true_conf": true_conf, "pred_conf": pred_conf}
+
+
+def _explicit_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input as the convolution kernel sees it, and the padding still to apply (symmetric)."""
+    if module.padding_mode != "zeros":
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return x, (0, 0)
+        # 'same': total padding dilation*(k-1), the extra pixel (if any) on the right/bottom
+        pads = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads), (0, 0)
+    return x, tuple(module.padding)
+
+
+def per_sample_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradient of a Conv2d weight, shaped (B, O, C_in/groups * kh * kw).
+
+    ``x`` is the module's input (B, C, H, W) and ``g`` the gradient of its output (B, O, Ho, Wo).
+    """
+    x, padding = _explicit_padding(module, x)
+    B, O = g.shape[:2]
+    G = module.groups
+    kh, kw = module.kernel_size
+    P = g.shape[2] * g.shape[3]
+    if (kh, kw) == (1, 1) and padding == (0, 0):
+        sh, sw = module.stride
+        cols = x[:, :, ::sh, ::sw][:, :, : g.shape[2], : g.shape[3]].reshape(B, G, -1, P)
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=module.dilation, padding=padding, stride=module.stride)
+        cols = cols.reshape(B, G, -1, P)
+    return torch.matmul(g.reshape(B, G, O // G, P), cols.transpose(-1, -2)).reshape(B, O, -1)
+
+
+class ProfileEngine:
+    """Computes raw filter-wise saliency profiles of a model, a batch at a time.
+
+    >>> engine = ProfileEngine(model)
+    >>> out = engine.profile(x, y)        # out.raw: (B, engine.layout.n_units)
+
+    The caller's model is left as it was found: training flags and ``requires_grad``
+    flags are restored and no hook stays registered, even when profiling fails.
+    """
+
+    def __init__(self, model: nn.Module, *, block_bytes: int = _DEFAULT_BLOCK_BYTES):
+        self.model = model
+        self.layout = UnitLayout.from_module(model)
+        if not self.layout.layers:
+            raise ModelError("the model has no convolution weights (4-D parameters): nothing to profile")
+        self.block_bytes = block_bytes
+        params = dict(model.named_parameters())
+        modules = {id(m.weight): (name, m) for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+        self._convs: list[tuple[Layer, nn.Conv2d]] = []
+        for layer in self.layout.layers:
+            mod_name, module = modules.get(id(params[layer.param_name]), (None, None))
+            if not isinstance(module, nn.Conv2d):
+                raise ModelError(
+                    f"parameter '{layer.param_name}' is a 4-D weight but not the weight of an nn.Conv2d "
+                    f"({type(module).__name__ if module is not None else 'no module'}); only Conv2d filters can be profiled"
+                )
+            self._convs.append((layer, module))
+
+    # -- public -------------------------------------------------------------------------
+    def profile(self, x: torch.Tensor, y: torch.Tensor) -> Profiles:
+        """Raw profiles and outputs for the batch ``x`` (B, C, H, W) with labels ``y`` (B,)."""
+        if x.dim() != 4:
+            raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
+        y = y.to(device=x.device, dtype=torch.long)
+        B = x.shape[0]
+        raw = torch.zeros(B, self.layout.n_units, dtype=torch.float32, device=x.device)
+        with self._profiling_state(), torch.enable_grad():
+            state = _PassState(self, raw)
+            handles = []
+            try:
+                for layer, module in self._convs:
+                    handles.append(module.register_forward_hook(state.conv_hook(layer, module)))
+                for module in self.model.modules():
+                    if isinstance(module, nn.Linear):
+                        handles.append(module.register_forward_hook(state.linear_hook))
+                x_in = x.detach().requires_grad_(True)
+                logits = self.model(x_in)
+                if not isinstance(logits, torch.Tensor):  # e.g. inception's named tuple in train mode
+                    logits = logits[0]
+                loss = F.cross_entropy(logits, y, reduction="none")
+                if not loss.requires_grad:
+                    raise ModelError("the model's output does not depend on its input through autograd; cannot profile it")
+                torch.autograd.grad(loss.sum(), x_in)
+                state.check_complete()
+            finally:
+                for h in handles:
+                    h.remove()
+        outs = outputs_from_logits(logits, y)
+        feature = state.feature if state.feature is not None else state.fallback_feature
+        return Profiles(raw=raw, logits=logits.detach(), feature=feature.detach().float(), **outs)
+
+    # -- internals ----------------------------------------------------------------------
+    @contextmanager
+    def _profiling_state(self):
+        """Eval mode and no parameter requiring grad (autograd then forms no weight gradient)."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            self.model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def _block_size(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> int:
+        kh, kw = module.kernel_size
+        per_sample = (x.shape[1] * kh * kw * g.shape[2] * g.shape[3] + module.weight[0].numel() * g.shape[1]) * x.element_size()
+        return max(1, min(x.shape[0], self.block_bytes // max(per_sample, 1)))
+
+    def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """mean |per-sample weight gradient| per filter, (B, O), computed in bounded blocks."""
+        bs = self._block_size(module, x, g)
+        out = [per_sample_weight_grad(module, x[i : i + bs], g[i : i + bs]).abs_().mean(-1) for i in range(0, x.shape[0], bs)]
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def accumulate_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight gradient of one call of a module used several times, (B, O, n)."""
+        return per_sample_weight_grad(module, x, g)
+
+
+class _PassState:
+    """What one forward/backward pass collects; lives only for that pass."""
+
+    def __init__(self, engine: ProfileEngine, raw: torch.Tensor):
+        self.engine = engine
+        self.raw = raw
+        self.calls: dict[int, int] = {}  # layer index -> forward calls
+        self.done: dict[int, int] = {}  # layer index -> backward calls received
+        self.pending: dict[int, torch.Tensor] = {}  # per-sample grads of multi-call layers
+        self.feature: torch.Tensor | None = None
+        self.fallback_feature: torch.Tensor | None = None
+
+    def linear_hook(self, module, inputs, output):
+        self.feature = inputs[0].detach().flatten(1)
+
+    def conv_hook(self, layer: Layer, module: nn.Conv2d):
+        def hook(mod, inputs, output):
+            x = inputs[0].detach()
+            self.calls[layer.index] = self.calls.get(layer.index, 0) + 1
+            self.fallback_feature = output.detach().mean(dim=(2, 3))
+            node = output.grad_fn
+            if node is None:
+                return
+            node.register_prehook(self.grad_hook(layer, module, x))
+
+        return hook
+
+    def grad_hook(self, layer: Layer, module: nn.Conv2d, x: torch.Tensor):
+        def prehook(grad_outputs):
+            g = grad_outputs[0]
+            if g is None:
+                return None
+            g = g.detach()
+            i = layer.index
+            self.done[i] = self.done.get(i, 0) + 1
+            if self.calls[i] == 1:
+                self.raw[:, layer.offset : layer.stop] = self.engine.reduce_layer(module, x, g)
+            else:
+                contribution = self.engine.accumulate_layer(module, x, g)
+                self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
+                if self.done[i] == self.calls[i]:
+                    self.raw[:, layer.offset : layer.stop] = self.pending.pop(i).abs_().mean(-1)
+            return None
+
+        return prehook
+
+    def check_complete(self) -> None:
+        # Layers whose output never reaches the loss keep a zero profile, as in the
+        # one-sample reference (their gradient is zero). Multi-call layers that saw
+        # only some of their backward calls are finished here.
+        for i, grad in list(self.pending.items()):
+            layer = self.engine.layout.layers[i]
+            self.raw[:, layer.offset : layer.stop] = grad.abs_().mean(-1)
+        self.pending.clear()
