@@ -65,3 +65,15 @@ class RunningStats:
         s.mean = np.array(packed[1 : dim + 1], dtype=np.float64)
         s.m2 = np.array(packed[dim + 1 :], dtype=np.float64)
         return s
+
+
+def standardize(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(raw - mean) / std, float32 (std already floored)."""
+    return ((np.asarray(raw, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero), float32; cosine = inner product."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)

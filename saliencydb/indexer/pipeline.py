@@ -1,0 +1,399 @@
+"""The indexing pipeline: a data source -> batched profiles -> Parquet parts -> statistics -> FAISS.
+
+A job profiles the samples of one split that are not committed yet (so a rerun after
+an interruption resumes where the last commit left off, without duplicates), commits
+a part every ``part_rows`` samples, then (re)computes the standardisation statistics
+when the split is the reference split and rebuilds the indexes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..data import Transform, load_model, parse_data_spec
+from ..data.models import LoadedModel
+from ..data.sources import SampleDataset, Source, collate_samples
+from ..errors import DatabaseError, ModelError, SpecError
+from ..progress import NullProgress, Progress
+from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, standardize
+from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
+from .store import committed_keys, iter_profiles, read_stats
+from .vectors import INDEX_KINDS, build_index, write_index
+from .writer import DatabaseWriter
+
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class JobReport:
+    job_id: str
+    split: str
+    source: str
+    added: int = 0
+    skipped: int = 0
+    failed: int = 0
+    correct: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.added if self.added else None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"--device {device}: no CUDA device is visible here; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SpecError(f"--device '{device}' is not a device; use auto, cpu or cuda[:N]") from None
+
+
+def check_split_name(split: str) -> str:
+    if not SPLIT_NAME.match(split):
+        raise SpecError(f"split name '{split}' is invalid; use letters, digits, '_', '.', '-' (up to 64 characters)")
+    return split
+
+
+def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None) -> dict:
+    return {
+        "spec": model.spec,
+        "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
+        "weights_sha256": model.weights_sha256,
+        "num_classes": model.num_classes,
+        "num_classes_arg": num_classes_arg,
+        "class_names": model.class_names,
+        "transform": transform.to_dict(),
+        "scripted": model.scripted,
+    }
+
+
+def load_stored_model(manifest: Manifest) -> LoadedModel:
+    """The database's model, checked against the stored weights hash."""
+    rec = manifest.model
+    model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
+    if model.weights_sha256 != rec["weights_sha256"]:
+        raise ModelError(
+            f"the weights at '{rec.get('weights') or rec['spec']}' changed since the database was made "
+            f"(sha256 {model.weights_sha256[:12]} != {rec['weights_sha256'][:12]}); restore them"
+        )
+    return model
+
+
+class Indexer:
+    """Profiles a split of a data source into a database (creating it if needed)."""
+
+    def __init__(
+        self,
+        db: str | os.PathLike,
+        *,
+        model: str | None = None,
+        weights: str | None = None,
+        transform: str | None = None,
+        num_classes: int | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        workers: int | None = None,
+        part_rows: int = 1024,
+        index_kind: str = "flat",
+        progress: Progress | None = None,
+        wait: bool = False,
+    ):
+        if batch_size < 1:
+            raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
+        if index_kind not in INDEX_KINDS:
+            raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
+        self.db = Path(db)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.part_rows = max(part_rows, 1)
+        self.index_kind = index_kind
+        self.progress = progress or NullProgress()
+        self._model_args = (model, weights, transform, num_classes)
+        self._wait = wait
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self, source: Source) -> tuple[DatabaseWriter, LoadedModel, Transform]:
+        model_spec, weights, transform_spec, num_classes = self._model_args
+        if (self.db / MANIFEST).exists():
+            manifest = read_manifest(self.db)
+            stored = load_stored_model(manifest)
+            if model_spec is not None:
+                given = load_model(model_spec, weights, num_classes)
+                if given.weights_sha256 != stored.weights_sha256:
+                    raise ModelError(
+                        f"database '{self.db}' holds model {manifest.model['spec']} "
+                        f"(weights {manifest.model.get('weights') or 'default'}, sha256 {stored.weights_sha256[:12]}); "
+                        f"the given model's weights differ (sha256 {given.weights_sha256[:12]}); use another --db"
+                    )
+            if transform_spec is not None and Transform.parse(transform_spec).to_dict() != manifest.model["transform"]:
+                raise SpecError(f"database '{self.db}' was made with transform {manifest.model['transform']}; omit --transform")
+            return DatabaseWriter(self.db, wait=self._wait), stored, Transform.from_dict(manifest.model["transform"])
+        if model_spec is None:
+            raise SpecError(f"no database at '{self.db}' yet: pass --model (and --weights) to create it")
+        loaded = load_model(model_spec, weights, num_classes)
+        if transform_spec is not None:
+            transform = Transform.parse(transform_spec)
+        else:
+            transform = loaded.default_transform or source.default_transform
+        if transform is None:
+            raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
+        layout = UnitLayout.from_module(loaded.module)
+        feature_dim = self._feature_dim(loaded, transform)
+        manifest = Manifest(model=model_record(loaded, transform, num_classes), units=layout.to_dict(), feature_dim=feature_dim)
+        if manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
+            manifest.model["class_names"] = list(source.class_names)
+        return DatabaseWriter(self.db, manifest, wait=self._wait), loaded, transform
+
+    @staticmethod
+    def _feature_dim(model: LoadedModel, transform: Transform) -> int:
+        if model.scripted:
+            return 0  # compiled graphs take no hooks: no feature vector
+        linears = [m for m in model.module.modules() if isinstance(m, torch.nn.Linear)]
+        if linears:
+            return linears[-1].in_features
+        shape = transform.input_shape
+        if shape is None:
+            raise ModelError("the model has no nn.Linear layer and the transform has no fixed input size; cannot size the feature vector")
+        with torch.no_grad():
+            engine = ProfileEngine(model.module)
+            out = engine.profile(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+        return out.feature.shape[1]
+
+    # -- the job ---------------------------------------------------------------------------
+    def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index") -> JobReport:
+        """Profile the not-yet-committed samples of ``data`` into ``split``; returns the job's counts."""
+        check_split_name(split)
+        if limit is not None and limit < 1:
+            raise SpecError(f"--limit must be at least 1, got {limit}")
+        source = parse_data_spec(data)
+        writer, model, transform = self._open(source)
+        with writer:
+            return self._run(writer, model, transform, source, data, split, limit, command)
+
+    def _run(self, writer, model, transform, source, data, split, limit, command) -> JobReport:
+        m = writer.manifest
+        report = JobReport(job_id=uuid.uuid4().hex[:12], split=split, source=data)
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        known = m.splits.get(split)
+        if known is not None and known["source"] != data:
+            raise SpecError(f"split '{split}' already holds {known['source']}; choose another --split name")
+        done = committed_keys(self.db, m, split) if known else set()
+        todo = [i for i in range(len(source)) if source.key(i) not in done]
+        report.skipped = len(source) - len(todo)
+        if limit is not None:
+            todo = todo[: max(0, limit - len(done))] if len(done) < limit else []
+        m.splits.setdefault(split, {"source": data, "rows": 0, "complete": False})
+
+        module = model.module.to(self.device)
+        engine = None if model.scripted else ProfileEngine(module)
+        layout = UnitLayout.from_dict(m.units)
+        class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        schema = samples_schema(m.n_units, m.feature_dim)
+        is_reference = m.stats is None or (not m.stats.get("frozen") and split in m.stats["splits"])
+        run_stats: dict[str, RunningStats] = {}
+
+        loader = torch.utils.data.DataLoader(
+            SampleDataset(source, transform, todo),
+            batch_size=self.batch_size,
+            num_workers=self.workers if len(todo) > self.batch_size else 0,
+            collate_fn=collate_samples,
+            pin_memory=self.device.type == "cuda",
+        )
+        buffer: list[dict[str, np.ndarray]] = []
+        failures: list[tuple[str, str]] = []
+        task = self.progress.task(f"profiling {split}", len(todo))
+
+        def flush():
+            if not buffer:
+                return
+            cols = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
+            n = len(cols["index"])
+            ids = np.arange(m.next_sample_id, m.next_sample_id + n, dtype=np.int64)
+            table = pa.table(
+                {
+                    "sample_id": ids,
+                    "split": pa.array([split] * n, pa.string()),
+                    "key": pa.array([source.key(int(i)) for i in cols["index"]], pa.string()),
+                    "label": cols["label"].astype(np.int32),
+                    "label_name": pa.array([class_names[i] for i in cols["label"]], pa.string()),
+                    "pred": cols["pred"].astype(np.int32),
+                    "pred_name": pa.array([class_names[i] for i in cols["pred"]], pa.string()),
+                    "correct": cols["label"] == cols["pred"],
+                    "loss": cols["loss"],
+                    "true_conf": cols["true_conf"],
+                    "pred_conf": cols["pred_conf"],
+                    "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), m.n_units),
+                    "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), m.feature_dim),
+                },
+                schema=schema,
+            )
+            rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
+            m.parts.append({"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])})
+            m.next_sample_id += n
+            m.splits[split]["rows"] += n
+            if is_reference:
+                run_stats[rel] = RunningStats(m.n_units).update(cols["raw"])
+            writer.commit()
+            report.added += n
+            report.correct += int((cols["label"] == cols["pred"]).sum())
+            buffer.clear()
+
+        try:
+            for batch in loader:
+                failures += [(source.key(i), reason) for i, reason in batch.failed]
+                x, y, idx = batch.x, batch.y, batch.indices
+                bad_label = (y < 0) | (y >= m.model["num_classes"])
+                for i, label in zip(idx[bad_label].tolist(), y[bad_label].tolist()):
+                    failures.append((source.key(i), f"label {label} is outside the model's {m.model['num_classes']} classes"))
+                keep = ~bad_label
+                x, y, idx = x[keep], y[keep], idx[keep]
+                if len(idx):
+                    rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device))
+                    finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
+                    for i in idx[~torch.from_numpy(finite)].tolist():
+                        failures.append((source.key(i), "non-finite loss, profile or feature"))
+                    rows = {k: v[finite] for k, v in rows.items()}
+                    rows["index"] = idx.numpy()[finite]
+                    rows["label"] = y.numpy()[finite]
+                    buffer.append(rows)
+                    if sum(len(b["index"]) for b in buffer) >= self.part_rows:
+                        flush()
+                task.advance(len(batch.indices) + len(batch.failed))
+            flush()
+        finally:
+            task.close()
+        report.failed = len(failures)
+        report.failures = failures
+        m.splits[split]["complete"] = limit is None or len(done) + len(todo) >= len(source)
+        if failures:
+            writer.write_parquet_table("failures", _failures_table(report.job_id, split, failures))
+        self._finish(writer, layout, is_reference, split, run_stats)
+        report.seconds = time.perf_counter() - t0
+        writer.write_parquet_table("ingests", _job_table(report, command, started))
+        writer.commit()
+        return report
+
+    def _profile(self, engine, module, layout, x, y) -> dict[str, np.ndarray]:
+        if engine is not None:
+            out = engine.profile(x, y)
+        else:  # TorchScript: no module hooks on compiled graphs; the per-sample definition
+            from ..saliency.engine import outputs_from_logits
+            from ..saliency.reference import reference_profiles
+
+            raw = reference_profiles(module, x, y, layout)
+            with torch.no_grad():
+                logits = module(x)
+            outs = outputs_from_logits(logits, y)
+            return {
+                "raw": raw.cpu().numpy(), "feature": torch.zeros(len(x), 0).numpy(),
+                **{k: v.cpu().numpy() for k, v in outs.items()},
+            }
+        return {
+            "raw": out.raw.cpu().numpy(),
+            "feature": out.feature.cpu().numpy().astype(np.float32),
+            "loss": out.loss.cpu().numpy().astype(np.float32),
+            "pred": out.pred.cpu().numpy(),
+            "true_conf": out.true_conf.cpu().numpy().astype(np.float32),
+            "pred_conf": out.pred_conf.cpu().numpy().astype(np.float32),
+        }
+
+    def _finish(self, writer: DatabaseWriter, layout: UnitLayout, is_reference: bool, split: str, run_stats) -> None:
+        """Statistics (reference split, unless frozen), then indexes over every committed sample."""
+        m = writer.manifest
+        if m.rows() == 0:
+            return
+        old = []
+        if is_reference:
+            stats = RunningStats(m.n_units)
+            for rel in m.part_files(split):
+                if rel in run_stats:
+                    stats.merge(run_stats[rel])
+                else:
+                    for _, rows in iter_profiles(self.db, m, files=[rel]):
+                        stats.update(rows)
+            table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
+            if m.stats:
+                old.append(m.stats["file"])
+            rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
+            m.stats = {"file": rel, "splits": [split], "count": stats.count, "frozen": False}
+        self.rebuild_indexes(writer)
+        writer.drop_unlisted(old)
+
+    def rebuild_indexes(self, writer: DatabaseWriter) -> None:
+        """Build both FAISS indexes over every committed sample and list them (not yet committed)."""
+        m = writer.manifest
+        mean, std = read_stats(writer.path, m)
+        n = m.rows()
+        task = self.progress.task("building indexes", 2 * n)
+
+        def saliency_chunks():
+            for ids, rows in iter_profiles(self.db, m):
+                yield ids, l2_normalize(standardize(rows, mean, std))
+                task.advance(len(ids))
+
+        def feature_chunks():
+            for ids, rows in iter_profiles(self.db, m, column="feature"):
+                yield ids, l2_normalize(rows)
+                task.advance(len(ids))
+
+        old = []
+        for space, dim, chunks in (("saliency", m.n_units, saliency_chunks), ("feature", m.feature_dim, feature_chunks)):
+            if dim == 0:
+                continue
+            index = build_index(dim, chunks, self.index_kind, n)
+            rel = writer.unique_name("index", space, ".faiss")
+            writer.new_file(rel, lambda tmp: write_index(index, tmp))
+            if space in m.indexes:
+                old.append(m.indexes[space]["file"])
+            m.indexes[space] = {"file": rel, "kind": self.index_kind, "ntotal": int(index.ntotal), "commit": m.commit + 1}
+        task.close()
+        writer.commit()
+        writer.drop_unlisted(old)
+
+
+def _failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:
+    now = datetime.now(timezone.utc)
+    return pa.table(
+        {
+            "job_id": [job_id] * len(failures),
+            "split": [split] * len(failures),
+            "key": [k for k, _ in failures],
+            "reason": [r for _, r in failures],
+            "time": [now] * len(failures),
+        },
+        schema=FAILURES_SCHEMA,
+    )
+
+
+def _job_table(report: JobReport, command: str, started: datetime) -> pa.Table:
+    return pa.table(
+        {
+            "job_id": [report.job_id],
+            "command": [command],
+            "split": [report.split],
+            "source": [report.source],
+            "start": [started],
+            "end": [datetime.now(timezone.utc)],
+            "added": [report.added],
+            "skipped": [report.skipped],
+            "failed": [report.failed],
+            "status": ["complete" if not report.failed else "complete_with_failures"],
+        },
+        schema=INGESTS_SCHEMA,
+    )
