@@ -188,6 +188,110 @@ def sql(db, query, fmt):
     emit_rows(rows, fmt)
 
 
+@cli.command()
+@db_option
+@click.option("--id", "sample_id", type=int, help="Id of a stored sample.")
+@click.option("--image", type=click.Path(dir_okay=False), help="A new image file (profiled with the stored model, not stored).")
+@click.option("--label", help="True label of --image: a class index or name.")
+@click.option("-k", default=10, show_default=True, type=int, help="Number of neighbours.")
+@click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True)
+@click.option("--where", help="SQL predicate over samples restricting the candidates before the search, e.g. \"NOT correct\".")
+@click.option("--split", help="Only neighbours from this split.")
+@format_option
+@_handle_errors
+def neighbors(db, sample_id, image, label, k, space, where, split, fmt):
+    """Nearest neighbours of a sample by saliency profile (or feature), with their labels and predictions."""
+    from .query import open as open_db
+
+    with open_db(db) as d:
+        result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=_json_default))
+        return
+    if fmt == "csv":
+        emit_rows(result.neighbors, "csv")
+        return
+    q = result.query
+    who = f"sample {q['sample_id']}" if q["sample_id"] is not None else f"image {q['key']}"
+    click.echo(f"{who}: label {q['label_name']}, predicted {q['pred_name']} "
+               f"({'correct' if q['correct'] else 'wrong'}, confidence {q['pred_conf']:.2f}); {space} space")
+    emit_rows(result.neighbors, "table")
+    s = result.summary
+    line = (f"{s['share_misclassified']:.0%} of the {s['neighbors']} neighbours are misclassified, "
+            f"{s['share_same_prediction']:.0%} share the prediction '{q['pred_name']}'")
+    if s["share_same_confusion"] is not None:
+        line += f", {s['share_same_confusion']:.0%} make the same mistake ({q['label_name']} -> {q['pred_name']})"
+    click.echo(line)
+
+
+@cli.command()
+@db_option
+@click.option("-k", default=10, show_default=True, type=int, help="Neighbours per sample.")
+@click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@format_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_handle_errors
+def mistakes(db, k, bootstrap, seed, fmt, quiet):
+    """Do saliency neighbours share mistakes? Per split, saliency vs feature space; writes knn.parquet."""
+    from .progress import NullProgress, RichProgress
+    from .query import open as open_db
+    from .query.knn import report_rows
+
+    progress = NullProgress() if quiet or fmt != "table" else RichProgress()
+    try:
+        with open_db(db) as d:
+            report = d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress)
+    finally:
+        if isinstance(progress, RichProgress):
+            progress.close()
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
+    rows = report_rows(report)
+    if fmt == "csv":
+        emit_rows(rows, "csv")
+        return
+    for r in rows:
+        for c in ("correct_neighbors", "ci95_low", "ci95_high", "same_confusion"):
+            r[c] = None if r[c] is None else f"{r[c]:.1%}"
+    emit_rows(rows, "table", title=f"share of correctly classified samples among the {k} nearest neighbours")
+    for split, e in report["splits"].items():
+        if "feature" in e and e["incorrect"]:
+            sal = 1 - e["saliency"]["correct_neighbors_of_incorrect"]["mean"]
+            feat = 1 - e["feature"]["correct_neighbors_of_incorrect"]["mean"]
+            ratio = f"{sal / feat:.1f}x" if feat > 0 else "infinitely"
+            click.echo(f"{split}: neighbours of a mistake are mistakes {sal:.0%} of the time in saliency space, "
+                       f"{feat:.0%} in feature space ({ratio} as often)")
+
+
+@cli.command()
+@db_option
+@click.option("--n-clusters", default=8, show_default=True, type=int)
+@click.option("--errors-only/--all", default=True, show_default=True, help="Cluster misclassified samples only, or all.")
+@click.option("--split", help="Only samples of this split.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@format_option
+@_handle_errors
+def clusters(db, n_clusters, errors_only, split, seed, fmt):
+    """Group mistakes by saliency profile (k-means); writes clusters.parquet and the blame table."""
+    from .query import open as open_db
+
+    with open_db(db) as d:
+        result = d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [{
+        "cluster": g["cluster"], "size": g["size"],
+        "top_confusions": ", ".join(f"{p['pair']} ({p['purity']:.0%})" for p in g["top_confusions"]),
+        "top_layers": ", ".join(l["layer"] for l in g["top_layers"]),
+        "top_units": ", ".join(f"{u['layer']}[{u['channel']}]" for u in g["top_units"]),
+        "exemplars": ", ".join(str(e["sample_id"]) for e in g["exemplars"]),
+    } for g in result["clusters"]]
+    emit_rows(rows, fmt, title=f"{result['samples']} samples in {result['n_clusters']} clusters ({result['run']})")
+
+
 def main() -> None:
     cli(prog_name="saliencydb")
 

@@ -6,10 +6,14 @@ import os
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..errors import QueryError
-from ..schemas import (CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, KNN_SCHEMA, UNITS_SCHEMA, Manifest,
+from ..indexer.store import fixed_list_to_numpy, read_stats
+from ..indexer.vectors import SPACES, read_index, to_search_device
+from ..saliency import l2_normalize, standardize
+from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, KNN_SCHEMA, UNITS_SCHEMA, Manifest,
                        read_manifest, samples_schema)
 
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
@@ -30,6 +34,8 @@ class Database:
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
         self.con = duckdb.connect(":memory:")
+        self._indexes: dict = {}
+        self._stats: tuple[np.ndarray, np.ndarray] | None = None
         self._create_views()
 
     # -- views --------------------------------------------------------------------------
@@ -50,8 +56,22 @@ class Database:
                    "*, label_name || ' -> ' || pred_name AS confusion")
         self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
         for name, schema in (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA),
-                             ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA)):
+                             ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA)):
             self._view(name, m.tables.get(name, []), schema)
+        names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
+        self.con.execute("CREATE OR REPLACE VIEW classes AS SELECT * FROM _classes")
+        # the standardised profile of a sample, one row per unit; and its top-k units
+        self.con.execute(
+            """CREATE OR REPLACE MACRO profile(id) AS TABLE
+               SELECT u.unit_id, u.layer, u.layer_index, u.channel, s.raw_profile[u.unit_id + 1] AS raw,
+                      (s.raw_profile[u.unit_id + 1] - u.mean) / u.std AS z
+               FROM samples s, units u WHERE s.sample_id = id ORDER BY u.unit_id"""
+        )
+        self.con.execute(
+            """CREATE OR REPLACE MACRO top_units(id, k) AS TABLE
+               SELECT row_number() OVER (ORDER BY z DESC) AS rank, * FROM profile(id) ORDER BY z DESC LIMIT k"""
+        )
 
     # -- SQL ----------------------------------------------------------------------------
     def sql(self, query: str, params: list | None = None) -> pa.Table:
@@ -72,6 +92,111 @@ class Database:
             return _arrow(self.con.sql(query, params=params or None))
         except duckdb.Error as e:
             raise QueryError(f"SQL error: {_first_line(e)}") from None
+
+    # -- vectors ------------------------------------------------------------------------
+    @property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Frozen (mean, std) per unit."""
+        if self._stats is None:
+            self._stats = read_stats(self.path, self.manifest)
+        return self._stats
+
+    def index(self, space: str):
+        """The FAISS index of ``space`` (loaded once; on the GPUs when FAISS sees any)."""
+        check_space(space)
+        if space not in self._indexes:
+            entry = self.manifest.indexes.get(space)
+            if entry is None:
+                raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
+            self._indexes[space] = to_search_device(read_index(self.path / entry["file"]))
+        return self._indexes[space]
+
+    def vectors(self, space: str, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Search vectors of the given sample ids, in that order: standardised + L2-normalised
+        profiles (saliency) or L2-normalised features (feature)."""
+        check_space(space)
+        return self.search_vectors(space, self.rows("raw_profile" if space == "saliency" else "feature", ids))
+
+    def rows(self, column: str, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self.con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
+        try:
+            t = _arrow(self.con.sql(f"SELECT w.pos, s.{column} FROM _want w JOIN samples s USING (sample_id) ORDER BY w.pos"))
+        finally:
+            self.con.unregister("_want")
+        if t.num_rows != len(ids):
+            found = set(ids[t.column("pos").to_numpy()].tolist())
+            missing = next(i for i in ids.tolist() if i not in found)
+            raise QueryError(f"no sample with id {missing} in '{self.path}' ({self.manifest.rows()} samples)")
+        width = self.manifest.n_units if column == "raw_profile" else self.manifest.feature_dim
+        return fixed_list_to_numpy(t.column(1), width)
+
+    def search_vectors(self, space: str, rows: np.ndarray) -> np.ndarray:
+        """Raw profiles (or features) turned into the vectors the index of ``space`` holds."""
+        if space == "saliency":
+            mean, std = self.stats
+            rows = standardize(rows, mean, std)
+        return l2_normalize(rows)
+
+    def sample(self, sample_id: int) -> dict:
+        """The metadata of one sample (no vectors)."""
+        rows = self.con.execute(
+            "SELECT sample_id, split, key, label, label_name, pred, pred_name, correct, loss, true_conf, pred_conf "
+            "FROM samples WHERE sample_id = ?", [int(sample_id)]
+        ).fetchall()
+        if not rows:
+            lo, hi = self.con.execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
+            raise QueryError(f"no sample with id {sample_id} in '{self.path}' (ids run {lo}..{hi}); find ids with `saliencydb sql`")
+        cols = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf", "pred_conf"]
+        return dict(zip(cols, rows[0]))
+
+    def ids_where(self, where: str | None = None, split: str | None = None) -> np.ndarray:
+        """Sample ids matching an SQL predicate over the samples view and/or a split."""
+        if split is not None and split not in self.manifest.splits:
+            raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(self.manifest.splits)) or 'no splits'}")
+        clauses, params = [], []
+        if where:
+            clauses.append(f"({where})")
+        if split is not None:
+            clauses.append("split = ?")
+            params.append(split)
+        q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        if where:
+            statements = self.con.extract_statements(q)
+            if len(statements) != 1 or str(statements[0].type) not in READ_ONLY_STATEMENTS:
+                raise QueryError(f"--where must be one SQL predicate over samples, got {where!r}")
+        try:
+            return self.con.execute(q, params).fetchnumpy()["sample_id"].astype(np.int64)
+        except duckdb.Error as e:
+            raise QueryError(f"--where {where!r}: {_first_line(e)}") from None
+
+    # -- queries --------------------------------------------------------------------------
+    def neighbors(self, sample_id: int | None = None, *, k: int = 10, space: str = "saliency",
+                  where: str | None = None, split: str | None = None, image: str | None = None,
+                  label: str | int | None = None):
+        """Nearest neighbours of a stored sample, or of a new image with its label (not stored)."""
+        from .neighbors import neighbors
+
+        return neighbors(self, sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+
+    def mistakes(self, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None):
+        """The shared-mistake report (appendix A.2) per split, saliency vs feature space."""
+        from .knn import mistakes
+
+        return mistakes(self, k=k, n_boot=n_boot, seed=seed, write=write, progress=progress)
+
+    def clusters(self, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None,
+                 seed: int = 0, write: bool = True):
+        """k-means error groups over standardised profiles."""
+        from .clusters import clusters
+
+        return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write)
+
+    def reopen(self) -> "Database":
+        """A fresh view at the latest commit."""
+        self.close()
+        return Database(self.path)
 
     # -- summary ------------------------------------------------------------------------
     def info(self) -> dict:
@@ -119,6 +244,11 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise QueryError(f"unknown space '{space}'; use one of {', '.join(SPACES)}")
 
 
 def _arrow(result) -> pa.Table:

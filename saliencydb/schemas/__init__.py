@@ -2,6 +2,7 @@
 
 from .manifest import MANIFEST, TMP_SUFFIX, Manifest, now_iso, read_manifest, write_atomic, write_manifest
 from .tables import (
+    BLAME_SCHEMA,
     CLUSTERS_SCHEMA,
     FAILURES_SCHEMA,
     FORMAT_VERSION,
@@ -13,6 +14,6 @@ from .tables import (
 
 __all__ = [
     "MANIFEST", "TMP_SUFFIX", "Manifest", "now_iso", "read_manifest", "write_atomic", "write_manifest",
-    "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "UNITS_SCHEMA",
+    "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "UNITS_SCHEMA",
     "samples_schema",
 ]

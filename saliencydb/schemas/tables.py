@@ -84,3 +84,15 @@ CLUSTERS_SCHEMA = pa.schema(
         pa.field("run", pa.string(), nullable=False),
     ]
 )
+
+BLAME_SCHEMA = pa.schema(
+    [
+        pa.field("run", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("unit_id", pa.int32(), nullable=False),
+        pa.field("layer", pa.string(), nullable=False),
+        pa.field("channel", pa.int32(), nullable=False),
+        pa.field("mean_z", pa.float32(), nullable=False),
+    ]
+)

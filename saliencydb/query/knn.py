@@ -1,0 +1,148 @@
+"""The neighbour graph of a whole database and the shared-mistake statistic (appendix A.2).
+
+For every sample, its k nearest neighbours within its own split (itself excluded), in
+saliency space and in the feature-space baseline. Queries are read from Parquet in
+blocks and searched in batches, so memory holds one block of vectors plus the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import QueryError
+from ..indexer.store import iter_profiles
+from ..progress import NullProgress
+from ..schemas import KNN_SCHEMA
+from .neighbors import search
+
+BLOCK_ROWS = 2048
+
+
+@dataclass
+class Graph:
+    space: str
+    ids: np.ndarray  # (n,) query sample ids
+    neighbors: np.ndarray  # (n, k) neighbour ids
+    similarity: np.ndarray  # (n, k)
+
+
+def knn_graph(db, space: str, k: int, progress=None) -> Graph:
+    """k nearest neighbours of every sample within its split (self excluded)."""
+    progress = progress or NullProgress()
+    m = db.manifest
+    index = db.index(space)
+    column = "raw_profile" if space == "saliency" else "feature"
+    out_ids, out_nb, out_sim = [], [], []
+    task = progress.task(f"neighbour graph ({space})", m.rows())
+    for split in sorted(m.splits):
+        pool = db.ids_where(split=split)
+        if len(pool) <= k:
+            task.advance(len(pool))
+            continue
+        for ids, rows in iter_profiles(db.path, m, column=column, split=split, batch_rows=BLOCK_ROWS):
+            sims, nbs = search(index, db.search_vectors(space, rows), k + 1, pool)
+            keep = nbs != ids[:, None]
+            # drop self; where self is not among the k+1 (exact duplicates), drop the last one
+            keep[keep.all(axis=1), -1] = False
+            out_ids.append(ids)
+            out_nb.append(nbs[keep].reshape(len(ids), k))
+            out_sim.append(sims[keep].reshape(len(ids), k))
+            task.advance(len(ids))
+    task.close()
+    if not out_ids:
+        raise QueryError(f"no split has more than k={k} samples; lower -k")
+    return Graph(space, np.concatenate(out_ids), np.concatenate(out_nb), np.concatenate(out_sim))
+
+
+def graph_table(g: Graph) -> pa.Table:
+    n, k = g.neighbors.shape
+    return pa.table(
+        {
+            "sample_id": np.repeat(g.ids, k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), n),
+            "neighbor_id": g.neighbors.reshape(-1),
+            "similarity": g.similarity.reshape(-1).astype(np.float32),
+            "space": pa.array([g.space] * (n * k), pa.string()),
+        },
+        schema=KNN_SCHEMA,
+    )
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+    """Mean with a percentile bootstrap 95% interval."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return {"mean": None, "ci95": [None, None], "n": 0}
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        means[b] = values[rng.integers(0, len(values), len(values))].mean()
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(values.mean()), "ci95": [float(lo), float(hi)], "n": int(len(values))}
+
+
+def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None) -> dict:
+    """Per split and space: the share of correctly classified samples among the k nearest
+    neighbours, for correct and for incorrect samples, and the share of an incorrect
+    sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
+    if k < 1:
+        raise QueryError(f"-k must be at least 1, got {k}")
+    meta = db.con.execute("SELECT sample_id, split, label, pred, correct FROM samples ORDER BY sample_id").fetchnumpy()
+    order = meta["sample_id"]
+    spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
+    graphs = [knn_graph(db, space, k, progress) for space in spaces]
+    report: dict = {"k": k, "bootstrap": n_boot, "seed": seed, "splits": {}}
+    for g in graphs:
+        rng = np.random.default_rng(seed)
+        q = np.searchsorted(order, g.ids)
+        nb = np.searchsorted(order, g.neighbors)
+        correct_q = meta["correct"][q]
+        share_correct = meta["correct"][nb].mean(axis=1)
+        same_pair = ((meta["label"][nb] == meta["label"][q][:, None]) & (meta["pred"][nb] == meta["pred"][q][:, None])).mean(axis=1)
+        splits = meta["split"][q]
+        for split in sorted(set(splits.tolist())):
+            sel = splits == split
+            entry = report["splits"].setdefault(split, {
+                "samples": int(sel.sum()), "correct": int(correct_q[sel].sum()), "incorrect": int((~correct_q[sel]).sum()),
+            })
+            entry[g.space] = {
+                "correct_neighbors_of_correct": bootstrap_mean(share_correct[sel & correct_q], n_boot, rng),
+                "correct_neighbors_of_incorrect": bootstrap_mean(share_correct[sel & ~correct_q], n_boot, rng),
+                "same_confusion_of_incorrect": bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
+            }
+    if write:
+        _write_graph(db, graphs)
+    return report
+
+
+def _write_graph(db, graphs: list[Graph]) -> None:
+    from ..indexer.writer import DatabaseWriter
+
+    with DatabaseWriter(db.path) as w:
+        old = w.manifest.tables.get("knn", [])
+        w.manifest.tables["knn"] = []
+        for g in graphs:
+            w.write_parquet_table("knn", graph_table(g))
+        w.commit()
+        w.drop_unlisted(old)
+
+
+def report_rows(report: dict) -> list[dict]:
+    """The report flattened to one row per split, space and group (for table/CSV output)."""
+    rows = []
+    for split, entry in report["splits"].items():
+        for space in ("saliency", "feature"):
+            if space not in entry:
+                continue
+            e = entry[space]
+            for group, key in (("correct", "correct_neighbors_of_correct"), ("incorrect", "correct_neighbors_of_incorrect")):
+                stat = e[key]
+                row = {
+                    "split": split, "space": space, "group": group, "samples": stat["n"],
+                    "correct_neighbors": stat["mean"], "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
+                    "same_confusion": e["same_confusion_of_incorrect"]["mean"] if group == "incorrect" else None,
+                }
+                rows.append(row)
+    return rows

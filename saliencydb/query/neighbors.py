@@ -1,0 +1,124 @@
+"""Nearest neighbours of one sample (stored, or a new image) in saliency or feature space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from ..errors import QueryError
+
+
+@dataclass
+class NeighborResult:
+    query: dict  # the query sample's metadata (sample_id None for a new image)
+    space: str
+    k: int
+    neighbors: list[dict]  # rank, sample_id, split, key, label, pred, correct, similarity, ...
+    summary: dict  # shares of misclassified / same prediction / same confusion pair
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "space": self.space, "k": self.k, "neighbors": self.neighbors, "summary": self.summary}
+
+
+def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products of ``vectors`` among ``candidates`` (all ids when None); -1 ids pad short rows."""
+    params = None
+    if candidates is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64)))
+        if hasattr(index, "nprobe"):
+            params = faiss.SearchParametersIVF(sel=params.sel, nprobe=index.nprobe)
+    return index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+
+
+def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=None, image=None, label=None) -> NeighborResult:
+    if (sample_id is None) == (image is None):
+        raise QueryError("give either a sample id (--id) or a new image (--image PATH --label L)")
+    if k < 1:
+        raise QueryError(f"-k must be at least 1, got {k}")
+    if image is not None:
+        query, vector = _new_image_query(db, image, label, space)
+    else:
+        query = db.sample(sample_id)
+        vector = db.vectors(space, [sample_id])
+    index = db.index(space)
+    candidates = None
+    if where is not None or split is not None:
+        candidates = db.ids_where(where, split)
+    if sample_id is not None:
+        pool = candidates if candidates is not None else db.ids_where()
+        candidates = pool[pool != sample_id]
+    n = len(candidates) if candidates is not None else index.ntotal
+    if k > n:
+        raise QueryError(f"-k {k} is larger than the {n} candidate samples; lower -k or widen --where/--split")
+    sims, ids = search(index, vector, k, candidates)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
+    rows = _metadata(db, [i for i, _ in found])
+    out = []
+    for rank, (i, sim) in enumerate(found, start=1):
+        out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in _COLUMNS[1:]}, "similarity": round(sim, 6)})
+    return NeighborResult(query=query, space=space, k=k, neighbors=out, summary=_summary(query, out))
+
+
+_COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]
+
+
+def _metadata(db, ids: list[int]) -> dict[int, dict]:
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = db.con.execute(f"SELECT {', '.join(_COLUMNS)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
+    return {r[0]: dict(zip(_COLUMNS, r)) for r in rows}
+
+
+def _summary(query: dict, rows: list[dict]) -> dict:
+    n = len(rows)
+    if n == 0:
+        return {"neighbors": 0}
+    pair = (query["label"], query["pred"])
+    return {
+        "neighbors": n,
+        "share_misclassified": sum(not r["correct"] for r in rows) / n,
+        "share_same_prediction": sum(r["pred"] == query["pred"] for r in rows) / n,
+        "share_same_confusion": (sum((r["label"], r["pred"]) == pair for r in rows) / n) if not query["correct"] else None,
+        "share_same_label": sum(r["label"] == query["label"] for r in rows) / n,
+    }
+
+
+def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarray]:
+    """Profile a new image with the stored model and transform, without storing it."""
+    from pathlib import Path
+
+    import torch
+
+    from ..data import Transform
+    from ..data.sources import open_image
+    from ..indexer.pipeline import load_stored_model
+    from ..saliency import ProfileEngine
+
+    m = db.manifest
+    names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+    if label is None:
+        raise QueryError("a new image needs its true label: --label CLASS (a class index or name)")
+    label_s = str(label)
+    if label_s in names:
+        y = names.index(label_s)
+    elif label_s.lstrip("-").isdigit() and 0 <= int(label_s) < len(names):
+        y = int(label_s)
+    else:
+        raise QueryError(f"--label {label!r} is not one of the model's {len(names)} classes (give an index 0..{len(names) - 1} or a class name)")
+    path = Path(image)
+    x = Transform.from_dict(m.model["transform"])(open_image(path, str(path)))
+    model = load_stored_model(m)
+    if model.scripted:
+        raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
+    out = ProfileEngine(model.module).profile(x[None], torch.tensor([y]))
+    pred = int(out.pred[0])
+    query = {
+        "sample_id": None, "split": None, "key": str(path), "label": y, "label_name": names[y], "pred": pred,
+        "pred_name": names[pred], "correct": pred == y, "loss": float(out.loss[0]), "true_conf": float(out.true_conf[0]),
+        "pred_conf": float(out.pred_conf[0]),
+    }
+    raw = out.raw.numpy() if space == "saliency" else out.feature.numpy()
+    return query, db.search_vectors(space, raw)
