@@ -30,3 +30,33 @@ def cnn_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "small-cnn.pt"
     torch.save(small_cnn().state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_weights(tmp_path_factory) -> Path:
+    """The demo CNN, briefly trained on the built-in digits (so there are right and wrong answers)."""
+    from saliencydb.demo import train_demo_model
+
+    return train_demo_model(tmp_path_factory.mktemp("cache"), epochs=3)
+
+
+@pytest.fixture(scope="session")
+def digits_db(tmp_path_factory, trained_weights) -> Path:
+    """A database of 600 val digits and 200 train digits; built once, never written by tests."""
+    from saliencydb.indexer import Indexer
+
+    db = tmp_path_factory.mktemp("digits") / "db"
+    kw = dict(model="python:saliencydb.data.zoo:small_cnn", weights=str(trained_weights), workers=0, batch_size=100)
+    Indexer(db, **kw).run("builtin:mnist5k:val", split="val", limit=600)
+    Indexer(db, **kw).run("builtin:mnist5k:train", split="train", limit=200)
+    return db
+
+
+@pytest.fixture
+def digits_copy(digits_db, tmp_path) -> Path:
+    """A private copy of the digits database that a test may write to."""
+    import shutil
+
+    dst = tmp_path / "db"
+    shutil.copytree(digits_db, dst)
+    return dst

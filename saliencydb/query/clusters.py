@@ -31,7 +31,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     z = standardize(db.rows("raw_profile", ids), mean, std)
     x = l2_normalize(z)
     km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=1_000_000)
+                      min_points_per_centroid=1, max_points_per_centroid=1_000_000)
     km.train(x)
     sim, assign = km.index.search(x, 1)
     assign, sim = assign[:, 0].astype(np.int32), sim[:, 0]

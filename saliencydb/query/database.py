@@ -163,9 +163,12 @@ class Database:
             params.append(split)
         q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         if where:
-            statements = self.con.extract_statements(q)
+            try:
+                statements = self.con.extract_statements(q)
+            except duckdb.Error as e:
+                raise QueryError(f"--where {where!r} is not one SQL predicate over samples: {_first_line(e)}") from None
             if len(statements) != 1 or str(statements[0].type) not in READ_ONLY_STATEMENTS:
-                raise QueryError(f"--where must be one SQL predicate over samples, got {where!r}")
+                raise QueryError(f"--where {where!r} is not one SQL predicate over samples")
         try:
             return self.con.execute(q, params).fetchnumpy()["sample_id"].astype(np.int64)
         except duckdb.Error as e:
