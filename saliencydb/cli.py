@@ -174,6 +174,30 @@ def info(db, fmt):
 
 
 @cli.command()
+@click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (replaced if it is one).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
+@click.option("--n-clusters", default=8, show_default=True, type=int)
+@click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_handle_errors
+def demo(db, cache_dir, n_clusters, no_report, quiet):
+    """Train a small CNN on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
+    from pathlib import Path
+
+    from .demo import run_demo, story
+    from .progress import NullProgress, RichProgress
+
+    progress = NullProgress() if quiet else RichProgress()
+    try:
+        result = run_demo(db, cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
+                          progress=progress, report=not no_report)
+    finally:
+        if not quiet:
+            progress.close()
+    click.echo(story(result))
+
+
+@cli.command()
 @db_option
 @click.argument("query")
 @format_option

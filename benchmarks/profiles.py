@@ -1,0 +1,545 @@
+"""Throughput and memory of per-sample saliency profiles: loop vs engine vs train step vs vmap.
+
+For each case (model, input side, batch size) it measures, on the same random batch
+(random weights, random inputs, random labels, fixed seed, model in eval mode):
+
+  loop        ``reference_profiles``: one forward + backward per sample (the baseline)
+  engine      ``ProfileEngine.profile``: what ``saliencydb index`` runs
+  train_step  one batched forward + backward of the mean cross-entropy w.r.t. all
+              parameters (eval mode too): the ceiling for any per-sample method
+  vmap        ``torch.func``: ``vmap(grad(functional_call ...))`` per-sample gradients of
+              the 4-D conv weights, reduced like the engine, in chunks of the batch
+
+and prints samples/s, ratios, peak memory and the agreement of engine and vmap with the
+loop. Run ``python benchmarks/profiles.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout
+
+from saliencydb.data.zoo import small_cnn  # noqa: E402
+from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles  # noqa: E402
+
+MODELS = ("resnet18", "resnet50", "vgg19", "densenet121", "mobilenet_v3_small", "inception_v3", "small_cnn")
+METHODS = ("loop", "engine", "train_step", "vmap")
+DEFAULT_SIZE = {"small_cnn": 28, "inception_v3": 299}  # others: 224
+DEFAULT_BATCH = 32
+CPU_LARGE_SIZE = 224  # on CPU, cases at least this large default to the two values below
+CPU_LARGE_BATCH = 16
+CPU_LARGE_LOOP_SAMPLES = 8
+# (model, size, batch or None = DEFAULT_BATCH / the CPU rule above)
+DEFAULT_CASES = (("resnet18", 32, None), ("resnet18", 64, None), ("resnet18", 224, None), ("resnet50", 224, None), ("small_cnn", 28, 64))
+QUICK_CASES = (("small_cnn", 28, 8), ("resnet18", 32, 4))
+VMAP_BUDGET_BYTES = 512 * 2**20  # auto chunk: per-sample conv-weight gradients of one chunk
+RSS_INTERVAL_S = 0.002
+INCEPTION_MIN_SIZE = 75
+
+
+# -- cases and models ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    size: int
+    batch: int
+    loop_samples: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.size} b{self.batch}"
+
+
+def num_classes_for(name: str, size: int) -> int:
+    """small_cnn: 10 (MNIST). torchvision models: 1000 at ImageNet sizes (>= 224 px), else 10."""
+    if name == "small_cnn":
+        return 10
+    return 1000 if size >= 224 else 10
+
+
+def build_model(name: str, size: int) -> tuple[nn.Module, int, int]:
+    """(model in eval mode with random weights, input channels, classes)."""
+    classes = num_classes_for(name, size)
+    if name == "small_cnn":
+        return small_cnn(num_classes=classes).eval(), 1, classes
+    kwargs = {"weights": None, "num_classes": classes}
+    if name == "inception_v3":
+        kwargs.update(aux_logits=False, init_weights=False)
+    return torchvision.models.get_model(name, **kwargs).eval(), 3, classes
+
+
+def resolve_cases(args: argparse.Namespace, device: torch.device, parser: argparse.ArgumentParser) -> list[Case]:
+    """The cases asked for on the command line (or the quick / default set)."""
+    specs: list[tuple[str, int, int | None]] = []
+    for text in args.case or []:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in MODELS or not all(p.isdigit() for p in parts[1:]):
+            parser.error(f"--case {text!r}: expected MODEL:SIZE[:BATCH] with MODEL one of {', '.join(MODELS)}")
+        specs.append((parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None))
+    if args.size and not args.model:
+        parser.error("--size needs --model (or use --case MODEL:SIZE:BATCH)")
+    for name in args.model or []:
+        for size in args.size or [DEFAULT_SIZE.get(name, 224)]:
+            specs.append((name, size, None))
+    if not specs:
+        specs = list(QUICK_CASES if args.quick else DEFAULT_CASES)
+
+    cases = []
+    for name, size, batch in specs:
+        if name == "inception_v3" and size < INCEPTION_MIN_SIZE:
+            parser.error(f"inception_v3 needs an input side >= {INCEPTION_MIN_SIZE} (got {size})")
+        large_on_cpu = device.type == "cpu" and size >= CPU_LARGE_SIZE
+        if batch is None:
+            batch = args.batch_size or (CPU_LARGE_BATCH if large_on_cpu else DEFAULT_BATCH)
+        loop = args.loop_samples or (CPU_LARGE_LOOP_SAMPLES if large_on_cpu else batch)
+        if batch < 1 or size < 1:
+            parser.error(f"case {name}:{size}:{batch}: size and batch must be positive")
+        cases.append(Case(name, size, batch, max(1, min(loop, batch))))
+    return cases
+
+
+# -- the four methods --------------------------------------------------------------------------
+
+
+def _logits(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def vmap_chunk_size(n_conv_params: int, batch: int, requested: int) -> int:
+    if requested > 0:
+        return min(requested, batch)
+    return max(1, min(batch, VMAP_BUDGET_BYTES // max(1, 4 * n_conv_params)))
+
+
+def make_vmap_profiles(model: nn.Module, layout: UnitLayout, chunk: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(x, y) -> (B, U) by ``vmap(grad(...))`` over the batch, reduced to mean |g| per filter inside the vmap."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    conv = {layer.param_name: params.pop(layer.param_name) for layer in layout.layers}
+    rest = {**params, **{k: v.detach() for k, v in model.named_buffers()}}
+
+    def loss(weights: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = _logits(functional_call(model, (weights, rest), (xi.unsqueeze(0),)))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    def one_sample(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        grads = grad(loss)(conv, xi, yi)
+        return torch.cat([grads[layer.param_name].abs().flatten(1).mean(1) for layer in layout.layers])
+
+    batched = vmap(one_sample, chunk_size=chunk)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return batched(x, y)
+
+    return run
+
+
+def make_train_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def run(x: torch.Tensor, y: torch.Tensor) -> None:
+        F.cross_entropy(_logits(model(x)), y).backward()
+
+    return run
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so that RSS starts low."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory increase over the ``with`` block: CUDA allocator stats, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._base = 0
+        self._max = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_INTERVAL_S):
+            self._max = max(self._max, _rss_bytes() or 0)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            _release_free_memory()
+            base = _rss_bytes()
+            if base is not None:
+                self._base = self._max = base
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, _rss_bytes() or 0)
+            self.peak_bytes = self._max - self._base
+
+
+@dataclass
+class Result:
+    method: str
+    samples: int
+    seconds: list[float] = field(default_factory=list)
+    samples_per_s: float | None = None
+    peak_mb: float | None = None
+    max_rel_err: float | None = None
+    ratio_vs_loop: float | None = None
+    ratio_vs_train_step: float | None = None
+    note: str = ""
+    error: str | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _error_text(e: BaseException) -> str:
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def measure(
+    method: str,
+    fn: Callable[[], torch.Tensor | None],
+    samples: int,
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup: int,
+    before_each: Callable[[], None] = lambda: None,
+) -> tuple[Result, torch.Tensor | None]:
+    """Warm-up runs, then ``repeats`` timed runs; median time, max peak memory, last output."""
+    result = Result(method, samples)
+    out = None
+    peaks = []
+    try:
+        for _ in range(warmup):
+            before_each()
+            out = fn()
+        for _ in range(repeats):
+            before_each()
+            out = None
+            with PeakMemory(device) as mem:
+                _sync(device)
+                t0 = time.perf_counter()
+                out = fn()
+                _sync(device)
+                result.seconds.append(time.perf_counter() - t0)
+            if mem.peak_bytes is not None:
+                peaks.append(mem.peak_bytes)
+    except Exception as e:  # report, never crash: e.g. vmap unsupported for a model, out of memory
+        result.error = _error_text(e)
+        out = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return result, None
+    result.samples_per_s = samples / statistics.median(result.seconds)
+    result.peak_mb = max(peaks) / 2**20 if peaks else None
+    return result, out
+
+
+def max_rel_err(a: torch.Tensor, b: torch.Tensor, layout: UnitLayout) -> float:
+    """max over layers and samples of max_u |a - b| / max_u |b| (b is the reference)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    worst = 0.0
+    for layer in layout.layers:
+        diff = (a[:, layer.offset : layer.stop] - b[:, layer.offset : layer.stop]).abs().amax(1)
+        scale = b[:, layer.offset : layer.stop].abs().amax(1)
+        rel = torch.where(scale > 0, diff / scale.clamp_min(1e-300), torch.where(diff > 0, float("inf"), 0.0))
+        worst = max(worst, float(rel.max()))
+    return worst
+
+
+def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    model, channels, classes = build_model(case.model, case.size)
+    model = model.to(device)
+    layout = UnitLayout.from_module(model)
+    n_conv = sum(layer.out_channels * layer.n_params for layer in layout.layers)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randn(case.batch, channels, case.size, case.size, generator=gen).to(device)
+    y = torch.randint(0, classes, (case.batch,), generator=gen).to(device)
+    n = case.loop_samples
+    chunk = vmap_chunk_size(n_conv, case.batch, args.vmap_chunk)
+    kw = {"repeats": args.repeats, "warmup": args.warmup}
+
+    results: dict[str, Result] = {}
+    outputs: dict[str, torch.Tensor | None] = {}
+
+    def progress(method: str) -> None:
+        print(f"  {case.label}: {method} ...", file=sys.stderr, flush=True)
+
+    progress("loop")
+    results["loop"], outputs["loop"] = measure("loop", lambda: reference_profiles(model, x[:n], y[:n], layout), n, device, **kw)
+    if n < case.batch:
+        results["loop"].note = f"first {n} samples"
+
+    progress("engine")
+    engine = ProfileEngine(model)
+    results["engine"], prof = measure("engine", lambda: engine.profile(x, y).raw, case.batch, device, **kw)
+    outputs["engine"] = prof
+
+    progress("train_step")
+    step = make_train_step(model)
+    results["train_step"], _ = measure(
+        "train_step", lambda: step(x, y), case.batch, device, before_each=lambda: model.zero_grad(set_to_none=True), **kw
+    )
+    model.zero_grad(set_to_none=True)
+
+    progress("vmap")
+    try:
+        vmapped = make_vmap_profiles(model, layout, chunk)
+        results["vmap"], outputs["vmap"] = measure("vmap", lambda: vmapped(x, y), case.batch, device, **kw)
+    except Exception as e:
+        results["vmap"], outputs["vmap"] = Result("vmap", case.batch, error=_error_text(e)), None
+    if results["vmap"].error is None:
+        results["vmap"].note = f"chunk_size={chunk}"
+
+    loop_speed = results["loop"].samples_per_s
+    step_speed = results["train_step"].samples_per_s
+    for name, res in results.items():
+        if name in ("engine", "vmap") and outputs.get(name) is not None and outputs.get("loop") is not None:
+            res.max_rel_err = max_rel_err(outputs[name][:n], outputs["loop"], layout)
+        if res.samples_per_s is not None:
+            res.ratio_vs_loop = res.samples_per_s / loop_speed if loop_speed else None
+            res.ratio_vs_train_step = res.samples_per_s / step_speed if step_speed else None
+
+    del outputs, engine, model
+    _release_free_memory()
+    return {
+        "model": case.model,
+        "size": case.size,
+        "batch": case.batch,
+        "loop_samples": n,
+        "num_classes": classes,
+        "in_channels": channels,
+        "device": str(device),
+        "n_units": layout.n_units,
+        "n_conv_params": n_conv,
+        "vmap_chunk_size": chunk,
+        "methods": [asdict(results[m]) for m in METHODS],
+    }
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+    }
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def format_table(report: dict, tol: float) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine: {m['device_name']} | {m['cores']} cores ({m['usable_cores']} usable), torch threads {m['torch_threads']} "
+        f"| torch {m['torch']}, torchvision {m['torchvision']} | device {m['device']}",
+        f"repeats {report['settings']['repeats']} (median), warm-up {report['settings']['warmup']}, seed {report['settings']['seed']}",
+    ]
+    header = ("case", "method", "samples/s", "vs loop", "vs train_step", "peak MB", "max rel err", "note")
+    rows = []
+    for case in report["cases"]:
+        label = f"{case['model']}@{case['size']} b{case['batch']}"
+        for r in case["methods"]:
+            if r["error"] is not None:
+                rows.append((label, r["method"], "FAILED", "", "", "", "", r["error"]))
+                continue
+            err = _fmt(r["max_rel_err"], ".1e")
+            if r["max_rel_err"] is not None and not r["max_rel_err"] <= tol:
+                err += " !"
+            rows.append(
+                (
+                    label,
+                    r["method"],
+                    _fmt(r["samples_per_s"], ".1f"),
+                    _fmt(r["ratio_vs_loop"], ".2f") + "x",
+                    _fmt(r["ratio_vs_train_step"], ".2f") + "x",
+                    _fmt(r["peak_mb"], ".0f"),
+                    err,
+                    r["note"],
+                )
+            )
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6}
+
+    def line(row) -> str:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    lines += ["", line(header), line(["-" * w for w in widths])]
+    previous = None
+    for row in rows:
+        if previous is not None and row[0] != previous:
+            lines.append("")
+        lines.append(line(row))
+        previous = row[0]
+    memory = "peak MB: CUDA max_memory_allocated increase" if m["device"].startswith("cuda") else (
+        f"peak MB: process RSS sampled every {RSS_INTERVAL_S * 1000:.0f} ms during the timed runs, minus the RSS at their start"
+    )
+    lines += [
+        "",
+        memory,
+        f"max rel err: vs loop, max over layers and samples of max|a-b|/max|loop|; '!' marks > {tol:g}",
+    ]
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "cases:\n"
+            "  Without --case/--model: resnet18 at 32, 64 and 224 px, resnet50 at 224 px (batch 32)\n"
+            "  and small_cnn at 28 px batch 64. On CPU, cases of 224 px or more default to batch\n"
+            f"  {CPU_LARGE_BATCH} and a loop timed on {CPU_LARGE_LOOP_SAMPLES} samples, so that the default run stays\n"
+            "  under about 10 minutes on a few cores (--batch-size / --loop-samples override).\n"
+            "  --model and --size give their cross product (size defaults: small_cnn 28,\n"
+            "  inception_v3 299, others 224); --case MODEL:SIZE[:BATCH] adds one case.\n"
+            "  torchvision models get 1000 classes at >= 224 px, 10 otherwise; small_cnn is\n"
+            "  1x28x28 MNIST-shaped with 10 classes. Weights are random (never downloaded).\n"
+            "methods:\n"
+            "  loop        reference_profiles: one forward + backward per sample\n"
+            "  engine      ProfileEngine.profile (what `saliencydb index` runs)\n"
+            "  train_step  one batched forward + backward of the mean loss w.r.t. all parameters\n"
+            "  vmap        torch.func vmap(grad(functional_call)) of the conv weights, chunked\n"
+            "exit status: 1 if engine or vmap disagree with the loop by more than --tol, else 0\n"
+            "(a method that fails is reported in its row and does not change the status)."
+        ),
+    )
+    parser.add_argument("--model", action="append", choices=MODELS, help="model to run (repeatable)")
+    parser.add_argument("--size", action="append", type=int, help="input side in px (repeatable; needs --model)")
+    parser.add_argument("--case", action="append", metavar="MODEL:SIZE[:BATCH]", help="one case, e.g. resnet18:32:32 (repeatable)")
+    parser.add_argument("--batch-size", type=int, help=f"batch size of cases without one (default {DEFAULT_BATCH}; CPU >= 224 px: {CPU_LARGE_BATCH})")
+    parser.add_argument(
+        "--loop-samples", type=int, help=f"samples the loop is timed on (default: the batch; CPU >= 224 px: {CPU_LARGE_LOOP_SAMPLES})"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda if available")
+    parser.add_argument("--repeats", type=int, help="timed repeats, the median is reported (default 3; --quick: 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method (default 1)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--vmap-chunk", type=int, default=0, help=f"vmap chunk_size (default: as many samples as {VMAP_BUDGET_BYTES >> 20} MiB of conv-weight gradients hold)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-3, help="largest max rel err accepted (default 1e-3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small_cnn 28 px batch 8 and resnet18 32 px batch 4, 1 repeat")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = resolve_cases(args, device, parser)
+
+    report = {
+        "machine": machine_info(device),
+        "settings": {"repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "tol": args.tol},
+        "cases": [],
+    }
+    for case in cases:
+        print(f"{case.label} (loop on {case.loop_samples}) ...", file=sys.stderr, flush=True)
+        report["cases"].append(run_case(case, device, args))
+
+    table = format_table(report, args.tol)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(report, indent=2))
+    else:
+        print(table)
+    bad = [
+        (c["model"], c["size"], r["method"])
+        for c in report["cases"]
+        for r in c["methods"]
+        if r["max_rel_err"] is not None and not r["max_rel_err"] <= args.tol
+    ]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
