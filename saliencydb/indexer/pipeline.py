@@ -24,11 +24,12 @@ from ..data import Transform, load_model, parse_data_spec
 from ..data.models import LoadedModel
 from ..data.sources import SampleDataset, Source, collate_samples
 from ..errors import DatabaseError, ModelError, SpecError
+from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, standardize
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
 from .store import committed_keys, iter_profiles, read_stats
-from .vectors import INDEX_KINDS, build_index, write_index
+from .vectors import INDEX_KINDS, build_index, read_index, write_index
 from .writer import DatabaseWriter
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -175,37 +176,57 @@ class Indexer:
         return out.feature.shape[1]
 
     # -- the job ---------------------------------------------------------------------------
-    def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index") -> JobReport:
-        """Profile the not-yet-committed samples of ``data`` into ``split``; returns the job's counts."""
+    def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
+            replace: bool = False, require_existing: bool = False) -> JobReport:
+        """Profile the not-yet-committed samples of ``data`` into ``split``; returns the job's counts.
+
+        ``replace`` re-profiles an existing split: the new parts stay pending (invisible to
+        readers) until the whole split is done, then one commit swaps them in. With
+        ``require_existing`` (ingest) the database must exist and its statistics are frozen.
+        """
         check_split_name(split)
         if limit is not None and limit < 1:
             raise SpecError(f"--limit must be at least 1, got {limit}")
+        if require_existing:
+            read_manifest(self.db)  # clear error when there is no database
         source = parse_data_spec(data)
         writer, model, transform = self._open(source)
         with writer:
-            return self._run(writer, model, transform, source, data, split, limit, command)
+            return self._run(writer, model, transform, source, data, split, limit, command, replace, require_existing)
 
-    def _run(self, writer, model, transform, source, data, split, limit, command) -> JobReport:
+    def _run(self, writer, model, transform, source, data, split, limit, command, replace, freeze) -> JobReport:
         m = writer.manifest
         report = JobReport(job_id=uuid.uuid4().hex[:12], split=split, source=data)
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         known = m.splits.get(split)
-        if known is not None and known["source"] != data:
-            raise SpecError(f"split '{split}' already holds {known['source']}; choose another --split name")
-        done = committed_keys(self.db, m, split) if known else set()
+        if replace:
+            if known is None:
+                raise SpecError(f"--replace: the database has no split '{split}' (it has {', '.join(sorted(m.splits)) or 'none'}); drop --replace to add it")
+            pending = m.pending.setdefault(split, {"source": data, "parts": []})
+            if pending["source"] != data:
+                raise SpecError(f"a replacement of '{split}' from {pending['source']} is unfinished; rerun it, or replace with that source first")
+            done = committed_keys(self.db, m, files=[p["file"] for p in pending["parts"]])
+        else:
+            if split in m.pending:
+                raise SpecError(f"split '{split}' is being replaced; finish with `--replace` first")
+            if known is not None and known["source"] != data:
+                raise SpecError(f"split '{split}' already holds {known['source']}; choose another --split name, or pass --replace")
+            done = committed_keys(self.db, m, split) if known else set()
+            m.splits.setdefault(split, {"source": data, "rows": 0, "complete": False})
+        if freeze and m.stats is not None and not m.stats["frozen"]:
+            m.stats["frozen"] = True
         todo = [i for i in range(len(source)) if source.key(i) not in done]
         report.skipped = len(source) - len(todo)
         if limit is not None:
-            todo = todo[: max(0, limit - len(done))] if len(done) < limit else []
-        m.splits.setdefault(split, {"source": data, "rows": 0, "complete": False})
+            todo = todo[: max(0, limit - len(done))]
 
         module = model.module.to(self.device)
         engine = None if model.scripted else ProfileEngine(module)
         layout = UnitLayout.from_dict(m.units)
         class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
         schema = samples_schema(m.n_units, m.feature_dim)
-        is_reference = m.stats is None or (not m.stats.get("frozen") and split in m.stats["splits"])
+        is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
         run_stats: dict[str, RunningStats] = {}
 
         loader = torch.utils.data.DataLoader(
@@ -223,6 +244,7 @@ class Indexer:
             if not buffer:
                 return
             cols = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
+            buffer.clear()
             n = len(cols["index"])
             ids = np.arange(m.next_sample_id, m.next_sample_id + n, dtype=np.int64)
             table = pa.table(
@@ -244,15 +266,20 @@ class Indexer:
                 schema=schema,
             )
             rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
-            m.parts.append({"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])})
+            crash_point("part-written")
+            entry = {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}
+            if replace:
+                m.pending[split]["parts"].append(entry)
+            else:
+                m.parts.append(entry)
+                m.splits[split]["rows"] += n
             m.next_sample_id += n
-            m.splits[split]["rows"] += n
             if is_reference:
                 run_stats[rel] = RunningStats(m.n_units).update(cols["raw"])
             writer.commit()
+            crash_point("part-committed")
             report.added += n
             report.correct += int((cols["label"] == cols["pred"]).sum())
-            buffer.clear()
 
         try:
             for batch in loader:
@@ -266,7 +293,7 @@ class Indexer:
                 if len(idx):
                     rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device))
                     finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
-                    for i in idx[~torch.from_numpy(finite)].tolist():
+                    for i in idx.numpy()[~finite].tolist():
                         failures.append((source.key(i), "non-finite loss, profile or feature"))
                     rows = {k: v[finite] for k, v in rows.items()}
                     rows["index"] = idx.numpy()[finite]
@@ -280,13 +307,26 @@ class Indexer:
             task.close()
         report.failed = len(failures)
         report.failures = failures
-        m.splits[split]["complete"] = limit is None or len(done) + len(todo) >= len(source)
+        complete = limit is None or len(done) + len(todo) >= len(source)
         if failures:
             writer.write_parquet_table("failures", _failures_table(report.job_id, split, failures))
-        self._finish(writer, layout, is_reference, split, run_stats)
+        dropped: list[str] = []
+        rebuild = False
+        if replace and complete:
+            pending = m.pending.pop(split)
+            dropped = [p["file"] for p in m.parts if p["split"] == split]
+            m.parts = [p for p in m.parts if p["split"] != split] + pending["parts"]
+            m.splits[split] = {"source": data, "rows": sum(p["rows"] for p in pending["parts"]), "complete": True}
+            for derived in ("knn", "clusters", "blame", "triage"):  # they name replaced sample ids
+                dropped += m.tables.pop(derived, [])
+            rebuild = True
+        elif not replace:
+            m.splits[split]["complete"] = complete
+        dropped += self._finish(writer, layout, split, run_stats, is_reference, rebuild)
         report.seconds = time.perf_counter() - t0
-        writer.write_parquet_table("ingests", _job_table(report, command, started))
+        writer.write_parquet_table("ingests", _job_table(report, command, started, complete))
         writer.commit()
+        writer.drop_unlisted(dropped)
         return report
 
     def _profile(self, engine, module, layout, x, y) -> dict[str, np.ndarray]:
@@ -302,7 +342,7 @@ class Indexer:
             outs = outputs_from_logits(logits, y)
             return {
                 "raw": raw.cpu().numpy(), "feature": torch.zeros(len(x), 0).numpy(),
-                **{k: v.cpu().numpy() for k, v in outs.items()},
+                **{k: v.cpu().numpy().astype(np.float32) if v.is_floating_point() else v.cpu().numpy() for k, v in outs.items()},
             }
         return {
             "raw": out.raw.cpu().numpy(),
@@ -313,11 +353,13 @@ class Indexer:
             "pred_conf": out.pred_conf.cpu().numpy().astype(np.float32),
         }
 
-    def _finish(self, writer: DatabaseWriter, layout: UnitLayout, is_reference: bool, split: str, run_stats) -> None:
-        """Statistics (reference split, unless frozen), then indexes over every committed sample."""
+    def _finish(self, writer: DatabaseWriter, layout: UnitLayout, split: str, run_stats, is_reference: bool,
+                rebuild: bool) -> list[str]:
+        """Statistics (reference split, unless frozen), then the indexes: rebuilt when the statistics
+        or the set of samples changed, else extended with the new samples only. Returns replaced files."""
         m = writer.manifest
         if m.rows() == 0:
-            return
+            return []
         old = []
         if is_reference:
             stats = RunningStats(m.n_units)
@@ -327,44 +369,66 @@ class Indexer:
                 else:
                     for _, rows in iter_profiles(self.db, m, files=[rel]):
                         stats.update(rows)
-            table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
-            if m.stats:
-                old.append(m.stats["file"])
-            rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
-            m.stats = {"file": rel, "splits": [split], "count": stats.count, "frozen": False}
-        self.rebuild_indexes(writer)
-        writer.drop_unlisted(old)
+            old += self._write_stats(writer, layout, stats, [split])
+            rebuild = True
+        old += update_indexes(writer, self.index_kind, self.progress, rebuild=rebuild)
+        return old
 
-    def rebuild_indexes(self, writer: DatabaseWriter) -> None:
-        """Build both FAISS indexes over every committed sample and list them (not yet committed)."""
+    @staticmethod
+    def _write_stats(writer: DatabaseWriter, layout: UnitLayout, stats: RunningStats, splits: list[str], frozen: bool = False) -> list[str]:
         m = writer.manifest
-        mean, std = read_stats(writer.path, m)
-        n = m.rows()
-        task = self.progress.task("building indexes", 2 * n)
+        table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
+        rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
+        crash_point("stats-written")
+        old = [m.stats["file"]] if m.stats else []
+        m.stats = {"file": rel, "splits": splits, "count": stats.count, "frozen": frozen}
+        return old
 
-        def saliency_chunks():
-            for ids, rows in iter_profiles(self.db, m):
-                yield ids, l2_normalize(standardize(rows, mean, std))
-                task.advance(len(ids))
 
-        def feature_chunks():
-            for ids, rows in iter_profiles(self.db, m, column="feature"):
-                yield ids, l2_normalize(rows)
-                task.advance(len(ids))
+def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Progress | None = None,
+                   rebuild: bool = False) -> list[str]:
+    """Bring both FAISS indexes up to the manifest's committed parts; list the new files in the
+    manifest (the caller commits) and return the files they replace.
 
-        old = []
-        for space, dim, chunks in (("saliency", m.n_units, saliency_chunks), ("feature", m.feature_dim, feature_chunks)):
-            if dim == 0:
+    Without ``rebuild``, an existing index is extended with the parts it does not cover yet
+    (those with ``min_id >= next_id``); the result is written as a new file, never in place.
+    """
+    m = writer.manifest
+    progress = progress or NullProgress()
+    if m.stats is None or m.rows() == 0:
+        return []
+    mean, std = read_stats(writer.path, m)
+    old = []
+    for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
+        if dim == 0:
+            continue
+        entry = m.indexes.get(space)
+        space_kind = kind or (entry["kind"] if entry else "flat")
+        if entry is not None and not rebuild and entry["kind"] == space_kind:
+            files = [p["file"] for p in m.parts if p["min_id"] >= entry["next_id"]]
+            if not files:
                 continue
-            index = build_index(dim, chunks, self.index_kind, n)
-            rel = writer.unique_name("index", space, ".faiss")
-            writer.new_file(rel, lambda tmp: write_index(index, tmp))
-            if space in m.indexes:
-                old.append(m.indexes[space]["file"])
-            m.indexes[space] = {"file": rel, "kind": self.index_kind, "ntotal": int(index.ntotal), "commit": m.commit + 1}
+            base = read_index(writer.path / entry["file"])
+        else:
+            files, base = m.part_files(), None
+        n = sum(p["rows"] for p in m.parts if p["file"] in set(files))
+        task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
+
+        def chunks(files=files, space=space, task=task):
+            column = "raw_profile" if space == "saliency" else "feature"
+            for ids, rows in iter_profiles(writer.path, m, column=column, files=files):
+                yield ids, l2_normalize(standardize(rows, mean, std) if space == "saliency" else rows)
+                task.advance(len(ids))
+
+        index = build_index(dim, chunks, space_kind, m.rows(), base=base)
         task.close()
-        writer.commit()
-        writer.drop_unlisted(old)
+        rel = writer.unique_name("index", space, ".faiss")
+        writer.new_file(rel, lambda tmp, index=index: write_index(index, tmp))
+        crash_point("index-written")
+        if entry is not None:
+            old.append(entry["file"])
+        m.indexes[space] = {"file": rel, "kind": space_kind, "ntotal": int(index.ntotal), "next_id": m.next_sample_id}
+    return old
 
 
 def _failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:
@@ -381,7 +445,7 @@ def _failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) ->
     )
 
 
-def _job_table(report: JobReport, command: str, started: datetime) -> pa.Table:
+def _job_table(report: JobReport, command: str, started: datetime, complete: bool) -> pa.Table:
     return pa.table(
         {
             "job_id": [report.job_id],
@@ -393,7 +457,36 @@ def _job_table(report: JobReport, command: str, started: datetime) -> pa.Table:
             "added": [report.added],
             "skipped": [report.skipped],
             "failed": [report.failed],
-            "status": ["complete" if not report.failed else "complete_with_failures"],
+            "status": [("complete" if complete else "partial") + ("_with_failures" if report.failed else "")],
         },
         schema=INGESTS_SCHEMA,
     )
+
+
+def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: Progress | None = None,
+           wait: bool = False) -> dict:
+    """Recompute the standardisation statistics over ``splits`` (default: all) and rebuild the
+    indexes, in one atomic commit; the new statistics are frozen."""
+    progress = progress or NullProgress()
+    with DatabaseWriter(db, wait=wait) as writer:
+        m = writer.manifest
+        chosen = sorted(m.splits) if not splits else list(dict.fromkeys(splits))
+        unknown = [s for s in chosen if s not in m.splits]
+        if unknown:
+            raise SpecError(f"unknown split '{unknown[0]}'; the database has {', '.join(sorted(m.splits)) or 'no splits'}")
+        files = [p["file"] for p in m.parts if p["split"] in set(chosen)]
+        if not files:
+            raise SpecError(f"splits {', '.join(chosen)} hold no samples; index some first")
+        stats = RunningStats(m.n_units)
+        task = progress.task("statistics", sum(p["rows"] for p in m.parts if p["file"] in set(files)))
+        for ids, rows in iter_profiles(writer.path, m, files=files):
+            stats.update(rows)
+            task.advance(len(ids))
+        task.close()
+        old = Indexer._write_stats(writer, UnitLayout.from_dict(m.units), stats, chosen, frozen=True)
+        old += update_indexes(writer, progress=progress, rebuild=True)
+        for derived in ("knn", "clusters", "blame", "triage"):  # computed with the old statistics
+            old += m.tables.pop(derived, [])
+        writer.commit()
+        writer.drop_unlisted(old)
+        return {"splits": chosen, "count": stats.count, "indexes": {k: v["ntotal"] for k, v in m.indexes.items()}}

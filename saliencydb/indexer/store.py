@@ -52,8 +52,9 @@ def read_stats(db: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     return t.column("mean").to_numpy(), t.column("std").to_numpy()
 
 
-def committed_keys(db: Path, manifest: Manifest, split: str) -> set[str]:
+def committed_keys(db: Path, manifest: Manifest, split: str | None = None, files: list[str] | None = None) -> set[str]:
+    """Keys of the committed samples of a split (or of the given part files)."""
     keys: set[str] = set()
-    for batch in iter_part_batches(db, manifest.part_files(split), ["key"], 65536):
+    for batch in iter_part_batches(db, files if files is not None else manifest.part_files(split), ["key"], 65536):
         keys.update(batch.column(0).to_pylist())
     return keys

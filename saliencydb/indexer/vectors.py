@@ -34,10 +34,11 @@ def new_index(dim: int, kind: str = "flat", n_expected: int = 0) -> faiss.Index:
 
 def build_index(
     dim: int, chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], kind: str = "flat", n_expected: int = 0,
-    train_rows: int = 100_000,
+    train_rows: int = 100_000, base: faiss.Index | None = None,
 ) -> faiss.Index:
-    """An index over ``chunks()`` (ids, vectors already normalised); IVF is trained on a first sample."""
-    index = new_index(dim, kind, n_expected)
+    """An index over ``chunks()`` (ids, vectors already normalised), or ``base`` extended with them.
+    IVF is trained on a first sample of the chunks."""
+    index = base if base is not None else new_index(dim, kind, n_expected)
     if not index.is_trained:
         sample, have = [], 0
         for _, rows in chunks():

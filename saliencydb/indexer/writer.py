@@ -87,6 +87,7 @@ class DatabaseWriter:
     def listed_files(self) -> set[str]:
         m = self.manifest
         files = {p["file"] for p in m.parts}
+        files |= {p["file"] for pending in m.pending.values() for p in pending["parts"]}
         files |= {v["file"] for v in m.indexes.values()}
         if m.stats:
             files.add(m.stats["file"])

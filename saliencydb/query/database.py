@@ -13,7 +13,8 @@ from ..errors import QueryError
 from ..indexer.store import fixed_list_to_numpy, read_stats
 from ..indexer.vectors import SPACES, read_index, to_search_device
 from ..saliency import l2_normalize, standardize
-from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, KNN_SCHEMA, UNITS_SCHEMA, Manifest,
+from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, KNN_SCHEMA, TRIAGE_SCHEMA,
+                       UNITS_SCHEMA, Manifest,
                        read_manifest, samples_schema)
 
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
@@ -56,7 +57,8 @@ class Database:
                    "*, label_name || ' -> ' || pred_name AS confusion")
         self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
         for name, schema in (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA),
-                             ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA)):
+                             ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA),
+                             ("triage", TRIAGE_SCHEMA)):
             self._view(name, m.tables.get(name, []), schema)
         names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
@@ -195,6 +197,12 @@ class Database:
         from .clusters import clusters
 
         return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write)
+
+    def triage(self, split: str, *, write: bool = True) -> dict:
+        """New mistakes of ``split`` assigned to known error groups or marked new; layer drift."""
+        from .triage import triage
+
+        return triage(self, split, write=write)
 
     def reopen(self) -> "Database":
         """A fresh view at the latest commit."""

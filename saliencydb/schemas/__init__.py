@@ -8,12 +8,13 @@ from .tables import (
     FORMAT_VERSION,
     INGESTS_SCHEMA,
     KNN_SCHEMA,
+    TRIAGE_SCHEMA,
     UNITS_SCHEMA,
     samples_schema,
 )
 
 __all__ = [
     "MANIFEST", "TMP_SUFFIX", "Manifest", "now_iso", "read_manifest", "write_atomic", "write_manifest",
-    "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "UNITS_SCHEMA",
+    "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "TRIAGE_SCHEMA", "UNITS_SCHEMA",
     "samples_schema",
 ]

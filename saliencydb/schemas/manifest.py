@@ -36,6 +36,7 @@ class Manifest:
     stats: dict | None = None  # {"splits": [...], "count": n, "frozen": bool}
     indexes: dict = field(default_factory=dict)  # space -> {"file", "kind", "ntotal", "commit"}
     tables: dict = field(default_factory=dict)  # name -> list of committed files (failures, ingests, knn, ...)
+    pending: dict = field(default_factory=dict)  # split -> {"source", "parts"}: a --replace in progress, unseen by readers
 
     @property
     def n_units(self) -> int:

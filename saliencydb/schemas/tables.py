@@ -96,3 +96,13 @@ BLAME_SCHEMA = pa.schema(
         pa.field("mean_z", pa.float32(), nullable=False),
     ]
 )
+
+TRIAGE_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),  # -1: a new failure mode
+        pa.field("similarity", pa.float32(), nullable=False),  # cosine to the nearest group's centroid
+        pa.field("run", pa.string(), nullable=False),
+    ]
+)
