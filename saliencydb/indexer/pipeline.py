@@ -88,8 +88,9 @@ def load_stored_model(manifest: Manifest) -> LoadedModel:
     model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
     if model.weights_sha256 != rec["weights_sha256"]:
         raise ModelError(
-            f"the weights at '{rec.get('weights') or rec['spec']}' changed since the database was made "
-            f"(sha256 {model.weights_sha256[:12]} != {rec['weights_sha256'][:12]}); restore them"
+            f"the database holds model {rec['spec']} with weights {rec.get('weights') or 'default'} "
+            f"(sha256 {rec['weights_sha256'][:12]}), but those weights now hash to {model.weights_sha256[:12]}; "
+            "restore the original weights file, or index into a new database"
         )
     return model
 
@@ -295,10 +296,11 @@ class Indexer:
                     finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
                     for i in idx.numpy()[~finite].tolist():
                         failures.append((source.key(i), "non-finite loss, profile or feature"))
-                    rows = {k: v[finite] for k, v in rows.items()}
-                    rows["index"] = idx.numpy()[finite]
-                    rows["label"] = y.numpy()[finite]
-                    buffer.append(rows)
+                    if finite.any():
+                        rows = {k: v[finite] for k, v in rows.items()}
+                        rows["index"] = idx.numpy()[finite]
+                        rows["label"] = y.numpy()[finite]
+                        buffer.append(rows)
                     if sum(len(b["index"]) for b in buffer) >= self.part_rows:
                         flush()
                 task.advance(len(batch.indices) + len(batch.failed))
@@ -307,16 +309,17 @@ class Indexer:
             task.close()
         report.failed = len(failures)
         report.failures = failures
-        complete = limit is None or len(done) + len(todo) >= len(source)
+        complete = limit is None or len(done) + len(todo) >= len(source)  # the whole source is in
+        job_done = len(done) + len(todo) >= min(len(source), limit or len(source))  # this job's selection is in
         if failures:
             writer.write_parquet_table("failures", _failures_table(report.job_id, split, failures))
         dropped: list[str] = []
         rebuild = False
-        if replace and complete:
+        if replace and job_done:
             pending = m.pending.pop(split)
             dropped = [p["file"] for p in m.parts if p["split"] == split]
             m.parts = [p for p in m.parts if p["split"] != split] + pending["parts"]
-            m.splits[split] = {"source": data, "rows": sum(p["rows"] for p in pending["parts"]), "complete": True}
+            m.splits[split] = {"source": data, "rows": sum(p["rows"] for p in pending["parts"]), "complete": complete}
             for derived in ("knn", "clusters", "blame", "triage"):  # they name replaced sample ids
                 dropped += m.tables.pop(derived, [])
             rebuild = True
