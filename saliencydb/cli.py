@@ -502,9 +502,10 @@ def profile_plot(db, split, cluster, out, fmt):
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=_json_default))
         return
-    rows = [{"group": g["name"], "samples": g["count"], **{l["layer"]: l["mean_z"] for l in (g["layers"] or [])}}
-            for g in summary["groups"]]
-    emit_rows(rows, "table", title=f"mean z per layer, {result['scope']}")
+    by_name = {g["name"]: {l["layer"]: l["mean_z"] for l in (g["layers"] or [])} for g in summary["groups"]}
+    counts = ", ".join(f"{g['count']} {g['name']}" for g in summary["groups"])
+    rows = [{"layer": l.name, **{f"mean z ({name})": per.get(l.name) for name, per in by_name.items()}} for l in layout.layers]
+    emit_rows(rows, "table", title=f"mean standardised saliency per layer, {result['scope']} ({counts})")
     click.echo(f"wrote {out}")
 
 

@@ -1,0 +1,49 @@
+"""Average standardised profiles of groups of samples (correct vs incorrect, within a split or a cluster)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QueryError
+from ..saliency import UnitLayout, standardize
+
+
+def mean_profile(db, ids: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
+    """Mean standardised profile of the samples ``ids`` (None when there are none), read in bounded chunks.
+
+    Standardisation is affine, so this is the standardised mean raw profile (summed in float64)."""
+    if len(ids) == 0:
+        return None
+    total = np.zeros(db.manifest.n_units, dtype=np.float64)
+    for i in range(0, len(ids), chunk):
+        total += db.rows("raw_profile", ids[i : i + chunk]).astype(np.float64).sum(0)
+    mean, std = db.stats
+    return standardize(total / len(ids), mean, std)
+
+
+def group_profiles(db, *, split: str | None = None, cluster: int | None = None) -> dict:
+    """Mean standardised profile of the correct and of the incorrect samples of a split, a cluster, or all."""
+    if split is not None and cluster is not None:
+        raise QueryError("give --split or --cluster, not both")
+    where, scope = None, f"split {split}" if split is not None else "all samples"
+    if cluster is not None:
+        clusters = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+        if not clusters:
+            raise QueryError("the database has no clusters yet; run `saliencydb clusters` first")
+        if cluster not in clusters:
+            raise QueryError(f"no cluster {cluster}; the clusters are {clusters[0]}..{clusters[-1]}")
+        where, scope = f"sample_id IN (SELECT sample_id FROM clusters WHERE cluster = {int(cluster)})", f"cluster {cluster}"
+    both = f"({where}) AND " if where else ""
+    correct = db.ids_where(both + "correct", split)
+    wrong = db.ids_where(both + "NOT correct", split)
+    layout = UnitLayout.from_dict(db.manifest.units)
+    out = {"scope": scope, "groups": []}
+    for name, ids in (("correct", correct), ("incorrect", wrong)):
+        z = mean_profile(db, ids)
+        per_layer = None if z is None else [
+            {"layer": l.name, "mean_z": float(z[l.offset : l.stop].mean()), "max_z": float(z[l.offset : l.stop].max())}
+            for l in layout.layers]
+        out["groups"].append({"name": name, "count": int(len(ids)), "z": z, "layers": per_layer})
+    if not len(correct) and not len(wrong):
+        raise QueryError(f"{scope} holds no samples")
+    return out

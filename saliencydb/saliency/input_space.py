@@ -1,0 +1,129 @@
+"""Input-space saliency: which pixels drive the sample's salient filters (DESIGN §2).
+
+For one sample the standardised profile ``s(x)`` is computed with a differentiable
+graph: the per-sample weight gradients of the convolutions are formed with
+``create_graph=True``, reduced to ``mean |g|`` per output filter (in the
+``UnitLayout`` order) and standardised with the frozen ``mean``/``std``. The target
+``b`` is ``s`` detached with the chosen units (its top-k by default) multiplied by
+``boost``. The map is ``max over channels |d cos(s(x), b) / dx|``.
+
+This needs a second-order backward pass per sample, so it loops over the batch; it
+is an explanation tool for a handful of samples, not an indexing path.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .layout import UnitLayout
+
+
+def random_units(n_units: int, k: int, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """``k`` distinct unit ids drawn uniformly from ``range(n_units)`` (sorted, int64): the control set.
+
+    ``seed`` is anything ``numpy.random.default_rng`` accepts (e.g. ``[seed, sample_id]`` for one set per sample)."""
+    if not 1 <= k <= n_units:
+        raise ModelError(f"cannot draw {k} random units out of {n_units}; use 1 <= k <= {n_units}")
+    return np.sort(np.random.default_rng(seed).choice(n_units, size=k, replace=False)).astype(np.int64)
+
+
+@contextmanager
+def _eval_with_grad_on(model: nn.Module, weights: Sequence[torch.Tensor]):
+    """Eval mode, gradients enabled on ``weights`` only; flags restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    wanted = {id(w) for w in weights}
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(id(p) in wanted)
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def conv_weights(model: nn.Module, layout: UnitLayout) -> list[torch.Tensor]:
+    """The 4-D weights of the layout, in its order."""
+    params = dict(model.named_parameters())
+    return [params[layer.param_name] for layer in layout.layers]
+
+
+def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, layout: UnitLayout,
+                           weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The raw profile (U,) of ONE sample ``x1`` (1, C, H, W), as a function of ``x1`` (graph kept).
+
+    The caller sets eval mode and ``requires_grad`` on ``weights`` (see ``input_saliency``).
+    """
+    logits = model(x1)
+    if not isinstance(logits, torch.Tensor):
+        logits = logits[0]
+    loss = F.cross_entropy(logits, y1)
+    grads = torch.autograd.grad(loss, list(weights), create_graph=True, allow_unused=True)
+    parts = []
+    for layer, g in zip(layout.layers, grads):
+        if g is None:  # a layer that does not reach the loss: zero saliency, no dependence on x
+            parts.append(torch.zeros(layer.out_channels, dtype=x1.dtype, device=x1.device))
+        else:
+            parts.append(g.abs().flatten(1).mean(1))
+    return torch.cat(parts)
+
+
+def _check_units(units, n_units: int) -> torch.Tensor:
+    idx = torch.as_tensor(np.asarray(units, dtype=np.int64).ravel())
+    if idx.numel() == 0:
+        raise ModelError("units to boost is empty; give at least one unit id")
+    if int(idx.min()) < 0 or int(idx.max()) >= n_units:
+        raise ModelError(f"unit ids must lie in 0..{n_units - 1}; got {idx.tolist()}")
+    return torch.unique(idx)
+
+
+def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
+                   boost: float = 100.0, units=None) -> torch.Tensor:
+    """Input-space saliency maps, shaped (B, H, W), for the batch ``x`` (B, C, H, W) with labels ``y`` (B,).
+
+    ``mean``/``std``: the per-unit standardisation statistics (U,). ``units``: unit ids to boost for
+    every sample instead of each sample's own top ``top_k``. The model is evaluated in eval mode; its
+    training and ``requires_grad`` flags are restored, no hook is registered, ``x`` and ``y`` are not
+    modified and no ``.grad`` is written.
+    """
+    if x.dim() != 4:
+        raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
+    y = torch.as_tensor(y).to(device=x.device, dtype=torch.long).reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ModelError(f"{x.shape[0]} images but {y.shape[0]} labels")
+    layout = UnitLayout.from_module(model)
+    if not layout.layers:
+        raise ModelError("the model has no convolution weights (4-D parameters): no input-space saliency")
+    U = layout.n_units
+    mean_t = torch.tensor(np.array(mean, dtype=np.float64), device=x.device).to(x.dtype).reshape(-1)
+    std_t = torch.tensor(np.array(std, dtype=np.float64), device=x.device).to(x.dtype).reshape(-1)
+    if mean_t.numel() != U or std_t.numel() != U:
+        raise ModelError(f"mean/std have {mean_t.numel()}/{std_t.numel()} entries but the model has {U} units")
+    if units is not None:
+        chosen = _check_units(units, U).to(x.device)
+    elif not 1 <= top_k <= U:
+        raise ModelError(f"top-k must lie in 1..{U}, got {top_k}")
+    weights = conv_weights(model, layout)
+    maps = []
+    with _eval_with_grad_on(model, weights):
+        for i in range(x.shape[0]):
+            xi = x[i : i + 1].detach().clone().requires_grad_(True)
+            s = (differentiable_profile(model, xi, y[i : i + 1], layout, weights) - mean_t) / std_t
+            target = s.detach().clone()
+            idx = chosen if units is not None else torch.topk(target, top_k).indices
+            target[idx] = target[idx] * boost
+            similarity = F.cosine_similarity(s, target, dim=0)
+            (g,) = torch.autograd.grad(similarity, xi)
+            maps.append(g.detach().abs().amax(dim=1)[0])
+    return torch.stack(maps)
