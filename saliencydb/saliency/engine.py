@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import ModelError
 from .layout import Layer, UnitLayout
 
-_DEFAULT_BLOCK_BYTES = 256 * 2**20
+_DEFAULT_BLOCK_BYTES = 2 * 2**20  # temporaries of about an L2 cache
 
 
 @dataclass
@@ -72,23 +72,25 @@ def _explicit_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor,
     return x, tuple(module.padding)
 
 
+def _columns(module: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], Ho: int, Wo: int) -> torch.Tensor:
+    """The input patches each output position sees, (B, C_in * kh * kw, Ho * Wo), channel-major."""
+    kh, kw = module.kernel_size
+    if (kh, kw) == (1, 1) and padding == (0, 0):  # 1x1: a strided view, no unfold
+        sh, sw = module.stride
+        return x[:, :, ::sh, ::sw][:, :, :Ho, :Wo].reshape(x.shape[0], x.shape[1], Ho * Wo)
+    return F.unfold(x, (kh, kw), dilation=module.dilation, padding=padding, stride=module.stride)
+
+
 def per_sample_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per-sample gradient of a Conv2d weight, shaped (B, O, C_in/groups * kh * kw).
 
     ``x`` is the module's input (B, C, H, W) and ``g`` the gradient of its output (B, O, Ho, Wo).
     """
     x, padding = _explicit_padding(module, x)
-    B, O = g.shape[:2]
+    B, O, Ho, Wo = g.shape
     G = module.groups
-    kh, kw = module.kernel_size
-    P = g.shape[2] * g.shape[3]
-    if (kh, kw) == (1, 1) and padding == (0, 0):
-        sh, sw = module.stride
-        cols = x[:, :, ::sh, ::sw][:, :, : g.shape[2], : g.shape[3]].reshape(B, G, -1, P)
-    else:
-        cols = F.unfold(x, (kh, kw), dilation=module.dilation, padding=padding, stride=module.stride)
-        cols = cols.reshape(B, G, -1, P)
-    return torch.matmul(g.reshape(B, G, O // G, P), cols.transpose(-1, -2)).reshape(B, O, -1)
+    cols = _columns(module, x, padding, Ho, Wo).reshape(B, G, -1, Ho * Wo)
+    return torch.matmul(g.reshape(B, G, O // G, Ho * Wo), cols.transpose(-1, -2)).reshape(B, O, -1)
 
 
 class ProfileEngine:
@@ -169,16 +171,38 @@ class ProfileEngine:
             for p, flag in flags:
                 p.requires_grad_(flag)
 
-    def _block_size(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> int:
-        kh, kw = module.kernel_size
-        per_sample = (x.shape[1] * kh * kw * g.shape[2] * g.shape[3] + module.weight[0].numel() * g.shape[1]) * x.element_size()
-        return max(1, min(x.shape[0], self.block_bytes // max(per_sample, 1)))
-
     def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """mean |per-sample weight gradient| per filter, (B, O), computed in bounded blocks."""
-        bs = self._block_size(module, x, g)
-        out = [per_sample_weight_grad(module, x[i : i + bs], g[i : i + bs]).abs_().mean(-1) for i in range(0, x.shape[0], bs)]
-        return torch.cat(out) if len(out) > 1 else out[0]
+        """mean |per-sample weight gradient| per filter, (B, O).
+
+        The per-sample gradient of one (sample block, filter block) at a time is formed,
+        reduced and dropped, with blocks sized so the temporary stays near ``block_bytes``
+        (cache-sized by default): the full (B, O, K) per-sample gradient never exists.
+        When the output has a single position, the gradient is the outer product of the
+        output gradient and the input, and the mean |.| factorises exactly.
+        """
+        x, padding = _explicit_padding(module, x)
+        B, O, Ho, Wo = g.shape
+        G = module.groups
+        kh, kw = module.kernel_size
+        P = Ho * Wo
+        if P == 1:
+            cols = _columns(module, x, padding, Ho, Wo).reshape(B, G, -1)  # (B, G, K)
+            per_group = cols.abs().mean(-1)  # (B, G)
+            return g.reshape(B, G, O // G).abs().mul_(per_group[:, :, None]).reshape(B, O)
+        out = torch.empty(B, O, dtype=g.dtype, device=g.device)
+        K = module.weight[0].numel()
+        Og = O // G
+        cols_bytes = x.shape[1] * kh * kw * P * x.element_size()
+        bs = max(1, min(B, self.block_bytes // max(cols_bytes + Og * K * x.element_size(), 1)))
+        for i in range(0, B, bs):
+            cols = _columns(module, x[i : i + bs], padding, Ho, Wo).reshape(-1, G, K, P).transpose(-1, -2)  # (b, G, P, K)
+            gi = g[i : i + bs].reshape(-1, G, Og, P)
+            ob = max(1, min(Og, self.block_bytes // max(gi.shape[0] * G * K * x.element_size(), 1)))
+            for o in range(0, Og, ob):
+                grad = torch.matmul(gi[:, :, o : o + ob], cols)  # (b, G, ob, K)
+                red = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K)  # (b, G, ob)
+                out.view(B, G, Og)[i : i + bs, :, o : o + ob] = red
+        return out
 
     def accumulate_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Per-sample weight gradient of one call of a module used several times, (B, O, n)."""
