@@ -55,16 +55,21 @@ class RichProgress:
             console=self.console,
             transient=False,
         )
-        self._progress.start()
+        self._started = False
 
     def task(self, description: str, total: int | None, unit: str = "samples") -> "_RichTask":
+        if not self._started:  # nothing is drawn (not even a blank line) until there is a task
+            self._progress.start()
+            self._started = True
         return _RichTask(self._progress, description, total, unit)
 
     def log(self, message: str) -> None:
         self._progress.console.print(message, highlight=False)
 
     def close(self) -> None:
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
+            self._started = False
 
 
 class _RichTask:

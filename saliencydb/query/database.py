@@ -17,6 +17,7 @@ from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_S
                        UNITS_SCHEMA, Manifest,
                        read_manifest, samples_schema)
 
+SALIENT_TOP_K = 10  # units per sample in the salient_units view (DESIGN §2: the top-k of s)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 
 
@@ -63,7 +64,20 @@ class Database:
         names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
         self.con.execute("CREATE OR REPLACE VIEW classes AS SELECT * FROM _classes")
-        # the standardised profile of a sample, one row per unit; and its top-k units
+        # every sample's standardised profile, one row per (sample, unit); evaluated lazily
+        self.con.execute(
+            """CREATE OR REPLACE VIEW zscores AS
+               SELECT s.sample_id, u.unit_id, u.layer, u.layer_index, u.channel,
+                      (s.raw_profile[u.unit_id + 1] - u.mean) / u.std AS z
+               FROM samples s CROSS JOIN units u"""
+        )
+        self.con.execute(
+            f"""CREATE OR REPLACE VIEW salient_units AS
+                SELECT sample_id, row_number() OVER (PARTITION BY sample_id ORDER BY z DESC, unit_id) AS rank,
+                       unit_id, layer, layer_index, channel, z
+                FROM zscores QUALIFY rank <= {SALIENT_TOP_K}"""
+        )
+        # the standardised profile of one sample, one row per unit; and its top-k units
         self.con.execute(
             """CREATE OR REPLACE MACRO profile(id) AS TABLE
                SELECT u.unit_id, u.layer, u.layer_index, u.channel, s.raw_profile[u.unit_id + 1] AS raw,
