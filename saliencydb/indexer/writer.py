@@ -130,7 +130,10 @@ class DatabaseWriter:
         return rel
 
     def write_parquet(self, rel: str, table: pa.Table) -> str:
-        return self.new_file(rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        # row groups of about 8 MiB: a lookup of a few ids reads a few small groups
+        row_bytes = max(1, table.nbytes // max(table.num_rows, 1))
+        group = max(16, min(65536, (8 << 20) // row_bytes))
+        return self.new_file(rel, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=group))
 
     def write_parquet_table(self, name: str, table: pa.Table) -> str:
         """Add a part to the append-only table ``name`` (failures, ingests, ...); listed, not committed."""

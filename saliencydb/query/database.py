@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import QueryError
 from ..indexer.store import fixed_list_to_numpy, read_stats
@@ -134,19 +135,31 @@ class Database:
         return self.search_vectors(space, self.rows("raw_profile" if space == "saliency" else "feature", ids))
 
     def rows(self, column: str, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32."""
+        """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32.
+
+        Only the parts whose id range holds a wanted id are read, with a row filter, so a few
+        ids cost a few small row groups, not a scan of the whole table."""
         ids = np.asarray(ids, dtype=np.int64)
-        self.con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
-        try:
-            t = _arrow(self.con.sql(f"SELECT w.pos, s.{column} FROM _want w JOIN samples s USING (sample_id) ORDER BY w.pos"))
-        finally:
-            self.con.unregister("_want")
-        if t.num_rows != len(ids):
-            found = set(ids[t.column("pos").to_numpy()].tolist())
-            missing = next(i for i in ids.tolist() if i not in found)
-            raise QueryError(f"no sample with id {missing} in '{self.path}' ({self.manifest.rows()} samples)")
         width = self.manifest.n_units if column == "raw_profile" else self.manifest.feature_dim
-        return fixed_list_to_numpy(t.column(1), width)
+        out = np.empty((len(ids), width), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        for part in self.manifest.parts:
+            hit = ids[(ids >= part["min_id"]) & (ids <= part["max_id"])]
+            if len(hit) == 0:
+                continue
+            t = pq.read_table(self.path / part["file"], columns=["sample_id", column],
+                              filters=[("sample_id", "in", sorted(set(hit.tolist())))])
+            got = t.column("sample_id").to_numpy()
+            vecs = fixed_list_to_numpy(t.column(column), width)
+            pos = {int(i): r for r, i in enumerate(got)}
+            for j in np.flatnonzero((ids >= part["min_id"]) & (ids <= part["max_id"])):
+                r = pos.get(int(ids[j]))
+                if r is not None:
+                    out[j], found[j] = vecs[r], True
+        if not found.all():
+            missing = int(ids[~found][0])
+            raise QueryError(f"no sample with id {missing} in '{self.path}' ({self.manifest.rows()} samples)")
+        return out
 
     def search_vectors(self, space: str, rows: np.ndarray) -> np.ndarray:
         """Raw profiles (or features) turned into the vectors the index of ``space`` holds."""

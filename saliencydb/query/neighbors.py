@@ -43,17 +43,16 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
         query = db.sample(sample_id)
         vector = db.vectors(space, [sample_id])
     index = db.index(space)
-    candidates = None
-    if where is not None or split is not None:
-        candidates = db.ids_where(where, split)
-    if sample_id is not None:
-        pool = candidates if candidates is not None else db.ids_where()
-        candidates = pool[pool != sample_id]
-    n = len(candidates) if candidates is not None else index.ntotal
+    candidates = db.ids_where(where, split) if (where is not None or split is not None) else None
+    exclude = sample_id
+    if candidates is not None and sample_id is not None:
+        candidates, exclude = candidates[candidates != sample_id], None
+    n = (len(candidates) if candidates is not None else index.ntotal) - (exclude is not None)
     if k > n:
         raise QueryError(f"-k {k} is larger than the {n} candidate samples; lower -k or widen --where/--split")
-    sims, ids = search(index, vector, k, candidates)
-    found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
+    # without a filter, the sample itself is excluded by asking for one more and dropping it
+    sims, ids = search(index, vector, k + (exclude is not None), candidates)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0 and i != exclude][:k]
     rows = _metadata(db, [i for i, _ in found])
     out = []
     for rank, (i, sim) in enumerate(found, start=1):
