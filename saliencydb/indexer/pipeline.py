@@ -230,10 +230,15 @@ class Indexer:
         is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
         run_stats: dict[str, RunningStats] = {}
 
+        # Worker processes decode files in parallel. They are spawned, not forked: a fork of a
+        # process whose Arrow / OpenMP / FAISS thread pools are running can crash the child.
+        workers = self.workers if source.decodes_files and len(todo) >= 4 * self.batch_size else 0
         loader = torch.utils.data.DataLoader(
             SampleDataset(source, transform, todo),
             batch_size=self.batch_size,
-            num_workers=self.workers if len(todo) > self.batch_size else 0,
+            num_workers=workers,
+            multiprocessing_context="spawn" if workers else None,
+            persistent_workers=False,
             collate_fn=collate_samples,
             pin_memory=self.device.type == "cuda",
         )
