@@ -16,6 +16,7 @@ from ..errors import QueryError
 from ..indexer.store import iter_profiles
 from ..progress import NullProgress
 from ..schemas import KNN_SCHEMA
+from ..indexer.vectors import build_index, to_search_device
 from .neighbors import search
 
 BLOCK_ROWS = 2048
@@ -30,27 +31,38 @@ class Graph:
 
 
 def knn_graph(db, space: str, k: int, progress=None) -> Graph:
-    """k nearest neighbours of every sample within its split (self excluded)."""
+    """k nearest neighbours of every sample within its split (self excluded).
+
+    Per split, the split's vectors are put in an exact flat index once (read from Parquet in
+    blocks), then queried in blocks of ``BLOCK_ROWS`` by BLAS matrix products: memory holds
+    one copy of the split's vectors plus one block, and no per-query filter is needed.
+    """
     progress = progress or NullProgress()
     m = db.manifest
-    index = db.index(space)
     column = "raw_profile" if space == "saliency" else "feature"
+    dim = m.n_units if space == "saliency" else m.feature_dim
     out_ids, out_nb, out_sim = [], [], []
-    task = progress.task(f"neighbour graph ({space})", m.rows())
-    for split in sorted(m.splits):
-        pool = db.ids_where(split=split)
-        if len(pool) <= k:
-            task.advance(len(pool))
-            continue
+    task = progress.task(f"neighbour graph ({space})", 2 * m.rows())
+
+    def chunks(split):
         for ids, rows in iter_profiles(db.path, m, column=column, split=split, batch_rows=BLOCK_ROWS):
-            sims, nbs = search(index, db.search_vectors(space, rows), k + 1, pool)
+            task.advance(len(ids))
+            yield ids, db.search_vectors(space, rows)
+
+    for split in sorted(m.splits):
+        if m.rows(split) <= k:
+            task.advance(2 * m.rows(split))
+            continue
+        index = to_search_device(build_index(dim, lambda: chunks(split), "flat"))
+        for ids, vectors in chunks(split):
+            sims, nbs = search(index, vectors, k + 1)
             keep = nbs != ids[:, None]
             # drop self; where self is not among the k+1 (exact duplicates), drop the last one
             keep[keep.all(axis=1), -1] = False
             out_ids.append(ids)
             out_nb.append(nbs[keep].reshape(len(ids), k))
             out_sim.append(sims[keep].reshape(len(ids), k))
-            task.advance(len(ids))
+        del index
     task.close()
     if not out_ids:
         raise QueryError(f"no split has more than k={k} samples; lower -k")
