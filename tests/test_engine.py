@@ -208,3 +208,22 @@ def test_layout_order_and_counts():
     cols = layout.columns()
     assert list(cols["channel"][:9]) == [0, 1, 2, 3, 4, 5, 6, 7, 0]
     assert list(layout.layer_of([0, 7, 8, 15])) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("strategy", ["bmm", "mm", "conv"])
+@pytest.mark.parametrize("name", ["resnet18", "odd_convs", "shared_conv", "mobilenet_v3_small"])
+def test_every_reduction_strategy_is_exact(name, strategy):
+    """Each per-layer strategy the engine may pick by timing gives the reference profile."""
+    build, size = MODELS[name]
+    model = build()
+    x, y = _batch(model, size, n=4)
+    got = ProfileEngine(model, strategy=strategy, block_bytes=1 << 16).profile(x, y).raw
+    want = reference_profiles(model, x, y)
+    assert _layer_rel_errors(UnitLayout.from_module(model), got, want).max().item() <= 1e-4
+
+
+def test_unknown_strategy_is_refused():
+    from saliencydb.errors import ModelError
+
+    with pytest.raises(ModelError, match="unknown engine strategy"):
+        ProfileEngine(MODELS["shared_conv"][0](), strategy="magic")

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import ModelError
 from .layout import Layer, UnitLayout
 
-_DEFAULT_BLOCK_BYTES = 2 * 2**20  # temporaries of about an L2 cache
+_DEFAULT_BLOCK_BYTES = 8 * 2**20  # bound on each temporary (patches of a sample block; one gradient block)
 
 
 @dataclass
@@ -93,6 +93,59 @@ def per_sample_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) 
     return torch.matmul(g.reshape(B, G, O // G, Ho * Wo), cols.transpose(-1, -2)).reshape(B, O, -1)
 
 
+def _reduce_bmm(module, x, g, padding, block_bytes) -> torch.Tensor:
+    """Batched products over (sample, group) blocks: (b, G, O/G, P) x (b, G, P, K)."""
+    B, O, Ho, Wo = g.shape
+    G, P = module.groups, Ho * Wo
+    K = module.weight[0].numel()
+    per_sample = (x.shape[1] * module.kernel_size[0] * module.kernel_size[1] * P + O * K) * x.element_size()
+    bs = max(1, min(B, block_bytes // max(per_sample, 1)))
+    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
+    for i in range(0, B, bs):
+        cols = _columns(module, x[i : i + bs], padding, Ho, Wo).reshape(-1, G, K, P)
+        grad = torch.matmul(g[i : i + bs].reshape(-1, G, O // G, P), cols.transpose(-1, -2))
+        out[i : i + bs] = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K).reshape(-1, O)
+    return out
+
+
+def _reduce_mm(module, x, g, padding, block_bytes) -> torch.Tensor:
+    """One plain matrix product per sample (groups == 1), on standalone operands."""
+    B, O, Ho, Wo = g.shape
+    P = Ho * Wo
+    K = module.weight[0].numel()
+    bs = max(1, min(B, block_bytes // max(K * P * x.element_size(), 1)))
+    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
+    for i in range(0, B, bs):
+        cols = _columns(module, x[i : i + bs], padding, Ho, Wo)
+        gi = g[i : i + bs].reshape(-1, O, P)
+        for j in range(gi.shape[0]):
+            # standalone copies: some BLAS paths are far slower on views of a larger tensor
+            grad = torch.mm(gi[j].clone(), cols[j].clone().t())
+            out[i + j] = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K)
+    return out
+
+
+def _reduce_conv(module, x, g, padding, block_bytes) -> torch.Tensor:
+    """The convolution weight-gradient kernel with the batch folded into groups (groups == 1)."""
+    B, O, Ho, Wo = g.shape
+    C = x.shape[1]
+    K = module.weight[0].numel()
+    bs = max(1, min(B, block_bytes // max(O * K * x.element_size(), 1)))
+    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
+    for i in range(0, B, bs):
+        b = min(bs, B - i)
+        grad = torch.nn.grad.conv2d_weight(
+            x[i : i + b].reshape(1, b * C, *x.shape[2:]), (b * O, C, *module.kernel_size),
+            g[i : i + b].reshape(1, b * O, Ho, Wo), stride=module.stride, padding=padding,
+            dilation=module.dilation, groups=b)
+        out[i : i + b] = torch.linalg.vector_norm(grad.reshape(b, O, K), ord=1, dim=-1).div_(K)
+    return out
+
+
+_REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv}
+STRATEGIES = tuple(_REDUCERS)
+
+
 class ProfileEngine:
     """Computes raw filter-wise saliency profiles of a model, a batch at a time.
 
@@ -103,8 +156,12 @@ class ProfileEngine:
     flags are restored and no hook stays registered, even when profiling fails.
     """
 
-    def __init__(self, model: nn.Module, *, block_bytes: int = _DEFAULT_BLOCK_BYTES):
+    def __init__(self, model: nn.Module, *, block_bytes: int = _DEFAULT_BLOCK_BYTES, strategy: str | None = None):
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ModelError(f"unknown engine strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
         self.model = model
+        self.strategy = strategy
+        self._chosen: dict = {}  # layer shape -> fastest strategy measured here
         self.layout = UnitLayout.from_module(model)
         if not self.layout.layers:
             raise ModelError("the model has no convolution weights (4-D parameters): nothing to profile")
@@ -174,35 +231,46 @@ class ProfileEngine:
     def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """mean |per-sample weight gradient| per filter, (B, O).
 
-        The per-sample gradient of one (sample block, filter block) at a time is formed,
-        reduced and dropped, with blocks sized so the temporary stays near ``block_bytes``
-        (cache-sized by default): the full (B, O, K) per-sample gradient never exists.
-        When the output has a single position, the gradient is the outer product of the
-        output gradient and the input, and the mean |.| factorises exactly.
+        The per-sample gradients are formed for a block of samples at a time (blocks bounded
+        by ``block_bytes``), reduced and dropped: the full (B, O, K) gradient of a large batch
+        never exists. When the output has a single position, the gradient is the outer
+        product of the output gradient and the input, and the mean |.| factorises exactly.
+        Otherwise one of several exact strategies is used per layer shape: the one that
+        measured fastest on this machine the first time the shape was seen (``strategy``
+        forces one).
         """
         x, padding = _explicit_padding(module, x)
         B, O, Ho, Wo = g.shape
         G = module.groups
-        kh, kw = module.kernel_size
-        P = Ho * Wo
-        if P == 1:
+        if Ho * Wo == 1:
             cols = _columns(module, x, padding, Ho, Wo).reshape(B, G, -1)  # (B, G, K)
             per_group = cols.abs().mean(-1)  # (B, G)
             return g.reshape(B, G, O // G).abs().mul_(per_group[:, :, None]).reshape(B, O)
-        out = torch.empty(B, O, dtype=g.dtype, device=g.device)
-        K = module.weight[0].numel()
-        Og = O // G
-        cols_bytes = x.shape[1] * kh * kw * P * x.element_size()
-        bs = max(1, min(B, self.block_bytes // max(cols_bytes + Og * K * x.element_size(), 1)))
-        for i in range(0, B, bs):
-            cols = _columns(module, x[i : i + bs], padding, Ho, Wo).reshape(-1, G, K, P).transpose(-1, -2)  # (b, G, P, K)
-            gi = g[i : i + bs].reshape(-1, G, Og, P)
-            ob = max(1, min(Og, self.block_bytes // max(gi.shape[0] * G * K * x.element_size(), 1)))
-            for o in range(0, Og, ob):
-                grad = torch.matmul(gi[:, :, o : o + ob], cols)  # (b, G, ob, K)
-                red = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K)  # (b, G, ob)
-                out.view(B, G, Og)[i : i + bs, :, o : o + ob] = red
-        return out
+        strategies = STRATEGIES if G == 1 else ("bmm",)
+        if self.strategy is not None:
+            name = self.strategy if self.strategy in strategies else "bmm"
+        else:
+            key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
+            name = self._chosen.get(key)
+            if name is None:
+                name = self._chosen[key] = self._tune(strategies, module, x, g, padding)
+        return _REDUCERS[name](module, x, g, padding, self.block_bytes)
+
+    def _tune(self, strategies, module, x, g, padding) -> str:
+        if len(strategies) == 1:
+            return strategies[0]
+        import time
+
+        b = max(1, min(x.shape[0], 8))
+        best, best_t = strategies[0], float("inf")
+        for name in strategies:
+            _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)  # warm-up
+            t = time.perf_counter()
+            _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)
+            t = time.perf_counter() - t
+            if t < best_t:
+                best, best_t = name, t
+        return best
 
     def accumulate_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Per-sample weight gradient of one call of a module used several times, (B, O, n)."""
