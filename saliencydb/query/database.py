@@ -14,7 +14,8 @@ from ..errors import QueryError
 from ..indexer.store import fixed_list_to_numpy, read_stats
 from ..indexer.vectors import SPACES, read_index, to_search_device
 from ..saliency import l2_normalize, standardize
-from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, KNN_SCHEMA, TRIAGE_SCHEMA,
+from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
+                       TRIAGE_SCHEMA,
                        UNITS_SCHEMA, Manifest,
                        read_manifest, samples_schema)
 
@@ -60,7 +61,7 @@ class Database:
         self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
         for name, schema in (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA),
                              ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA),
-                             ("triage", TRIAGE_SCHEMA)):
+                             ("triage", TRIAGE_SCHEMA), ("interventions", INTERVENTIONS_SCHEMA)):
             self._view(name, m.tables.get(name, []), schema)
         names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))

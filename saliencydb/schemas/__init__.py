@@ -7,6 +7,7 @@ from .tables import (
     FAILURES_SCHEMA,
     FORMAT_VERSION,
     INGESTS_SCHEMA,
+    INTERVENTIONS_SCHEMA,
     KNN_SCHEMA,
     TRIAGE_SCHEMA,
     UNITS_SCHEMA,
@@ -15,6 +16,6 @@ from .tables import (
 
 __all__ = [
     "MANIFEST", "TMP_SUFFIX", "Manifest", "now_iso", "read_manifest", "write_atomic", "write_manifest",
-    "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "KNN_SCHEMA", "TRIAGE_SCHEMA", "UNITS_SCHEMA",
+    "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "INTERVENTIONS_SCHEMA", "KNN_SCHEMA", "TRIAGE_SCHEMA", "UNITS_SCHEMA",
     "samples_schema",
 ]

@@ -106,3 +106,37 @@ TRIAGE_SCHEMA = pa.schema(
         pa.field("run", pa.string(), nullable=False),
     ]
 )
+
+INTERVENTIONS_SCHEMA = pa.schema(
+    [
+        # one row per attempt: one model edit (a filter choice of one command run), scored against its baseline
+        pa.field("attempt_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),  # the command run the attempt belongs to
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("command", pa.string(), nullable=False),  # intervene | fix-group
+        pa.field("method", pa.string(), nullable=False),  # prune | perturb | finetune
+        pa.field("scope", pa.string(), nullable=False),  # sample | cluster
+        pa.field("sample_id", pa.int64()),  # scope sample
+        pa.field("cluster", pa.int32()),  # scope cluster
+        pa.field("cluster_run", pa.string()),  # the clustering run the cluster number belongs to
+        pa.field("split", pa.string()),  # split(s) re-scored, comma-separated
+        pa.field("k", pa.int32()),  # filters edited; null for the whole-network step
+        pa.field("filters", pa.string(), nullable=False),  # salient | random | least_salient | whole_network
+        pa.field("unit_ids", pa.list_(pa.int32()), nullable=False),  # empty for the whole-network step
+        pa.field("lr", pa.float64()),  # finetune step size
+        pa.field("sigma", pa.float64()),  # perturb noise standard deviation
+        pa.field("grad_scale", pa.float64()),  # finetune: factor that gave the gradient the salient filters' norm
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("targets", pa.int64(), nullable=False),  # samples the attempt tried to fix (1, or the group size)
+        pa.field("targets_wrong_before", pa.int64(), nullable=False),
+        pa.field("corrected", pa.int64(), nullable=False),  # targets wrong before, right after
+        pa.field("broken", pa.int64()),  # previously correct samples outside the targets now wrong (null: not scored)
+        pa.field("fixed_elsewhere", pa.int64()),  # previously wrong samples outside the targets now right
+        pa.field("scored", pa.int64(), nullable=False),  # samples evaluated after the edit
+        pa.field("accuracy_before", pa.float64()),  # over the re-scored split(s); null when not scored
+        pa.field("accuracy_after", pa.float64()),
+        pa.field("delta_true_conf", pa.float64(), nullable=False),  # mean over the targets
+        pa.field("delta_pred_conf", pa.float64(), nullable=False),  # mean, confidence of each target's original prediction
+        pa.field("weights_sha256", pa.string(), nullable=False),
+    ]
+)

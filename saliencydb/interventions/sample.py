@@ -1,0 +1,108 @@
+"""Interventions on one sample: its salient filters against the controls, at one or several k."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bench import Bench
+from .filters import WHOLE_NETWORK, check_k, choose_filters
+from .methods import DEFAULT_LR, DEFAULT_SIGMA, check_method, check_params, edited, grad_scales, noise_generator
+
+DEFAULT_NEIGHBORS = 10
+
+
+def sample_attempts(bench: Bench, sample_id: int, method: str, ks, *, z: np.ndarray, lr: float = DEFAULT_LR,
+                    sigma: float = DEFAULT_SIGMA, seed: int = 0, neighbors: np.ndarray | None = None) -> list[dict]:
+    """Every filter choice at every k (and, for finetune, the whole-network step) on one sample.
+
+    The caller has ``prepare``d the sample and its ``neighbors`` (used by finetune: they are scored under
+    each edited model in the same forward pass as the sample). The sample's gradient is computed once and
+    shared by all choices and ks; each edit is undone before the next."""
+    ids = np.array([sample_id], dtype=np.int64)
+    if neighbors is not None:
+        ids = np.concatenate([ids, np.asarray(neighbors, dtype=np.int64)])
+    grads = bench.gradient([sample_id]) if method == "finetune" else None
+    rows = []
+    for k in ks:
+        choices = choose_filters(z, k, [seed, sample_id, k])
+        scales = grad_scales(bench.editor, choices, grads) if grads is not None else {c: None for c in choices}
+        for ci, (name, units) in enumerate(choices.items()):
+            scale = 1.0 if scales[name] is None else scales[name]
+            with edited(bench.editor, method, units, grads=grads, lr=lr, scale=scale, sigma=sigma,
+                        generator=noise_generator(seed, sample_id, k, ci)):
+                ev = bench.evaluate(ids)
+            rows.append(attempt_row(k, name, units, scales[name], ev, bench.class_names))
+    if method == "finetune":
+        with edited(bench.editor, method, None, grads=grads, lr=lr):
+            ev = bench.evaluate(ids)
+        rows.append(attempt_row(None, WHOLE_NETWORK, np.array([], dtype=np.int64), None, ev, bench.class_names))
+    return rows
+
+
+def attempt_row(k, filters: str, units: np.ndarray, scale, ev: dict, class_names) -> dict:
+    """The effect of one edit on the target (row 0 of ``ev``) and on its neighbours (the other rows)."""
+    pred = int(ev["pred"][0])
+    row = {
+        "k": k, "filters": filters, "unit_ids": [int(u) for u in units], "grad_scale": scale,
+        "delta_true_conf": float(ev["delta_true_conf"][0]), "delta_pred_conf": float(ev["delta_pred_conf"][0]),
+        "true_conf_after": float(ev["true_conf"][0]), "pred_conf_after": float(ev["pred_conf"][0]),
+        "pred_after": pred, "pred_name_after": class_names[pred], "correct_after": bool(ev["correct"][0]),
+        "corrected": bool(ev["correct"][0] and not ev["correct_before"][0]),
+        "broken": bool(ev["correct_before"][0] and not ev["correct"][0]),
+    }
+    if len(ev["pred"]) > 1:
+        before, after = ev["correct_before"][1:], ev["correct"][1:]
+        wrong = int((~before).sum())
+        fixed = int((~before & after).sum())
+        row.update({
+            "neighbors": int(len(before)), "nb_wrong_before": wrong, "nb_corrected": fixed,
+            # share of the neighbours that were misclassified and are now correct (None: none was misclassified)
+            "nb_corrected_share": fixed / wrong if wrong else None,
+            "nb_broken": int((before & ~after).sum()),
+            "nb_delta_true_conf": float(ev["delta_true_conf"][1:].mean()),
+        })
+    return row
+
+
+def intervene(bench: Bench, sample_id: int, method: str, *, top_k: int = 10, lr: float = DEFAULT_LR,
+              sigma: float = DEFAULT_SIGMA, seed: int = 0, n_neighbors: int = DEFAULT_NEIGHBORS) -> dict:
+    """Prune / perturb / fine-tune the top-k salient filters of one stored sample, and the same with k random
+    filters, the k least salient filters and (finetune) the whole network; on a copy of the model."""
+    check_method(method)
+    check_params(lr, sigma)
+    bench.db.sample(sample_id)  # one clear line for an unknown id
+    k = check_k(top_k, bench.n_units)
+    bench.prepare([sample_id])
+    z = bench.z([sample_id])[0]
+    neighbors = None
+    if method == "finetune":
+        neighbors = bench.neighbors([sample_id], n_neighbors)[0]
+        bench.prepare(neighbors)
+    meta = bench.db.sample(sample_id)
+    base = bench.baseline([sample_id])
+    sample = {k_: meta[k_] for k_ in ("sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct")}
+    # confidences recomputed with the loaded model: the baseline every change is measured from
+    sample.update({"true_conf": float(base["true_conf"][0]), "pred_conf": float(base["pred_conf"][0]),
+                   "baseline_correct": bool(base["correct"][0])})
+    attempts = sample_attempts(bench, sample_id, method, [k], z=z, lr=lr, sigma=sigma, seed=seed, neighbors=neighbors)
+    return {
+        "sample": sample, "method": method, "k": k, "seed": seed,
+        "lr": lr if method == "finetune" else None, "sigma": sigma if method == "perturb" else None,
+        "neighbors": None if neighbors is None else [int(i) for i in neighbors],
+        "attempts": attempts,
+    }
+
+
+def sample_records(result: dict, *, run_id: str, weights_sha256: str) -> list[dict]:
+    """One interventions-table row per attempt of an ``intervene`` result (finetune: neighbours count as 'elsewhere')."""
+    from .record import attempt_record
+
+    s = result["sample"]
+    wrong_before = int(not s["baseline_correct"])
+    return [attempt_record(
+        run_id=run_id, command="intervene", method=result["method"], scope="sample", attempt=a, seed=result["seed"],
+        weights_sha256=weights_sha256, lr=result["lr"], sigma=result["sigma"], sample_id=s["sample_id"], split=s["split"],
+        targets=1, targets_wrong_before=wrong_before, corrected=int(a["corrected"]),
+        broken=a.get("nb_broken"), fixed_elsewhere=a.get("nb_corrected"), scored=1 + a.get("neighbors", 0),
+        delta_true_conf=a["delta_true_conf"], delta_pred_conf=a["delta_pred_conf"],
+    ) for a in result["attempts"]]
