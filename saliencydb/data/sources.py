@@ -304,6 +304,20 @@ def parse_data_spec(spec: str) -> Source:
     raise SpecError(f"data spec '{spec}': unknown kind '{kind}'; {DATA_SPEC_HELP}")
 
 
+class SourceCatalog:
+    """Data sources opened by spec, once each, with a key -> index map to find stored samples."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[Source, dict[str, int]]] = {}
+
+    def get(self, spec: str, fresh: bool = False) -> tuple[Source, dict[str, int]]:
+        """The source of ``spec`` and its key -> index map; ``fresh`` lists the source again."""
+        if fresh or spec not in self._open:
+            source = parse_data_spec(spec)
+            self._open[spec] = (source, {source.key(i): i for i in range(len(source))})
+        return self._open[spec]
+
+
 class SampleDataset(torch.utils.data.Dataset):
     """Transformed samples ``source[indices[k]]`` as ``(index, tensor | None, label, error | None)``.
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Transform, parse_data_spec
+from ..data import Transform
+from ..data.sources import SourceCatalog
 from ..errors import QueryError
 from ..indexer.pipeline import load_stored_model
 from ..saliency import UnitLayout, standardize
@@ -43,13 +44,14 @@ class Explainer:
         self.model = loaded.module.eval()
         self.scripted = loaded.scripted
         self.class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        self._catalog = SourceCatalog()  # data sources opened on first use, once
 
     # -- samples ------------------------------------------------------------------------
     def _source(self, split: str, fresh: bool = False):
         rec = self.db.manifest.splits.get(split)
         if rec is None:
             raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(self.db.manifest.splits))}")
-        return _open_source(rec["source"], fresh)
+        return self._catalog.get(rec["source"], fresh)
 
     def image_tensor(self, split: str, key: str) -> torch.Tensor:
         """The model input (1, C, H, W) of a stored sample, re-read from its data source."""
@@ -140,18 +142,6 @@ class Explainer:
         conf, pred = prob.max(1)
         return {"pred": pred.numpy(), "pred_conf": conf.numpy(), "true_conf": prob.gather(1, y.view(-1, 1))[:, 0].numpy(),
                 "prob": prob.numpy()}
-
-
-_SOURCES: dict[str, tuple] = {}  # spec -> (source, key -> index); a few, reused within one process
-
-
-def _open_source(spec: str, fresh: bool = False):
-    if fresh or spec not in _SOURCES:
-        source = parse_data_spec(spec)
-        if len(_SOURCES) >= 4:
-            _SOURCES.pop(next(iter(_SOURCES)))
-        _SOURCES[spec] = (source, {source.key(i): i for i in range(len(source))})
-    return _SOURCES[spec]
 
 
 def _layer_list(layers) -> str:

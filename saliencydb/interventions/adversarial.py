@@ -12,7 +12,6 @@ To first order θ* − θ0 = ±ε ∇L/‖∇L‖, so for small ε the adversari
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import nn
 from ..errors import QueryError
 from ..progress import NullProgress
 from ..saliency import UnitLayout, standardize
+from ..saliency.modes import evaluating
 from ..saliency.variants import agreement
 from .editor import FilterEditor
 
@@ -62,7 +62,7 @@ def adversarial_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     sign = 1.0 if maximize else -1.0
     out = {k: [] for k in ("raw", "grad_norm", "delta_norm", "loss_before", "loss_after", "pred_before", "pred_after")}
     all_units = np.arange(layout.n_units)
-    with _eval_grad_on(model, weights), editor.editing(all_units):
+    with evaluating(model, grad_params=weights), editor.editing(all_units):
         theta0 = [w.detach().clone() for w in weights]
         for i in range(x.shape[0]):
             xi, yi = x[i : i + 1].to(device), y[i : i + 1].to(device)
@@ -161,25 +161,6 @@ def _set(weights, theta0, delta) -> None:
     with torch.no_grad():
         for w, w0, d in zip(weights, theta0, delta):
             w.copy_(w0 + d)
-
-
-@contextmanager
-def _eval_grad_on(model: nn.Module, weights):
-    """Eval mode, gradients on ``weights`` only; modes and flags restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    wanted = {id(w) for w in weights}
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(id(p) in wanted)
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _logits(out) -> torch.Tensor:

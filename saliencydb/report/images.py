@@ -8,6 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from ..data.sources import SourceCatalog
 from ..errors import SaliencyDBError
 
 PLACEHOLDER_RGB = (214, 219, 224)
@@ -48,21 +49,19 @@ class Thumbnails:
     def __init__(self, manifest):
         self.manifest = manifest
         self._sources: dict[str, tuple[object, dict[str, int]] | None] = {}
+        self._catalog = SourceCatalog()
         self._cache: dict[tuple[int, int], tuple[str, int, int]] = {}
         self.problems: dict[str, str] = {}  # split -> why its images are not shown
 
     def _source(self, split: str):
         if split not in self._sources:
-            from ..data import parse_data_spec
-
             rec = self.manifest.splits.get(split)
             if rec is None:
                 self._sources[split] = None
                 self.problems[split] = f"split '{split}' has no data source in the manifest"
             else:
                 try:
-                    source = parse_data_spec(rec["source"])
-                    self._sources[split] = (source, {source.key(i): i for i in range(len(source))})
+                    self._sources[split] = self._catalog.get(rec["source"])
                 except (SaliencyDBError, OSError) as e:
                     self._sources[split] = None
                     self.problems[split] = f"cannot open {rec['source']}: {' '.join(str(e).split())}"

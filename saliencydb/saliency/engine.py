@@ -17,7 +17,6 @@ by layer: at no time are the per-sample gradients of more than one layer held.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .layout import Layer, UnitLayout
+from .modes import evaluating
 
 _DEFAULT_BLOCK_BYTES = 8 * 2**20  # bound on each temporary (patches of a sample block; one gradient block)
 
@@ -186,7 +186,7 @@ class ProfileEngine:
         y = y.to(device=x.device, dtype=torch.long)
         B = x.shape[0]
         raw = torch.zeros(B, self.layout.n_units, dtype=torch.float32, device=x.device)
-        with self._profiling_state(), torch.enable_grad():
+        with evaluating(self.model, grad_params=[]):
             state = _PassState(self, raw)
             handles = []
             try:
@@ -212,22 +212,6 @@ class ProfileEngine:
         return Profiles(raw=raw, logits=logits.detach(), feature=feature.detach().float(), **outs)
 
     # -- internals ----------------------------------------------------------------------
-    @contextmanager
-    def _profiling_state(self):
-        """Eval mode and no parameter requiring grad (autograd then forms no weight gradient)."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        try:
-            self.model.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
     def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """mean |per-sample weight gradient| per filter, (B, O).
 

@@ -13,7 +13,6 @@ is an explanation tool for a handful of samples, not an indexing path.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .layout import UnitLayout
+from .modes import evaluating
 
 
 def random_units(n_units: int, k: int, seed: int | Sequence[int] = 0) -> np.ndarray:
@@ -32,25 +32,6 @@ def random_units(n_units: int, k: int, seed: int | Sequence[int] = 0) -> np.ndar
     if not 1 <= k <= n_units:
         raise ModelError(f"cannot draw {k} random units out of {n_units}; use 1 <= k <= {n_units}")
     return np.sort(np.random.default_rng(seed).choice(n_units, size=k, replace=False)).astype(np.int64)
-
-
-@contextmanager
-def _eval_with_grad_on(model: nn.Module, weights: Sequence[torch.Tensor]):
-    """Eval mode, gradients enabled on ``weights`` only; flags restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    wanted = {id(w) for w in weights}
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(id(p) in wanted)
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def conv_weights(model: nn.Module, layout: UnitLayout) -> list[torch.Tensor]:
@@ -116,7 +97,7 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
         raise ModelError(f"top-k must lie in 1..{U}, got {top_k}")
     weights = conv_weights(model, layout)
     maps = []
-    with _eval_with_grad_on(model, weights):
+    with evaluating(model, grad_params=weights):
         for i in range(x.shape[0]):
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
             s = (differentiable_profile(model, xi, y[i : i + 1], layout, weights) - mean_t) / std_t

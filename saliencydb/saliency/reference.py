@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import UnitLayout
+from .modes import evaluating
 
 
 def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: UnitLayout | None = None) -> torch.Tensor:
@@ -18,26 +19,15 @@ def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layou
     layout = layout or UnitLayout.from_module(model)
     params = dict(model.named_parameters())
     weights = [params[layer.param_name] for layer in layout.layers]
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in weights]
     out = torch.zeros(x.shape[0], layout.n_units, dtype=torch.float32, device=x.device)
-    try:
-        model.eval()
-        for p in weights:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            for i in range(x.shape[0]):
-                logits = model(x[i : i + 1])
-                if not isinstance(logits, torch.Tensor):
-                    logits = logits[0]
-                loss = F.cross_entropy(logits, y[i : i + 1].long())
-                grads = torch.autograd.grad(loss, weights, allow_unused=True)
-                for layer, grad in zip(layout.layers, grads):
-                    if grad is not None:
-                        out[i, layer.offset : layer.stop] = grad.abs().flatten(1).mean(1)
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with evaluating(model, grad_params=weights):
+        for i in range(x.shape[0]):
+            logits = model(x[i : i + 1])
+            if not isinstance(logits, torch.Tensor):
+                logits = logits[0]
+            loss = F.cross_entropy(logits, y[i : i + 1].long())
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            for layer, grad in zip(layout.layers, grads):
+                if grad is not None:
+                    out[i, layer.offset : layer.stop] = grad.abs().flatten(1).mean(1)
     return out
