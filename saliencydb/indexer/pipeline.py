@@ -121,7 +121,9 @@ class Indexer:
         self.db = Path(db)
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        # decoding workers pay off when cores are left over from the profiling itself
+        cores = os.cpu_count() or 1
+        self.workers = (0 if cores <= 2 else min(8, cores - 1)) if workers is None else workers
         self.part_rows = max(part_rows, 1)
         self.index_kind = index_kind
         self.progress = progress or NullProgress()
