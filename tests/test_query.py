@@ -197,3 +197,22 @@ def test_sql_helpers(digits_db):
     assert db.sql("SELECT confusion FROM samples WHERE sample_id = 7").column("confusion")[0].as_py().count(" -> ") == 1
     out = run_cli("sql", "--db", digits_db, "SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split", "--format", "json").output
     assert json.loads(out) == [{"split": "train", "n": 200}, {"split": "val", "n": 600}]
+
+
+def test_json_shapes_are_the_documented_ones(digits_copy):
+    """The top-level keys of every query command's JSON, as the README documents them."""
+    info = json.loads(run_cli("info", "--db", digits_copy, "--format", "json").output)
+    assert set(info) == {"path", "format_version", "commit", "model", "units", "feature_dim", "metric", "samples",
+                         "splits", "statistics", "indexes"}
+    assert set(info["splits"]["val"]) == {"source", "complete", "samples", "accuracy", "mistakes", "failures"}
+    mis = json.loads(run_cli("mistakes", "--db", digits_copy, "--format", "json", "--bootstrap", 20).output)
+    assert set(mis) == {"k", "bootstrap", "seed", "splits"}
+    assert set(mis["splits"]["val"]) == {"samples", "correct", "incorrect", "saliency", "feature"}
+    assert set(mis["splits"]["val"]["saliency"]["correct_neighbors_of_incorrect"]) == {"mean", "ci95", "n"}
+    cl = json.loads(run_cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--format", "json").output)
+    assert set(cl) == {"run", "n_clusters", "samples", "clusters"}
+    assert set(cl["clusters"][0]) == {"cluster", "size", "top_confusions", "top_layers", "top_units", "exemplars"}
+    tri = json.loads(run_cli("triage", "--db", digits_copy, "--split", "train", "--format", "json").output)
+    assert set(tri) == {"split", "run", "new_mistakes", "known_groups", "new_failure_mode", "reference_splits", "layer_drift"}
+    rows = json.loads(run_cli("sql", "--db", digits_copy, "SELECT 1 AS one", "--format", "json").output)
+    assert rows == [{"one": 1}]
