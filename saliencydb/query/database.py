@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ..errors import QueryError
 from ..indexer.store import fixed_list_to_numpy, read_stats
-from ..indexer.vectors import SPACES, read_index, to_search_device
+from ..indexer.vectors import SPACES, read_index
 from ..saliency import l2_normalize, standardize
 from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
                        TRIAGE_SCHEMA,
@@ -120,13 +120,15 @@ class Database:
         return self._stats
 
     def index(self, space: str):
-        """The FAISS index of ``space`` (loaded once; on the GPUs when FAISS sees any)."""
+        """The FAISS index of ``space`` (loaded once, on the CPU: single queries are cheap there, and
+        filtered searches need ID selectors, which GPU indexes do not take; the batched
+        neighbour graph uses the GPUs)."""
         check_space(space)
         if space not in self._indexes:
             entry = self.manifest.indexes.get(space)
             if entry is None:
                 raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
-            self._indexes[space] = to_search_device(read_index(self.path / entry["file"]))
+            self._indexes[space] = read_index(self.path / entry["file"])
         return self._indexes[space]
 
     def vectors(self, space: str, ids: np.ndarray | list[int]) -> np.ndarray:
