@@ -247,10 +247,13 @@ class ProfileEngine:
 
         b = max(1, min(x.shape[0], 8))
         best, best_t = strategies[0], float("inf")
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # time the work, not the launch
         for name in strategies:
             _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)  # warm-up
+            sync()
             t = time.perf_counter()
             _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)
+            sync()
             t = time.perf_counter() - t
             if t < best_t:
                 best, best_t = name, t
