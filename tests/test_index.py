@@ -1,7 +1,6 @@
 """`saliencydb index` and `info` end to end: storage, exactness of what is stored, resume, errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliencydb.data import Transform, load_model, parse_data_spec
+from saliencydb.data import load_model, parse_data_spec
 from saliencydb.errors import LockedError
 from saliencydb.indexer import DatabaseWriter, Indexer
 from saliencydb.saliency import reference_profiles

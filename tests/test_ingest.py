@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -13,7 +12,7 @@ from PIL import Image
 
 import saliencydb
 from saliencydb.data import parse_data_spec
-from saliencydb.indexer import DatabaseWriter, Indexer
+from saliencydb.indexer import DatabaseWriter
 from saliencydb.schemas import FORMAT_VERSION
 
 from helpers import run_cli, run_cli_subprocess

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 import saliencydb
-from saliencydb.errors import QueryError
 from saliencydb.query.knn import mistakes
 
 from helpers import run_cli

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path

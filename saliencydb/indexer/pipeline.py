@@ -23,7 +23,7 @@ import torch
 from ..data import Transform, load_model, parse_data_spec
 from ..data.models import LoadedModel
 from ..data.sources import SampleDataset, Source, collate_samples
-from ..errors import DatabaseError, ModelError, SpecError
+from ..errors import ModelError, SpecError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, standardize

@@ -38,7 +38,7 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5) -> dict:
     run = assigned.column("run")[0].as_py()
     members = assigned.column("sample_id").to_numpy()
     labels = assigned.column("cluster").to_numpy()
-    new_ids = db.ids_where(f"NOT correct AND sample_id NOT IN (SELECT sample_id FROM clusters)", split)
+    new_ids = db.ids_where("NOT correct AND sample_id NOT IN (SELECT sample_id FROM clusters)", split)
     groups = sorted(set(labels.tolist()))
     centroids, radius = [], []
     for c in groups:

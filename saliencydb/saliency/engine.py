@@ -16,7 +16,6 @@ by layer: at no time are the per-sample gradients of more than one layer held.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
