@@ -475,9 +475,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-
-
-
 def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
@@ -568,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
             "agreement: per layer and sample, max|a-b| / max|loop| over the layer's units. A few samples\n"
             "  over --tol are expected with random weights: a pre-activation within rounding of 0 can\n"
             "  take another ReLU branch in the batched pass than in the one-sample pass.\n"
+            "busy machine: the share of the CPUs used by other processes is measured and printed; rows\n"
+            "  timed while it was above 5% are flagged in the note column (rerun those alone).\n"
             "exit status: 1 if engine or vmap exceed --tol for most samples (median over samples),\n"
             "  or loop, engine or train_step fail; a vmap failure is only reported."
         ),
