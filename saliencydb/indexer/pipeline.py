@@ -26,7 +26,8 @@ from ..data.sources import SampleDataset, Source, collate_samples
 from ..errors import ModelError, SpecError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
-from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, standardize
+from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
+from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
 from .store import committed_keys, iter_profiles, read_stats
 from .vectors import INDEX_KINDS, build_index, read_index, write_index
@@ -343,9 +344,6 @@ class Indexer:
         if engine is not None:
             out = engine.profile(x, y)
         else:  # TorchScript: no module hooks on compiled graphs; the per-sample definition
-            from ..saliency.engine import outputs_from_logits
-            from ..saliency.reference import reference_profiles
-
             raw = reference_profiles(module, x, y, layout)
             with torch.no_grad():
                 logits = module(x)

@@ -1,8 +1,9 @@
 """FAISS indexes over standardised, L2-normalised profiles (cosine) and over features.
 
 Index ids are sample_ids. Exact ``IndexFlatIP`` by default; ``ivf`` (IndexIVFFlat,
-inner product) for large databases. Search moves the index to the GPUs when FAISS
-sees any.
+inner product) for large databases. ``to_search_device`` moves an index to the GPUs
+when FAISS sees any (used for the batched neighbour graph; filtered single queries stay
+on the CPU, since GPU indexes take no ID selectors).
 """
 
 from __future__ import annotations

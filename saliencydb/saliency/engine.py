@@ -41,8 +41,6 @@ class Profiles:
     pred_conf: torch.Tensor  # (B,) softmax probability of the predicted label
     feature: torch.Tensor  # (B, F) input of the last linear layer
 
-    def to(self, device: torch.device | str) -> "Profiles":
-        return Profiles(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
 def outputs_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -161,6 +159,7 @@ class ProfileEngine:
         self.model = model
         self.strategy = strategy
         self._chosen: dict = {}  # layer shape -> fastest strategy measured here
+        self.has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
         self.layout = UnitLayout.from_module(model)
         if not self.layout.layers:
             raise ModelError("the model has no convolution weights (4-D parameters): nothing to profile")
@@ -258,10 +257,6 @@ class ProfileEngine:
                 best, best_t = name, t
         return best
 
-    def accumulate_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Per-sample weight gradient of one call of a module used several times, (B, O, n)."""
-        return per_sample_weight_grad(module, x, g)
-
 
 class _PassState:
     """What one forward/backward pass collects; lives only for that pass."""
@@ -282,7 +277,8 @@ class _PassState:
         def hook(mod, inputs, output):
             x = inputs[0].detach()
             self.calls[layer.index] = self.calls.get(layer.index, 0) + 1
-            self.fallback_feature = output.detach().mean(dim=(2, 3))
+            if not self.engine.has_linear:  # the feature then falls back to the last conv output, pooled
+                self.fallback_feature = output.detach().mean(dim=(2, 3))
             node = output.grad_fn
             if node is None:
                 return
@@ -301,7 +297,7 @@ class _PassState:
             if self.calls[i] == 1:
                 self.raw[:, layer.offset : layer.stop] = self.engine.reduce_layer(module, x, g)
             else:
-                contribution = self.engine.accumulate_layer(module, x, g)
+                contribution = per_sample_weight_grad(module, x, g)
                 self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
                 if self.done[i] == self.calls[i]:
                     self.raw[:, layer.offset : layer.stop] = self.pending.pop(i).abs_().mean(-1)
