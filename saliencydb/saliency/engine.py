@@ -16,6 +16,8 @@ by layer: at no time are the per-sample gradients of more than one layer held.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -90,57 +92,102 @@ def per_sample_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) 
     return torch.matmul(g.reshape(B, G, O // G, Ho * Wo), cols.transpose(-1, -2)).reshape(B, O, -1)
 
 
-def _reduce_bmm(module, x, g, padding, block_bytes) -> torch.Tensor:
-    """Batched products over (sample, group) blocks: (b, G, O/G, P) x (b, G, P, K)."""
+class _Workspace:
+    """One reusable buffer for the per-sample gradient blocks of a pass.
+
+    Writing each block into fresh memory costs more than the product itself on a CPU
+    (every new large allocation is paged in again); reusing one buffer keeps it resident.
+    """
+
+    def __init__(self):
+        self._buf: torch.Tensor | None = None
+
+    def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._buf
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buf = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+
+def _reduce_bmm(module, x, g, padding, block, ws) -> torch.Tensor:
+    """Batched products over blocks of ``block`` samples (all groups at once), into the workspace."""
     B, O, Ho, Wo = g.shape
     G, P = module.groups, Ho * Wo
     K = module.weight[0].numel()
-    per_sample = (x.shape[1] * module.kernel_size[0] * module.kernel_size[1] * P + O * K) * x.element_size()
-    bs = max(1, min(B, block_bytes // max(per_sample, 1)))
     out = torch.empty(B, O, dtype=g.dtype, device=g.device)
-    for i in range(0, B, bs):
-        cols = _columns(module, x[i : i + bs], padding, Ho, Wo).reshape(-1, G, K, P)
-        grad = torch.matmul(g[i : i + bs].reshape(-1, G, O // G, P), cols.transpose(-1, -2))
-        out[i : i + bs] = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K).reshape(-1, O)
-    return out
+    for i in range(0, B, block):
+        n = min(block, B - i)
+        cols = _columns(module, x[i : i + n], padding, Ho, Wo).reshape(n * G, K, P)
+        grad = ws.get((n * G, O // G, K), g)
+        torch.bmm(g[i : i + n].reshape(n * G, O // G, P), cols.transpose(1, 2), out=grad)
+        torch.sum(grad.abs_(), dim=-1, out=out[i : i + n].view(n * G, O // G))
+    return out.div_(K)
 
 
-def _reduce_mm(module, x, g, padding, block_bytes) -> torch.Tensor:
-    """One plain matrix product per sample (groups == 1), on standalone operands."""
+def _reduce_mm(module, x, g, padding, block, ws) -> torch.Tensor:
+    """One matrix product per sample and chunk of ``block`` filters (groups == 1), into the workspace."""
     B, O, Ho, Wo = g.shape
     P = Ho * Wo
     K = module.weight[0].numel()
-    bs = max(1, min(B, block_bytes // max(K * P * x.element_size(), 1)))
     out = torch.empty(B, O, dtype=g.dtype, device=g.device)
-    for i in range(0, B, bs):
-        cols = _columns(module, x[i : i + bs], padding, Ho, Wo)
-        gi = g[i : i + bs].reshape(-1, O, P)
-        for j in range(gi.shape[0]):
-            # standalone copies: some BLAS paths are far slower on views of a larger tensor
-            grad = torch.mm(gi[j].clone(), cols[j].clone().t())
-            out[i + j] = torch.linalg.vector_norm(grad, ord=1, dim=-1).div_(K)
-    return out
+    g = g.reshape(B, O, P)
+    for i in range(B):
+        cols_t = _columns(module, x[i : i + 1], padding, Ho, Wo)[0].t()  # (P, K)
+        for o in range(0, O, block):
+            n = min(block, O - o)
+            grad = ws.get((n, K), g)
+            torch.mm(g[i, o : o + n], cols_t, out=grad)
+            torch.sum(grad.abs_(), dim=-1, out=out[i, o : o + n])
+    return out.div_(K)
 
 
-def _reduce_conv(module, x, g, padding, block_bytes) -> torch.Tensor:
-    """The convolution weight-gradient kernel with the batch folded into groups (groups == 1)."""
+def _reduce_conv(module, x, g, padding, block, ws) -> torch.Tensor:
+    """The convolution weight-gradient kernel over blocks of ``block`` samples folded into groups (groups == 1)."""
     B, O, Ho, Wo = g.shape
     C = x.shape[1]
     K = module.weight[0].numel()
-    bs = max(1, min(B, block_bytes // max(O * K * x.element_size(), 1)))
     out = torch.empty(B, O, dtype=g.dtype, device=g.device)
-    for i in range(0, B, bs):
-        b = min(bs, B - i)
+    for i in range(0, B, block):
+        n = min(block, B - i)
         grad = torch.nn.grad.conv2d_weight(
-            x[i : i + b].reshape(1, b * C, *x.shape[2:]), (b * O, C, *module.kernel_size),
-            g[i : i + b].reshape(1, b * O, Ho, Wo), stride=module.stride, padding=padding,
-            dilation=module.dilation, groups=b)
-        out[i : i + b] = torch.linalg.vector_norm(grad.reshape(b, O, K), ord=1, dim=-1).div_(K)
-    return out
+            x[i : i + n].reshape(1, n * C, *x.shape[2:]), (n * O, C, *module.kernel_size),
+            g[i : i + n].reshape(1, n * O, Ho, Wo), stride=module.stride, padding=padding,
+            dilation=module.dilation, groups=n)
+        torch.sum(grad.reshape(n, O, K).abs_(), dim=-1, out=out[i : i + n])
+    return out.div_(K)
 
 
 _REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv}
 STRATEGIES = tuple(_REDUCERS)
+
+
+def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, block_bytes: int) -> list[tuple[str, int]]:
+    """(strategy, block) pairs worth timing whose temporaries stay within ``block_bytes``.
+
+    A block is a number of samples (``bmm``, ``conv``) or of filters (``mm``). The filter
+    chunks of ``mm`` are only tried when one sample's gradient exceeds the bound; when nothing
+    fits, the smallest block is used (one sample, or as many filters as fit, at least one).
+    """
+    B, O = g.shape[:2]
+    K = module.weight[0].numel()
+    size = x.element_size()
+    per_sample = O * K * size  # one sample's gradient
+    sample_blocks = (1, 4) if module.groups == 1 else (4, 16)
+    out = []
+    for name in strategies:
+        if name == "mm":
+            if per_sample > block_bytes or strategies == ("mm",):
+                fit = [ob for ob in (256, 64) if ob < O and ob * K * size <= block_bytes]
+                out.append((name, fit[0] if fit else max(1, min(O, block_bytes // max(K * size, 1)))))
+            else:
+                out.append((name, O))
+            continue
+        fits = [b for b in sample_blocks if b <= max(B, 1) and b * per_sample <= block_bytes]
+        if name == "bmm" and not fits and "mm" in strategies:
+            continue  # mm chunks the filters instead
+        out += [(name, b) for b in fits or [1]]
+    return out
 
 
 class ProfileEngine:
@@ -158,7 +205,8 @@ class ProfileEngine:
             raise ModelError(f"unknown engine strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
         self.model = model
         self.strategy = strategy
-        self._chosen: dict = {}  # layer shape -> fastest strategy measured here
+        self._chosen: dict = {}  # layer shape -> (strategy, block) measured fastest here
+        self._workspace = _Workspace()
         self.has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
         self.layout = UnitLayout.from_module(model)
         if not self.layout.layers:
@@ -182,10 +230,10 @@ class ProfileEngine:
         if x.dim() != 4:
             raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
         y = y.to(device=x.device, dtype=torch.long)
-        B = x.shape[0]
-        raw = torch.zeros(B, self.layout.n_units, dtype=torch.float32, device=x.device)
+        raw = torch.zeros(x.shape[0], self.layout.n_units, dtype=torch.float32, device=x.device)
         with evaluating(self.model, grad_params=[]):
-            state = _PassState(self, raw)
+            x_in = x.detach().requires_grad_(True)
+            state = _PassState(self, raw, x_in)
             handles = []
             try:
                 for layer, module in self._convs:
@@ -193,18 +241,17 @@ class ProfileEngine:
                 for module in self.model.modules():
                     if isinstance(module, nn.Linear):
                         handles.append(module.register_forward_hook(state.linear_hook))
-                x_in = x.detach().requires_grad_(True)
                 logits = self.model(x_in)
                 if not isinstance(logits, torch.Tensor):  # e.g. inception's named tuple in train mode
                     logits = logits[0]
                 loss = F.cross_entropy(logits, y, reduction="none")
                 if not loss.requires_grad:
                     raise ModelError("the model's output does not depend on its input through autograd; cannot profile it")
-                torch.autograd.grad(loss.sum(), x_in)
-                state.check_complete()
+                state.backward(loss.sum())
             finally:
                 for h in handles:
                     h.remove()
+                state.entries.clear()  # they hold the graph, whose hooks hold the state: no cycle left
         outs = outputs_from_logits(logits, y)
         feature = state.feature if state.feature is not None else state.fallback_feature
         return Profiles(raw=raw, logits=logits.detach(), feature=feature.detach().float(), **outs)
@@ -230,43 +277,45 @@ class ProfileEngine:
             return g.reshape(B, G, O // G).abs().mul_(per_group[:, :, None]).reshape(B, O)
         strategies = STRATEGIES if G == 1 else ("bmm",)
         if self.strategy is not None:
-            name = self.strategy if self.strategy in strategies else "bmm"
-        else:
-            key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
-            name = self._chosen.get(key)
-            if name is None:
-                name = self._chosen[key] = self._tune(strategies, module, x, g, padding)
-        return _REDUCERS[name](module, x, g, padding, self.block_bytes)
+            strategies = (self.strategy,) if self.strategy in strategies else ("bmm",)
+        key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
+        choice = self._chosen.get(key)
+        if choice is None:
+            choice = self._chosen[key] = self._tune(_candidates(strategies, module, x, g, self.block_bytes), module, x, g, padding)
+        name, block = choice
+        return _REDUCERS[name](module, x, g, padding, block, self._workspace)
 
-    def _tune(self, strategies, module, x, g, padding) -> str:
-        if len(strategies) == 1:
-            return strategies[0]
-        import time
-
-        b = max(1, min(x.shape[0], 8))
-        best, best_t = strategies[0], float("inf")
+    def _tune(self, candidates, module, x, g, padding) -> tuple[str, int]:
+        """The candidate that is fastest on (up to) 4 samples of this batch, after a warm-up run."""
+        if len(candidates) == 1:
+            return candidates[0]
+        b = max(1, min(x.shape[0], 4))
+        x, g = x[:b], g[:b]
+        best, best_t = candidates[0], float("inf")
         sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # time the work, not the launch
-        for name in strategies:
-            _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)  # warm-up
+        for name, block in candidates:
+            _REDUCERS[name](module, x, g, padding, block, self._workspace)  # warm-up
             sync()
             t = time.perf_counter()
-            _REDUCERS[name](module, x[:b], g[:b], padding, self.block_bytes)
+            _REDUCERS[name](module, x, g, padding, block, self._workspace)
             sync()
             t = time.perf_counter() - t
             if t < best_t:
-                best, best_t = name, t
+                best, best_t = (name, block), t
         return best
 
 
 class _PassState:
     """What one forward/backward pass collects; lives only for that pass."""
 
-    def __init__(self, engine: ProfileEngine, raw: torch.Tensor):
+    def __init__(self, engine: ProfileEngine, raw: torch.Tensor, x_in: torch.Tensor):
         self.engine = engine
         self.raw = raw
+        self.x_in = x_in
         self.calls: dict[int, int] = {}  # layer index -> forward calls
         self.done: dict[int, int] = {}  # layer index -> backward calls received
         self.pending: dict[int, torch.Tensor] = {}  # per-sample grads of multi-call layers
+        self.entries: list[tuple] = []  # convolutions applied to the input itself
         self.feature: torch.Tensor | None = None
         self.fallback_feature: torch.Tensor | None = None
 
@@ -282,28 +331,65 @@ class _PassState:
             node = output.grad_fn
             if node is None:
                 return
+            if inputs[0] is self.x_in:
+                self.entries.append((layer, module, x, output, node))
             node.register_prehook(self.grad_hook(layer, module, x))
 
         return hook
 
     def grad_hook(self, layer: Layer, module: nn.Conv2d, x: torch.Tensor):
         def prehook(grad_outputs):
-            g = grad_outputs[0]
-            if g is None:
-                return None
-            g = g.detach()
-            i = layer.index
-            self.done[i] = self.done.get(i, 0) + 1
-            if self.calls[i] == 1:
-                self.raw[:, layer.offset : layer.stop] = self.engine.reduce_layer(module, x, g)
-            else:
-                contribution = per_sample_weight_grad(module, x, g)
-                self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
-                if self.done[i] == self.calls[i]:
-                    self.raw[:, layer.offset : layer.stop] = self.pending.pop(i).abs_().mean(-1)
+            if grad_outputs[0] is not None:
+                self.receive(layer, module, x, grad_outputs[0].detach())
             return None
 
         return prehook
+
+    def receive(self, layer: Layer, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> None:
+        """The gradient of one call's output has arrived: reduce it (or add it up, for shared layers)."""
+        i = layer.index
+        self.done[i] = self.done.get(i, 0) + 1
+        if self.calls[i] == 1:
+            self.raw[:, layer.offset : layer.stop] = self.engine.reduce_layer(module, x, g)
+        else:
+            contribution = per_sample_weight_grad(module, x, g)
+            self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
+            if self.done[i] == self.calls[i]:
+                self.raw[:, layer.offset : layer.stop] = self.pending.pop(i).abs_().mean(-1)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Run the backward pass; every conv's output gradient reaches :meth:`receive`.
+
+        The gradient of the input itself is never needed. When the input is consumed only by
+        convolutions whose outputs were not modified in place, the pass stops at those outputs
+        (their gradients are returned directly), which skips the first layer's input gradient.
+        """
+        entries = self.entries if self._input_only_feeds_entries(loss) else []
+        if entries:
+            grads = torch.autograd.grad(loss, [e[3] for e in entries], allow_unused=True)
+            for (layer, module, x, _, _), g in zip(entries, grads):
+                if g is not None:
+                    self.receive(layer, module, x, g.detach())
+        else:
+            torch.autograd.grad(loss, self.x_in)
+        self.check_complete()
+
+    def _input_only_feeds_entries(self, loss: torch.Tensor) -> bool:
+        if not self.entries or any(out.grad_fn is not node for *_, out, node in self.entries):
+            return False  # none, or an entry's output was modified in place after the conv
+        entry_nodes = {id(e[4]) for e in self.entries}
+        seen, stack = set(), [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            for nxt, _ in node.next_functions:
+                if nxt is not None and getattr(nxt, "variable", None) is self.x_in and id(node) not in entry_nodes:
+                    return False  # something other than an entry conv consumes the input
+                if id(node) not in entry_nodes:
+                    stack.append(nxt)
+        return True
 
     def check_complete(self) -> None:
         # Layers whose output never reaches the loss keep a zero profile, as in the
