@@ -1,6 +1,8 @@
 """The batched engine equals the one-sample-at-a-time autograd definition."""
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -45,6 +47,32 @@ class OddConvs(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class InputFan(nn.Module):
+    """The input feeds two convs and the first call of a shared conv; optionally a non-conv op too."""
+
+    def __init__(self, also_direct: bool = False):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.shared = nn.Conv2d(3, 3, 3, padding=1)
+        self.mix = nn.Conv2d(6, 3, 1)
+        self.fc = nn.Linear(3, 4)
+        self.also_direct = also_direct
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)) + torch.tanh(self.b(x))
+        s = self.shared(x)
+        h = self.shared(torch.relu(self.mix(h) + s))
+        if self.also_direct:  # the input also reaches the loss without passing a conv
+            h = h + x.mean(1, keepdim=True)
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def _seeded(cls, **kw):
+    torch.manual_seed(0)
+    return cls(**kw).eval()
+
+
 def _tv(name, **kw):
     torch.manual_seed(0)
     return torchvision.models.get_model(name, weights=None, num_classes=10, **kw).eval()
@@ -59,6 +87,8 @@ MODELS = {
     "mobilenet_v3_small": (lambda: _tv("mobilenet_v3_small"), 32),
     "shared_conv": (lambda: SharedConv().eval(), 12),
     "odd_convs": (lambda: OddConvs().eval(), 17),
+    "input_fan": (lambda: _seeded(InputFan), 9),
+    "input_fan_direct": (lambda: _seeded(InputFan, also_direct=True), 9),
 }
 
 
@@ -98,7 +128,7 @@ def test_engine_matches_per_sample_autograd_float32(name):
     assert ((got - want).norm(dim=1) / want.norm(dim=1)).max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shared_conv", "odd_convs", "densenet121"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shared_conv", "odd_convs", "densenet121", "input_fan", "input_fan_direct"])
 def test_engine_matches_reference_elementwise_float64(name):
     """In float64, rounding is out of the way: every unit agrees to 1e-9 relative."""
     build, size = MODELS[name]
@@ -227,3 +257,59 @@ def test_unknown_strategy_is_refused():
 
     with pytest.raises(ModelError, match="unknown engine strategy"):
         ProfileEngine(MODELS["shared_conv"][0](), strategy="magic")
+
+
+def _conv_backward_runs(engine, x, y) -> int:
+    """How many convolution backward kernels one engine pass runs (from the autograd profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        engine.profile(x, y)
+    return sum(1 for ev in prof.events() if ev.name == "ConvolutionBackward0")
+
+
+@pytest.mark.parametrize("name, skipped", [("resnet18", 1), ("input_fan", 3), ("input_fan_direct", 0), ("vgg19", 0)])
+def test_backward_stops_at_the_convolutions_that_read_the_input(name, skipped):
+    """The input's own gradient is never formed when only convs read the input (resnet18: conv1;
+    input_fan: a, b and the first call of shared). Not when the input also feeds another op,
+    nor when a conv output is modified in place (vgg19's inplace ReLU): then the full pass runs."""
+    build, size = MODELS[name]
+    model = build()
+    x, y = _batch(model, size, n=2)
+    engine = ProfileEngine(model)
+    engine.profile(x, y)  # strategies are timed on the first pass
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    assert _conv_backward_runs(engine, x, y) == len(calls) - skipped
+
+
+def test_no_activation_outlives_the_pass():
+    """Nothing of a pass's graph is kept once profile returns, even with the cyclic GC off."""
+    model = MODELS["resnet18"][0]()
+    x, y = _batch(model, 32, n=2)
+    engine = ProfileEngine(model)
+    seen = []
+    handles = [m.register_forward_hook(lambda m, i, out: seen.append(weakref.ref(out))) for m in (model.conv1, model.layer4)]
+    gc.collect()
+    gc.disable()
+    try:
+        engine.profile(x, y)
+        engine.profile(x, y)
+        assert len(seen) == 4 and all(ref() is None for ref in seen)
+    finally:
+        gc.enable()
+        for h in handles:
+            h.remove()
+
+
+def test_workspace_stays_within_block_bytes():
+    model = MODELS["resnet18"][0]()
+    x, y = _batch(model, 32, n=8)
+    want = reference_profiles(model, x, y)
+    for block in (1 << 20, 1 << 17):
+        engine = ProfileEngine(model, block_bytes=block)
+        got = engine.profile(x, y).raw
+        assert 0 < engine.workspace_bytes <= block
+        assert _layer_rel_errors(UnitLayout.from_module(model), got, want).max().item() <= 1e-4

@@ -102,6 +102,10 @@ class _Workspace:
     def __init__(self):
         self._buf: torch.Tensor | None = None
 
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buf is None else self._buf.numel() * self._buf.element_size()
+
     def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         n = math.prod(shape)
         buf = self._buf
@@ -256,6 +260,11 @@ class ProfileEngine:
         feature = state.feature if state.feature is not None else state.fallback_feature
         return Profiles(raw=raw, logits=logits.detach(), feature=feature.detach().float(), **outs)
 
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes held by the reusable per-sample gradient workspace (bounded by ``block_bytes``)."""
+        return self._workspace.nbytes
+
     # -- internals ----------------------------------------------------------------------
     def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """mean |per-sample weight gradient| per filter, (B, O).
@@ -316,6 +325,7 @@ class _PassState:
         self.done: dict[int, int] = {}  # layer index -> backward calls received
         self.pending: dict[int, torch.Tensor] = {}  # per-sample grads of multi-call layers
         self.entries: list[tuple] = []  # convolutions applied to the input itself
+        self.stop_at_entries = False
         self.feature: torch.Tensor | None = None
         self.fallback_feature: torch.Tensor | None = None
 
@@ -331,14 +341,17 @@ class _PassState:
             node = output.grad_fn
             if node is None:
                 return
-            if inputs[0] is self.x_in:
+            entry = inputs[0] is self.x_in
+            if entry:
                 self.entries.append((layer, module, x, output, node))
-            node.register_prehook(self.grad_hook(layer, module, x))
+            node.register_prehook(self.grad_hook(layer, module, x, entry))
 
         return hook
 
-    def grad_hook(self, layer: Layer, module: nn.Conv2d, x: torch.Tensor):
+    def grad_hook(self, layer: Layer, module: nn.Conv2d, x: torch.Tensor, entry: bool):
         def prehook(grad_outputs):
+            if entry and self.stop_at_entries:
+                return None  # its gradient is returned by autograd.grad and received there
             if grad_outputs[0] is not None:
                 self.receive(layer, module, x, grad_outputs[0].detach())
             return None
@@ -364,10 +377,10 @@ class _PassState:
         convolutions whose outputs were not modified in place, the pass stops at those outputs
         (their gradients are returned directly), which skips the first layer's input gradient.
         """
-        entries = self.entries if self._input_only_feeds_entries(loss) else []
-        if entries:
-            grads = torch.autograd.grad(loss, [e[3] for e in entries], allow_unused=True)
-            for (layer, module, x, _, _), g in zip(entries, grads):
+        self.stop_at_entries = self._input_only_feeds_entries(loss)
+        if self.stop_at_entries:
+            grads = torch.autograd.grad(loss, [e[3] for e in self.entries], allow_unused=True)
+            for (layer, module, x, _, _), g in zip(self.entries, grads):
                 if g is not None:
                     self.receive(layer, module, x, g.detach())
         else:
