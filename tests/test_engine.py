@@ -313,3 +313,46 @@ def test_workspace_stays_within_block_bytes():
         got = engine.profile(x, y).raw
         assert 0 < engine.workspace_bytes <= block
         assert _layer_rel_errors(UnitLayout.from_module(model), got, want).max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("strategy", [None, "bmm", "gram"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shared_conv", "odd_convs", "input_fan"])
+def test_rms_aggregate_matches_the_per_sample_definition(name, strategy):
+    """The approximate aggregate is itself computed exactly: the per-sample RMS of dL/dw per filter,
+    whichever strategy computes it (the Gram form included), in float32 and float64."""
+    build, size = MODELS[name]
+    model = build()
+    x, y = _batch(model, size)
+    layout = UnitLayout.from_module(model)
+    got = ProfileEngine(model, aggregate="rms", strategy=strategy).profile(x, y).raw
+    want = reference_profiles(model, x, y, aggregate="rms")
+    assert _layer_rel_errors(layout, got, want).max().item() <= 1e-4
+    assert not torch.allclose(got, reference_profiles(model, x, y), rtol=1e-2, atol=0)  # not the mean_abs quantity
+    model64, x64 = model.double(), x.double()
+    got64 = ProfileEngine(model64, aggregate="rms", strategy=strategy).profile(x64, y).raw.double()
+    want64 = reference_profiles(model64, x64, y, aggregate="rms").double()
+    torch.testing.assert_close(got64, want64.float().double(), rtol=1e-6, atol=1e-30)
+
+
+def test_rms_of_tiny_gradients_does_not_underflow():
+    """Gradients around 1e-25 square to below float32's range; the RMS is still right to 1e-5."""
+    model = MODELS["resnet18"][0]()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-24)
+    x, y = _batch(model, 32)
+    got = ProfileEngine(model, aggregate="rms").profile(x, y).raw.double()
+    want = reference_profiles(copy.deepcopy(model).double(), x.double(), y, aggregate="rms").double()
+    assert 0 < want.max() < 1e-18
+    assert ((got - want).abs().amax(1) / want.abs().amax(1)).max().item() <= 1e-5
+    # the reference's float32 form scales before squaring too
+    want32 = reference_profiles(model, x, y, aggregate="rms").double()
+    assert ((want32 - want).abs().amax(1) / want.abs().amax(1)).max().item() <= 1e-5
+
+
+def test_unknown_aggregate_is_refused():
+    from saliencydb.errors import ModelError, SpecError
+
+    with pytest.raises(SpecError, match="unknown profile aggregate 'l3'"):
+        ProfileEngine(MODELS["shared_conv"][0](), aggregate="l3")
+    with pytest.raises(ModelError, match="unknown engine strategy 'gram' for the mean_abs aggregate"):
+        ProfileEngine(MODELS["shared_conv"][0](), strategy="gram")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import Layer, UnitLayout
 from .modes import evaluating
 
@@ -114,7 +115,20 @@ class _Workspace:
         return buf[:n].view(shape)
 
 
-def _reduce_bmm(module, x, g, padding, block, ws) -> torch.Tensor:
+def _scale(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample largest magnitude of ``t`` (B, ...), shaped to broadcast; 1 where it is 0."""
+    top = t.detach().abs().amax(dim=tuple(range(1, t.dim())), keepdim=True)
+    return torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _power_(grad: torch.Tensor, p: int) -> torch.Tensor:
+    return grad.abs_() if p == 1 else grad.square_()
+
+
+# Each reducer returns, per sample and filter, the sum over the filter's weights of
+# |per-sample gradient| ** p (p = 1 for mean_abs, 2 for rms), shaped (B, O).
+
+def _reduce_bmm(module, x, g, padding, block, ws, p) -> torch.Tensor:
     """Batched products over blocks of ``block`` samples (all groups at once), into the workspace."""
     B, O, Ho, Wo = g.shape
     G, P = module.groups, Ho * Wo
@@ -125,11 +139,11 @@ def _reduce_bmm(module, x, g, padding, block, ws) -> torch.Tensor:
         cols = _columns(module, x[i : i + n], padding, Ho, Wo).reshape(n * G, K, P)
         grad = ws.get((n * G, O // G, K), g)
         torch.bmm(g[i : i + n].reshape(n * G, O // G, P), cols.transpose(1, 2), out=grad)
-        torch.sum(grad.abs_(), dim=-1, out=out[i : i + n].view(n * G, O // G))
-    return out.div_(K)
+        torch.sum(_power_(grad, p), dim=-1, out=out[i : i + n].view(n * G, O // G))
+    return out
 
 
-def _reduce_mm(module, x, g, padding, block, ws) -> torch.Tensor:
+def _reduce_mm(module, x, g, padding, block, ws, p) -> torch.Tensor:
     """One matrix product per sample and chunk of ``block`` filters (groups == 1), into the workspace."""
     B, O, Ho, Wo = g.shape
     P = Ho * Wo
@@ -142,11 +156,11 @@ def _reduce_mm(module, x, g, padding, block, ws) -> torch.Tensor:
             n = min(block, O - o)
             grad = ws.get((n, K), g)
             torch.mm(g[i, o : o + n], cols_t, out=grad)
-            torch.sum(grad.abs_(), dim=-1, out=out[i, o : o + n])
-    return out.div_(K)
+            torch.sum(_power_(grad, p), dim=-1, out=out[i, o : o + n])
+    return out
 
 
-def _reduce_conv(module, x, g, padding, block, ws) -> torch.Tensor:
+def _reduce_conv(module, x, g, padding, block, ws, p) -> torch.Tensor:
     """The convolution weight-gradient kernel over blocks of ``block`` samples folded into groups (groups == 1)."""
     B, O, Ho, Wo = g.shape
     C = x.shape[1]
@@ -158,12 +172,29 @@ def _reduce_conv(module, x, g, padding, block, ws) -> torch.Tensor:
             x[i : i + n].reshape(1, n * C, *x.shape[2:]), (n * O, C, *module.kernel_size),
             g[i : i + n].reshape(1, n * O, Ho, Wo), stride=module.stride, padding=padding,
             dilation=module.dilation, groups=n)
-        torch.sum(grad.reshape(n, O, K).abs_(), dim=-1, out=out[i : i + n])
-    return out.div_(K)
+        torch.sum(_power_(grad.reshape(n, O, K), p), dim=-1, out=out[i : i + n])
+    return out
 
 
-_REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv}
-STRATEGIES = tuple(_REDUCERS)
+def _reduce_gram(module, x, g, padding, block, ws, p) -> torch.Tensor:
+    """Sums of squares without per-sample gradients (p == 2 only): ||g_o C^T||^2 = g_o (C^T C) g_o^T,
+    with C the (K, P) input patches of a sample and group; costs P*P*(K + O) instead of O*K*P."""
+    assert p == 2
+    B, O, Ho, Wo = g.shape
+    G, P = module.groups, Ho * Wo
+    K = module.weight[0].numel()
+    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
+    for i in range(0, B, block):
+        n = min(block, B - i)
+        cols = _columns(module, x[i : i + n], padding, Ho, Wo).reshape(n * G, K, P)
+        gram = torch.bmm(cols.transpose(1, 2), cols)  # (n*G, P, P)
+        gi = g[i : i + n].reshape(n * G, O // G, P)
+        torch.sum(torch.bmm(gi, gram).mul_(gi), dim=-1, out=out[i : i + n].view(n * G, O // G))
+    return out.clamp_min_(0)  # rounding can leave a hair below zero
+
+
+_REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv, "gram": _reduce_gram}
+STRATEGIES = ("bmm", "mm", "conv")  # exact for every aggregate; "gram" is added for rms
 
 
 def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, block_bytes: int) -> list[tuple[str, int]]:
@@ -173,13 +204,18 @@ def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor,
     chunks of ``mm`` are only tried when one sample's gradient exceeds the bound; when nothing
     fits, the smallest block is used (one sample, or as many filters as fit, at least one).
     """
-    B, O = g.shape[:2]
+    B, O, Ho, Wo = g.shape
     K = module.weight[0].numel()
     size = x.element_size()
     per_sample = O * K * size  # one sample's gradient
     sample_blocks = (1, 4) if module.groups == 1 else (4, 16)
     out = []
     for name in strategies:
+        if name == "gram":
+            P, Og = Ho * Wo, O // module.groups
+            if P * (K + Og) <= 2 * Og * K or strategies == ("gram",):  # not hopeless against the direct product
+                out += [(name, b) for b in (1, 4) if b <= max(B, 1) and b * module.groups * P * P * size <= block_bytes] or [(name, 1)]
+            continue
         if name == "mm":
             if per_sample > block_bytes or strategies == ("mm",):
                 fit = [ob for ob in (256, 64) if ob < O and ob * K * size <= block_bytes]
@@ -204,9 +240,13 @@ class ProfileEngine:
     flags are restored and no hook stays registered, even when profiling fails.
     """
 
-    def __init__(self, model: nn.Module, *, block_bytes: int = _DEFAULT_BLOCK_BYTES, strategy: str | None = None):
-        if strategy is not None and strategy not in STRATEGIES:
-            raise ModelError(f"unknown engine strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
+    def __init__(self, model: nn.Module, *, aggregate: str = DEFAULT_AGGREGATE, block_bytes: int = _DEFAULT_BLOCK_BYTES,
+                 strategy: str | None = None):
+        self.aggregate = check_aggregate(aggregate)
+        self._p = 1 if aggregate == "mean_abs" else 2
+        allowed = STRATEGIES + (("gram",) if self._p == 2 else ())
+        if strategy is not None and strategy not in allowed:
+            raise ModelError(f"unknown engine strategy '{strategy}' for the {aggregate} aggregate; use one of {', '.join(allowed)}")
         self.model = model
         self.strategy = strategy
         self._chosen: dict = {}  # layer shape -> (strategy, block) measured fastest here
@@ -267,24 +307,26 @@ class ProfileEngine:
 
     # -- internals ----------------------------------------------------------------------
     def reduce_layer(self, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """mean |per-sample weight gradient| per filter, (B, O).
+        """The aggregate of the per-sample weight gradient per filter, (B, O).
 
         The per-sample gradients are formed for a block of samples at a time (blocks bounded
         by ``block_bytes``), reduced and dropped: the full (B, O, K) gradient of a large batch
         never exists. When the output has a single position, the gradient is the outer
-        product of the output gradient and the input, and the mean |.| factorises exactly.
-        Otherwise one of several exact strategies is used per layer shape: the one that
-        measured fastest on this machine the first time the shape was seen (``strategy``
-        forces one).
+        product of the output gradient and the input, and the aggregate factorises exactly.
+        Otherwise one of several strategies is used per layer shape: the one that measured
+        fastest on this machine the first time the shape was seen (``strategy`` forces one).
+        All are exact; for ``rms`` the Gram form avoids the per-sample gradient altogether.
         """
         x, padding = _explicit_padding(module, x)
         B, O, Ho, Wo = g.shape
-        G = module.groups
+        G, K = module.groups, module.weight[0].numel()
         if Ho * Wo == 1:
             cols = _columns(module, x, padding, Ho, Wo).reshape(B, G, -1)  # (B, G, K)
-            per_group = cols.abs().mean(-1)  # (B, G)
+            per_group = aggregate_rows(cols, self.aggregate)  # (B, G)
             return g.reshape(B, G, O // G).abs().mul_(per_group[:, :, None]).reshape(B, O)
         strategies = STRATEGIES if G == 1 else ("bmm",)
+        if self._p == 2:
+            strategies += ("gram",)
         if self.strategy is not None:
             strategies = (self.strategy,) if self.strategy in strategies else ("bmm",)
         key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
@@ -292,7 +334,13 @@ class ProfileEngine:
         if choice is None:
             choice = self._chosen[key] = self._tune(_candidates(strategies, module, x, g, self.block_bytes), module, x, g, padding)
         name, block = choice
-        return _REDUCERS[name](module, x, g, padding, block, self._workspace)
+        if self._p == 1:
+            return _REDUCERS[name](module, x, g, padding, block, self._workspace, 1).div_(K)
+        # squares of small float32 gradients underflow: work on each sample's input and output
+        # gradient divided by their largest magnitude (the gradient is bilinear in the two)
+        sx, sg = _scale(x), _scale(g)
+        sums = _REDUCERS[name](module, x / sx, g / sg, padding, block, self._workspace, 2)
+        return sums.div_(K).sqrt_().mul_((sx * sg).reshape(B, 1))
 
     def _tune(self, candidates, module, x, g, padding) -> tuple[str, int]:
         """The candidate that is fastest on (up to) 4 samples of this batch, after a warm-up run."""
@@ -303,10 +351,10 @@ class ProfileEngine:
         best, best_t = candidates[0], float("inf")
         sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # time the work, not the launch
         for name, block in candidates:
-            _REDUCERS[name](module, x, g, padding, block, self._workspace)  # warm-up
+            _REDUCERS[name](module, x, g, padding, block, self._workspace, self._p)  # warm-up
             sync()
             t = time.perf_counter()
-            _REDUCERS[name](module, x, g, padding, block, self._workspace)
+            _REDUCERS[name](module, x, g, padding, block, self._workspace, self._p)
             sync()
             t = time.perf_counter() - t
             if t < best_t:
@@ -368,7 +416,7 @@ class _PassState:
             contribution = per_sample_weight_grad(module, x, g)
             self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
             if self.done[i] == self.calls[i]:
-                self.raw[:, layer.offset : layer.stop] = self.pending.pop(i).abs_().mean(-1)
+                self.raw[:, layer.offset : layer.stop] = aggregate_rows(self.pending.pop(i), self.engine.aggregate)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Run the backward pass; every conv's output gradient reaches :meth:`receive`.
@@ -410,5 +458,5 @@ class _PassState:
         # only some of their backward calls are finished here.
         for i, grad in list(self.pending.items()):
             layer = self.engine.layout.layers[i]
-            self.raw[:, layer.offset : layer.stop] = grad.abs_().mean(-1)
+            self.raw[:, layer.offset : layer.stop] = aggregate_rows(grad, self.engine.aggregate)
         self.pending.clear()

@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import UnitLayout
 from .modes import evaluating
 
 
-def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: UnitLayout | None = None) -> torch.Tensor:
+def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: UnitLayout | None = None,
+                       aggregate: str = DEFAULT_AGGREGATE) -> torch.Tensor:
     """(B, U) raw profiles by per-sample autograd, model in eval mode; restores the model's flags."""
+    check_aggregate(aggregate)
     layout = layout or UnitLayout.from_module(model)
     params = dict(model.named_parameters())
     weights = [params[layer.param_name] for layer in layout.layers]
@@ -29,5 +32,5 @@ def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layou
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             for layer, grad in zip(layout.layers, grads):
                 if grad is not None:
-                    out[i, layer.offset : layer.stop] = grad.abs().flatten(1).mean(1)
+                    out[i, layer.offset : layer.stop] = aggregate_rows(grad.flatten(1), aggregate)
     return out
