@@ -5,6 +5,9 @@ For each case (model, input side, batch size) it measures, on the same random ba
 
   loop        ``reference_profiles``: one forward + backward per sample (the baseline)
   engine      ``ProfileEngine.profile``: what ``saliencydb index`` runs
+  engine_rms  the same engine with the approximate ``rms`` aggregate (``index --aggregate rms``);
+              its agreement with ``engine`` (rank correlation, top-10 overlap of the
+              batch-standardised profiles) is printed beside its speed
   train_step  one batched forward + backward of the mean cross-entropy w.r.t. all
               parameters (eval mode too): the ceiling for any per-sample method
   vmap        ``torch.func``: ``vmap(grad(functional_call ...))`` per-sample gradients of
@@ -42,7 +45,7 @@ from saliencydb.data.zoo import small_cnn  # noqa: E402
 from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "vgg19", "densenet121", "mobilenet_v3_small", "inception_v3", "small_cnn")
-METHODS = ("loop", "engine", "train_step", "vmap")
+METHODS = ("loop", "engine", "engine_rms", "train_step", "vmap")
 DEFAULT_SIZE = {"small_cnn": 28, "inception_v3": 299}  # others: 224
 DEFAULT_BATCH = 32
 CPU_LARGE_SIZE = 224  # on CPU, cases at least this large default to the two values below
@@ -283,6 +286,8 @@ class Result:
     ratio_vs_loop: float | None = None
     ratio_vs_train_step: float | None = None
     other_cpu: float | None = None  # share of the CPUs used by other processes during the timed runs
+    spearman_vs_engine: float | None = None  # engine_rms: mean over samples, batch-standardised profiles
+    top10_vs_engine: float | None = None
     note: str = ""
     error: str | None = None
 
@@ -350,6 +355,24 @@ def relative_errors(a: torch.Tensor, b: torch.Tensor, layout: UnitLayout) -> tor
     return torch.stack(rows)
 
 
+def agreement(exact: torch.Tensor, approx: torch.Tensor, k: int = 10) -> tuple[float, float]:
+    """Mean over samples of the Spearman correlation and the top-k overlap of two (B, U) profiles,
+    each standardised over the batch (a stand-in for the dataset statistics)."""
+
+    def z(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().double().cpu()
+        return (t - t.mean(0)) / t.std(0).clamp_min(1e-300) if t.shape[0] > 1 else t
+
+    a, b = z(exact), z(approx)
+    ra, rb = a.argsort(1).argsort(1).double(), b.argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    rho = ((ra * rb).sum(1) / ((ra**2).sum(1) * (rb**2).sum(1)).sqrt()).mean()
+    k = min(k, a.shape[1])
+    ta, tb = a.topk(k, dim=1).indices, b.topk(k, dim=1).indices
+    top = torch.tensor([len(set(i.tolist()) & set(j.tolist())) / k for i, j in zip(ta, tb)]).mean()
+    return float(rho), float(top)
+
+
 def _join_note(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
 
@@ -393,6 +416,16 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
     engine = ProfileEngine(model)
     results["engine"], prof = measure("engine", lambda: engine.profile(x, y).raw, case.batch, device, **kw)
     outputs["engine"] = prof
+    if results["engine"].error is None:
+        results["engine"].note = f"workspace {engine.workspace_bytes / 2**20:.1f} MB"
+
+    progress("engine_rms")
+    engine_rms = ProfileEngine(model, aggregate="rms")
+    results["engine_rms"], rms = measure("engine_rms", lambda: engine_rms.profile(x, y).raw, case.batch, device, **kw)
+    if rms is not None and prof is not None:
+        rho, top = agreement(prof, rms)
+        results["engine_rms"].spearman_vs_engine, results["engine_rms"].top10_vs_engine = rho, top
+        results["engine_rms"].note = f"vs engine: Spearman {rho:.3f}, top-10 overlap {top:.0%}"
 
     progress("train_step")
     step = make_train_step(model)
@@ -427,7 +460,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
             res.ratio_vs_loop = res.samples_per_s / loop_speed if loop_speed else None
             res.ratio_vs_train_step = res.samples_per_s / step_speed if step_speed else None
 
-    del outputs, engine, model
+    del outputs, engine, engine_rms, model
     _release_free_memory()
     return {
         "model": case.model,
@@ -560,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
             "methods:\n"
             "  loop        reference_profiles: one forward + backward per sample\n"
             "  engine      ProfileEngine.profile (what `saliencydb index` runs)\n"
+            "  engine_rms  the engine with the approximate rms aggregate; agreement with engine in the note\n"
             "  train_step  one batched forward + backward of the mean loss w.r.t. all parameters\n"
             "  vmap        torch.func vmap(grad(functional_call)) of the conv weights, chunked\n"
             "agreement: per layer and sample, max|a-b| / max|loop| over the layer's units. A few samples\n"

@@ -118,10 +118,15 @@ def cli():
 @click.option("--workers", type=int, help="Image-decoding worker processes (default: none on 2 cores or fewer, else cores - 1, at most 8).")
 @click.option("--index", "index_kind", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True, help="FAISS index kind: exact flat, or IVF for large databases.")
 @click.option("--commit-every", "part_rows", default=1024, show_default=True, type=int, help="Samples per committed Parquet part (the unit of resumption).")
+@click.option("--aggregate", type=click.Choice(["mean_abs", "rms"]),
+              help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "
+                   "(default), or rms, an approximation that is faster at small feature maps (its measured agreement "
+                   "and speed: README, 'Approximate profiles').")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_handle_errors
-def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows, wait, quiet):
+def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
+          aggregate, wait, quiet):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from .indexer import Indexer
     from .progress import NullProgress, RichProgress
@@ -130,7 +135,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
     try:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
-                         progress=progress, wait=wait).run(data_spec, split=split, limit=limit)
+                         aggregate=aggregate, progress=progress, wait=wait).run(data_spec, split=split, limit=limit)
     finally:
         if not quiet:
             progress.close()
@@ -245,8 +250,8 @@ def info(db, fmt):
     click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']})")
     click.echo(f"model      {summary['model']['spec']}  weights {summary['model']['weights'] or '-'}  "
                f"sha256 {summary['model']['weights_sha256'][:12]}  classes {summary['model']['num_classes']}")
-    click.echo(f"units      {summary['units']['count']} {summary['units']['kind']} units in {summary['units']['layers']} layers; "
-               f"features {summary['feature_dim']}")
+    click.echo(f"units      {summary['units']['count']} {summary['units']['kind']} units in {summary['units']['layers']} layers "
+               f"({summary['units']['aggregate']} of dL/dw); features {summary['feature_dim']}")
     st = summary["statistics"]
     click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st['splits'])} ({st['count']} samples)"
                                 + (", frozen" if st["frozen"] else "")))

@@ -67,7 +67,7 @@ def test_info_json_summarises_the_database(tmp_path, cnn_weights):
     info = json.loads(run_cli("info", "--db", db, "--format", "json").output)
     assert info["format_version"] == FORMAT_VERSION
     assert info["model"]["spec"] == CNN
-    assert info["units"] == {"kind": "conv-filter", "count": 16 + 32 + 64, "layers": 3}
+    assert info["units"] == {"kind": "conv-filter", "count": 16 + 32 + 64, "layers": 3, "aggregate": "mean_abs"}
     assert info["samples"] == 64
     val = info["splits"]["val"]
     assert val["samples"] == 64 and val["complete"] is False and val["source"] == "builtin:mnist5k:val"
@@ -226,3 +226,38 @@ def test_another_model_is_refused(tmp_path, cnn_weights):
     run_cli("index", "--db", db, "--model", CNN, "--weights", cnn_weights, "--data", "builtin:mnist5k:val", "--limit", 8, "--quiet")
     r = run_cli("index", "--db", db, "--model", CNN, "--data", "builtin:mnist5k:val", "--limit", 16, "--quiet", expect=1)
     assert "holds model" in r.output and CNN in r.output
+
+
+def test_rms_database_stores_rms_profiles_and_keeps_them_on_ingest(tmp_path, cnn_weights):
+    """`--aggregate rms` is recorded; index, ingest and new-image queries all use it; another
+    aggregate on the same database is refused with one line."""
+    import saliencydb
+    from PIL import Image
+
+    db = tmp_path / "db"
+    run_cli("index", "--db", db, "--model", CNN, "--weights", cnn_weights, "--data", "builtin:mnist5k:val",
+            "--limit", 40, "--aggregate", "rms", "--quiet")
+    info = json.loads(run_cli("info", "--db", db, "--format", "json").output)
+    assert info["units"]["aggregate"] == "rms"
+    assert "(rms of dL/dw)" in run_cli("info", "--db", db).output
+    run_cli("ingest", "--db", db, "--data", "builtin:mnist5k:train", "--split", "train", "--limit", 24, "--quiet")
+    d = saliencydb.open(db)
+    rows = d.con.execute("SELECT sample_id, key, label FROM samples ORDER BY sample_id").fetchall()
+    assert len(rows) == 64
+    model = load_model(CNN, str(cnn_weights))
+    source = parse_data_spec("builtin:mnist5k:all")
+    x = torch.stack([source.default_transform(source.load(int(k.split("/")[1]))) for _, k, _ in rows])
+    y = torch.tensor([label for _, _, label in rows])
+    got = d.rows("raw_profile", [i for i, _, _ in rows])
+    for aggregate, close in (("rms", True), ("mean_abs", False)):
+        want = reference_profiles(model.module, x, y, aggregate=aggregate).numpy()
+        err = (np.abs(got - want) / np.abs(want).max(axis=1, keepdims=True)).max()
+        assert (err <= 1e-4) == close, (aggregate, err)
+    # a new image is profiled with the database's aggregate: it finds its stored self
+    sid, key, label = rows[3]
+    source.load(int(key.split("/")[1])).save(tmp_path / "digit.png")
+    found = d.neighbors(image=str(tmp_path / "digit.png"), label=str(label), k=1).neighbors[0]
+    assert found["sample_id"] == sid and found["similarity"] > 0.9999
+    d.close()
+    r = run_cli("index", "--db", db, "--data", "builtin:mnist5k:val", "--aggregate", "mean_abs", "--quiet", expect=1)
+    assert r.output == f"Error: database '{db}' stores rms profiles; omit --aggregate, or use another --db\n"

@@ -136,7 +136,7 @@ def smoothgrad(ex: Explainer, sample_id: int, *, levels=SMOOTHGRAD_LEVELS, n: in
     if n < 1:
         raise QueryError(f"--n-noise must be at least 1, got {n}")
     s = ex.sample(sample_id)
-    engine = ProfileEngine(ex.model)
+    engine = ProfileEngine(ex.model, aggregate=ex.aggregate)
     plain = engine.profile(s.x, s.y)
     z_plain = standardize(plain.raw.numpy(), ex.mean, ex.std)[0]
     plain_pred = int(plain.pred[0])
@@ -172,7 +172,7 @@ def randomized_copy(model: nn.Module, k: int, seed: int = 0) -> tuple[nn.Module,
 
 
 def _reference_stats(ex: Explainer, model: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    engine = ProfileEngine(model)
+    engine = ProfileEngine(model, aggregate=ex.aggregate)
     stats = RunningStats(ex.layout.n_units)
     for i in range(0, len(xs), 128):
         stats.update(engine.profile(xs[i : i + 128], ys[i : i + 128]).raw.double().numpy())

@@ -39,6 +39,7 @@ class Explainer:
         m = db.manifest
         self.mean, self.std = db.stats
         self.layout = UnitLayout.from_dict(m.units)
+        self.aggregate = m.aggregate
         self.transform = Transform.from_dict(m.model["transform"])
         loaded = load_stored_model(m)
         self.model = loaded.module.eval()
@@ -126,7 +127,7 @@ class Explainer:
                   mean=None, std=None) -> np.ndarray:
         """Input-space saliency (B, H, W) with the database's statistics (or the given ones)."""
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
-                              self.std if std is None else std, top_k=top_k, units=units).numpy()
+                              self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate).numpy()
 
     @torch.no_grad()
     def confidences(self, x: torch.Tensor, y: torch.Tensor, model=None) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from ..errors import ModelError, SpecError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
+from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
 from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
 from .store import committed_keys, iter_profiles, read_stats
@@ -70,7 +71,8 @@ def check_split_name(split: str) -> str:
     return split
 
 
-def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None) -> dict:
+def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None,
+                 aggregate: str = DEFAULT_AGGREGATE) -> dict:
     return {
         "spec": model.spec,
         "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
@@ -80,6 +82,7 @@ def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int 
         "class_names": model.class_names,
         "transform": transform.to_dict(),
         "scripted": model.scripted,
+        "aggregate": aggregate,
     }
 
 
@@ -112,6 +115,7 @@ class Indexer:
         workers: int | None = None,
         part_rows: int = 1024,
         index_kind: str = "flat",
+        aggregate: str | None = None,
         progress: Progress | None = None,
         wait: bool = False,
     ):
@@ -127,6 +131,7 @@ class Indexer:
         self.workers = (0 if cores <= 2 else min(8, cores - 1)) if workers is None else workers
         self.part_rows = max(part_rows, 1)
         self.index_kind = index_kind
+        self.aggregate = None if aggregate is None else check_aggregate(aggregate)
         self.progress = progress or NullProgress()
         self._model_args = (model, weights, transform, num_classes)
         self._wait = wait
@@ -145,6 +150,8 @@ class Indexer:
                         f"(weights {manifest.model.get('weights') or 'default'}, sha256 {stored.weights_sha256[:12]}); "
                         f"the given model's weights differ (sha256 {given.weights_sha256[:12]}); use another --db"
                     )
+            if self.aggregate is not None and self.aggregate != manifest.aggregate:
+                raise SpecError(f"database '{self.db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
             if transform_spec is not None and Transform.parse(transform_spec).to_dict() != manifest.model["transform"]:
                 raise SpecError(f"database '{self.db}' was made with transform {manifest.model['transform']}; omit --transform")
             return DatabaseWriter(self.db, wait=self._wait), stored, Transform.from_dict(manifest.model["transform"])
@@ -159,7 +166,8 @@ class Indexer:
             raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
         layout = UnitLayout.from_module(loaded.module)
         feature_dim = self._feature_dim(loaded, transform)
-        manifest = Manifest(model=model_record(loaded, transform, num_classes), units=layout.to_dict(), feature_dim=feature_dim)
+        manifest = Manifest(model=model_record(loaded, transform, num_classes, self.aggregate or DEFAULT_AGGREGATE),
+                            units=layout.to_dict(), feature_dim=feature_dim)
         if manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
             manifest.model["class_names"] = list(source.class_names)
         return DatabaseWriter(self.db, manifest, wait=self._wait), loaded, transform
@@ -226,7 +234,7 @@ class Indexer:
             todo = todo[: max(0, limit - len(done))]
 
         module = model.module.to(self.device)
-        engine = None if model.scripted else ProfileEngine(module)
+        engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
         layout = UnitLayout.from_dict(m.units)
         class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
         schema = samples_schema(m.n_units, m.feature_dim)
@@ -300,7 +308,7 @@ class Indexer:
                 keep = ~bad_label
                 x, y, idx = x[keep], y[keep], idx[keep]
                 if len(idx):
-                    rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device))
+                    rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device), m.aggregate)
                     finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
                     for i in idx.numpy()[~finite].tolist():
                         failures.append((source.key(i), "non-finite loss, profile or feature"))
@@ -340,11 +348,11 @@ class Indexer:
         writer.drop_unlisted(dropped)
         return report
 
-    def _profile(self, engine, module, layout, x, y) -> dict[str, np.ndarray]:
+    def _profile(self, engine, module, layout, x, y, aggregate: str) -> dict[str, np.ndarray]:
         if engine is not None:
             out = engine.profile(x, y)
         else:  # TorchScript: no module hooks on compiled graphs; the per-sample definition
-            raw = reference_profiles(module, x, y, layout)
+            raw = reference_profiles(module, x, y, layout, aggregate)
             with torch.no_grad():
                 logits = module(x)
             outs = outputs_from_logits(logits, y)

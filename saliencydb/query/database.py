@@ -268,7 +268,7 @@ class Database:
                 "num_classes": m.model["num_classes"],
                 "transform": m.model["transform"],
             },
-            "units": {"kind": m.units["kind"], "count": m.n_units, "layers": len(m.units["layers"])},
+            "units": {"kind": m.units["kind"], "count": m.n_units, "layers": len(m.units["layers"]), "aggregate": m.aggregate},
             "feature_dim": m.feature_dim,
             "metric": m.metric,
             "samples": m.rows(),

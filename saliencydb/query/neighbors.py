@@ -112,7 +112,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarra
     model = load_stored_model(m)
     if model.scripted:
         raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
-    out = ProfileEngine(model.module).profile(x[None], torch.tensor([y]))
+    out = ProfileEngine(model.module, aggregate=m.aggregate).profile(x[None], torch.tensor([y]))
     pred = int(out.pred[0])
     query = {
         "sample_id": None, "split": None, "key": str(path), "label": y, "label_name": names[y], "pred": pred,

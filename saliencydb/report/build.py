@@ -374,7 +374,7 @@ class _Report:
             x = torch.stack(xs)
             maps = []
             for i in range(len(ids)):  # one at a time, to report progress
-                maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std)[0].numpy())
+                maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std, aggregate=self.m.aggregate)[0].numpy())
                 task.advance(1)
         except (SaliencyDBError, OSError, RuntimeError, ValueError) as e:
             return {}, f"Input-space maps could not be computed: {' '.join(str(e).split())[:300]}"

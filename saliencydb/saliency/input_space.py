@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .aggregates import DEFAULT_AGGREGATE, aggregate_rows
 from .layout import UnitLayout
 from .modes import evaluating
 
@@ -41,7 +42,7 @@ def conv_weights(model: nn.Module, layout: UnitLayout) -> list[torch.Tensor]:
 
 
 def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, layout: UnitLayout,
-                           weights: Sequence[torch.Tensor]) -> torch.Tensor:
+                           weights: Sequence[torch.Tensor], aggregate: str = DEFAULT_AGGREGATE) -> torch.Tensor:
     """The raw profile (U,) of ONE sample ``x1`` (1, C, H, W), as a function of ``x1`` (graph kept).
 
     The caller sets eval mode and ``requires_grad`` on ``weights`` (see ``input_saliency``).
@@ -56,7 +57,7 @@ def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor,
         if g is None:  # a layer that does not reach the loss: zero saliency, no dependence on x
             parts.append(torch.zeros(layer.out_channels, dtype=x1.dtype, device=x1.device))
         else:
-            parts.append(g.abs().flatten(1).mean(1))
+            parts.append(aggregate_rows(g.flatten(1), aggregate, differentiable=True))
     return torch.cat(parts)
 
 
@@ -70,11 +71,12 @@ def _check_units(units, n_units: int) -> torch.Tensor:
 
 
 def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
-                   boost: float = 100.0, units=None) -> torch.Tensor:
+                   boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE) -> torch.Tensor:
     """Input-space saliency maps, shaped (B, H, W), for the batch ``x`` (B, C, H, W) with labels ``y`` (B,).
 
     ``mean``/``std``: the per-unit standardisation statistics (U,). ``units``: unit ids to boost for
-    every sample instead of each sample's own top ``top_k``. The model is evaluated in eval mode; its
+    every sample instead of each sample's own top ``top_k``. ``aggregate``: the database's profile
+    aggregate (``mean_abs`` or ``rms``). The model is evaluated in eval mode; its
     training and ``requires_grad`` flags are restored, no hook is registered, ``x`` and ``y`` are not
     modified and no ``.grad`` is written.
     """
@@ -100,7 +102,7 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
     with evaluating(model, grad_params=weights):
         for i in range(x.shape[0]):
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
-            s = (differentiable_profile(model, xi, y[i : i + 1], layout, weights) - mean_t) / std_t
+            s = (differentiable_profile(model, xi, y[i : i + 1], layout, weights, aggregate) - mean_t) / std_t
             target = s.detach().clone()
             idx = chosen if units is not None else torch.topk(target, top_k).indices
             target[idx] = target[idx] * boost

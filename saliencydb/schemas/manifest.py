@@ -42,6 +42,11 @@ class Manifest:
     def n_units(self) -> int:
         return int(self.units["n_units"])
 
+    @property
+    def aggregate(self) -> str:
+        """How a unit's gradient became its profile value: 'mean_abs' (the paper's) or 'rms'."""
+        return self.model.get("aggregate", "mean_abs")  # databases made before the option: mean_abs
+
     def part_files(self, split: str | None = None) -> list[str]:
         return [p["file"] for p in self.parts if split is None or p["split"] == split]
 
