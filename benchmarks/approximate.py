@@ -62,13 +62,14 @@ def build(db: Path, weights: Path, aggregate: str) -> dict:
     Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, aggregate=aggregate).run(VAL_DATA, split="val")
     seconds = time.perf_counter() - t
     with saliencydb.open(db) as d:
-        report = d.mistakes(k=K, n_boot=1000, seed=0)["splits"]["val"]["saliency"]
+        report = d.mistakes(k=K, n_boot=1000, seed=0)["splits"]["val"]["saliency"]  # writes the knn table
+    with saliencydb.open(db) as d:
         ids = d.ids_where(split="val")
         z = standardize(d.rows("raw_profile", ids), *d.stats)
-        knn = d.sql(f"SELECT sample_id, neighbor_id FROM knn WHERE space = 'saliency' ORDER BY sample_id, rank").fetchall()
+        knn = d.sql("SELECT sample_id, neighbor_id FROM knn WHERE space = 'saliency'").to_pylist()
     neighbours: dict[int, set] = {}
-    for sid, nid in knn:
-        neighbours.setdefault(sid, set()).add(nid)
+    for row in knn:
+        neighbours.setdefault(row["sample_id"], set()).add(row["neighbor_id"])
     return {"seconds": seconds, "samples_per_s": len(ids) / seconds, "ids": ids, "z": z, "neighbours": neighbours,
             "correct_neighbors_of_correct": report["correct_neighbors_of_correct"]["mean"],
             "correct_neighbors_of_incorrect": report["correct_neighbors_of_incorrect"]["mean"],

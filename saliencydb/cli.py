@@ -102,6 +102,9 @@ def cli():
     Index a dataset once, then ask which samples break the same filters of your
     model, and whether they make the same mistakes.
     """
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
 
 
 @cli.command()

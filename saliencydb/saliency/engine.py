@@ -1,17 +1,19 @@
 """The batched per-sample profile engine.
 
-For a batch ``(x, y)`` it computes, for every sample ``i`` and every unit ``u``
-(an output filter of a convolution), ``mean_w |dL_i/dw|`` over the weights of
-the unit, with ``L_i = cross_entropy(f(x_i), y_i)`` and the model in eval mode.
+For a batch ``(x, y)`` it computes, for every sample ``i`` and every unit ``u`` (an output
+filter of a convolution), ``mean_w |dL_i/dw|`` over the weights of the unit (or, with the
+``rms`` aggregate, their root mean square), with ``L_i = cross_entropy(f(x_i), y_i)`` and the
+model in eval mode.
 
-How: one batched forward pass and one backward pass of ``sum_i L_i`` with respect
-to the *input* only (no weight gradient is ever formed by autograd). Forward hooks
-keep each convolution's input; a pre-hook on the convolution's autograd node
-receives the gradient of its output. Because the model is in eval mode, samples
-do not interact, so row ``i`` of that gradient is exactly ``dL_i/d out_i`` and the
-per-sample weight gradient of the layer is a batched product of the unfolded
-input with it. It is reduced to one number per filter at once and dropped, layer
-by layer: at no time are the per-sample gradients of more than one layer held.
+How: one batched forward pass and one backward pass of ``sum_i L_i`` through the activations
+only (no weight gradient is ever formed by autograd; the pass stops at the convolutions that
+read the input when nothing else does). Forward hooks keep each convolution's input; a
+pre-hook on the convolution's autograd node receives the gradient of its output. Because the
+model is in eval mode, samples do not interact, so row ``i`` of that gradient is exactly
+``dL_i/d out_i`` and the per-sample weight gradient of the layer is a batched product of the
+unfolded input with it. It is formed a block at a time in one reused workspace, reduced to one
+number per filter and dropped, layer by layer: at no time are the per-sample gradients of more
+than one block held.
 """
 
 from __future__ import annotations
