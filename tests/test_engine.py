@@ -240,7 +240,7 @@ def test_layout_order_and_counts():
     assert list(layout.layer_of([0, 7, 8, 15])) == [0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("strategy", ["bmm", "mm", "conv"])
+@pytest.mark.parametrize("strategy", ["bmm", "mm", "conv", "offsets"])
 @pytest.mark.parametrize("name", ["resnet18", "odd_convs", "shared_conv", "mobilenet_v3_small"])
 def test_every_reduction_strategy_is_exact(name, strategy):
     """Each per-layer strategy the engine may pick by timing gives the reference profile."""

@@ -18,6 +18,7 @@ than one block held.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -178,6 +179,46 @@ def _reduce_conv(module, x, g, padding, block, ws, p) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _offset_groups(kernel, dilation, padding, stride, H: int, W: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Kernel offsets grouped by the output positions at which they read inside the image
+    (not the zero padding): ((positions, offsets), ...)."""
+    mask = F.unfold(torch.ones(1, 1, H, W), kernel, dilation=dilation, padding=padding, stride=stride)[0] > 0
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for d in range(mask.shape[0]):
+        positions = tuple(mask[d].nonzero().flatten().tolist())
+        if positions:
+            groups.setdefault(positions, []).append(d)
+    return tuple((pos, tuple(offs)) for pos, offs in groups.items())
+
+
+def _reduce_offsets(module, x, g, padding, block, ws, p) -> torch.Tensor:
+    """For small zero-padded maps (groups == 1): the gradient block of the kernel offsets that read
+    the image at the same output positions only, one block per such set. An offset that reads
+    at a single position gives an outer product, whose sum of |.|**p factorises; the others
+    are formed over those positions alone. Exact, and far less to write than the full product."""
+    B, O, Ho, Wo = g.shape
+    C, H, W = x.shape[1:]
+    kk = module.kernel_size[0] * module.kernel_size[1]
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    cols = cols.reshape(B, C, kk, Ho * Wo)
+    g = g.reshape(B, O, Ho * Wo)
+    out = torch.zeros(B, O, dtype=g.dtype, device=g.device)
+    for positions, offsets in _offset_groups(module.kernel_size, module.dilation, padding, module.stride, H, W):
+        pos = torch.tensor(positions, device=g.device)
+        xs = cols[:, :, list(offsets)].index_select(3, pos).reshape(B, C * len(offsets), len(positions))
+        gs = g.index_select(2, pos)  # (B, O, s)
+        if len(positions) == 1:
+            out += _power_(gs[:, :, 0].clone(), p) * _power_(xs[:, :, 0].clone(), p).sum(1, keepdim=True)
+            continue
+        for i in range(0, B, block):
+            n = min(block, B - i)
+            grad = ws.get((n, O, xs.shape[1]), g)
+            torch.bmm(gs[i : i + n], xs[i : i + n].transpose(1, 2), out=grad)
+            out[i : i + n] += _power_(grad, p).sum(-1)
+    return out
+
+
 def _reduce_gram(module, x, g, padding, block, ws, p) -> torch.Tensor:
     """Sums of squares without per-sample gradients (p == 2 only): ||g_o C^T||^2 = g_o (C^T C) g_o^T,
     with C the (K, P) input patches of a sample and group; costs P*P*(K + O) instead of O*K*P."""
@@ -195,11 +236,13 @@ def _reduce_gram(module, x, g, padding, block, ws, p) -> torch.Tensor:
     return out.clamp_min_(0)  # rounding can leave a hair below zero
 
 
-_REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv, "gram": _reduce_gram}
-STRATEGIES = ("bmm", "mm", "conv")  # exact for every aggregate; "gram" is added for rms
+_REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv, "offsets": _reduce_offsets, "gram": _reduce_gram}
+STRATEGIES = ("bmm", "mm", "conv", "offsets")  # exact for every aggregate; "gram" is added for rms
+OFFSETS_MAX_POSITIONS = 64  # the offsets strategy is tried on output maps this small or smaller
 
 
-def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, block_bytes: int) -> list[tuple[str, int]]:
+def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, block_bytes: int,
+                padding: tuple[int, int] = (0, 0)) -> list[tuple[str, int]]:
     """(strategy, block) pairs worth timing whose temporaries stay within ``block_bytes``.
 
     A block is a number of samples (``bmm``, ``conv``) or of filters (``mm``). The filter
@@ -213,6 +256,10 @@ def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor,
     sample_blocks = (1, 4) if module.groups == 1 else (4, 16)
     out = []
     for name in strategies:
+        if name == "offsets":
+            if (module.groups == 1 and Ho * Wo <= OFFSETS_MAX_POSITIONS and any(padding)) or strategies == ("offsets",):
+                out += [(name, b) for b in sample_blocks if b <= max(B, 1) and b * per_sample <= block_bytes] or [(name, 1)]
+            continue
         if name == "gram":
             P, Og = Ho * Wo, O // module.groups
             if P * (K + Og) <= 2 * Og * K or strategies == ("gram",):  # not hopeless against the direct product
@@ -334,7 +381,7 @@ class ProfileEngine:
         key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
         choice = self._chosen.get(key)
         if choice is None:
-            choice = self._chosen[key] = self._tune(_candidates(strategies, module, x, g, self.block_bytes), module, x, g, padding)
+            choice = self._chosen[key] = self._tune(_candidates(strategies, module, x, g, self.block_bytes, padding), module, x, g, padding)
         name, block = choice
         if self._p == 1:
             return _REDUCERS[name](module, x, g, padding, block, self._workspace, 1).div_(K)
