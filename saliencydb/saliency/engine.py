@@ -257,8 +257,14 @@ def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor,
     out = []
     for name in strategies:
         if name == "offsets":
-            if (module.groups == 1 and Ho * Wo <= OFFSETS_MAX_POSITIONS and any(padding)) or strategies == ("offsets",):
-                out += [(name, b) for b in sample_blocks if b <= max(B, 1) and b * per_sample <= block_bytes] or [(name, 1)]
+            groups = _offset_groups(module.kernel_size, module.dilation, tuple(padding), module.stride, *x.shape[2:])
+            widest = max([len(offs) for pos, offs in groups if len(pos) > 1], default=0)
+            need = O * x.shape[1] * widest * size  # one sample's largest gradient block
+            fits = [b for b in sample_blocks if b <= max(B, 1) and b * need <= block_bytes]
+            if strategies == ("offsets",):
+                out += [(name, b) for b in fits or [1]]
+            elif module.groups == 1 and Ho * Wo <= OFFSETS_MAX_POSITIONS and any(padding):
+                out += [(name, b) for b in fits]
             continue
         if name == "gram":
             P, Og = Ho * Wo, O // module.groups
