@@ -245,9 +245,10 @@ def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor,
                 padding: tuple[int, int] = (0, 0)) -> list[tuple[str, int]]:
     """(strategy, block) pairs worth timing whose temporaries stay within ``block_bytes``.
 
-    A block is a number of samples (``bmm``, ``conv``) or of filters (``mm``). The filter
-    chunks of ``mm`` are only tried when one sample's gradient exceeds the bound; when nothing
-    fits, the smallest block is used (one sample, or as many filters as fit, at least one).
+    A block is a number of samples (``bmm``, ``conv``, ``offsets``, ``gram``) or of filters
+    (``mm``). The filter chunks of ``mm`` are only tried when one sample's gradient exceeds the
+    bound, ``offsets`` only on small zero-padded maps, ``gram`` only where it is not hopeless;
+    a strategy forced alone falls back to its smallest block when nothing fits.
     """
     B, O, Ho, Wo = g.shape
     K = module.weight[0].numel()
