@@ -60,6 +60,7 @@ RSS_INTERVAL_S = 0.002
 MIN_CPU_WINDOW_S = 1.0  # shortest timed wall time over which the CPU use of other processes is judged
 BUSY_SHARE = 0.05  # rows timed while other processes used more of the CPUs than this are flagged
 INCEPTION_MIN_SIZE = 75
+IMAGENET_VAL = 50_000
 
 
 # -- cases and models ----------------------------------------------------------------------
@@ -572,6 +573,16 @@ def format_table(report: dict, tol: float) -> str:
     memory = "peak MB: CUDA max_memory_allocated increase" if m["device"].startswith("cuda") else (
         f"peak MB: process RSS sampled every {RSS_INTERVAL_S * 1000:.0f} ms during one untimed run, minus the RSS at its start"
     )
+    projections = []
+    for case in report["cases"]:
+        engine = next((r for r in case["methods"] if r["method"] == "engine" and r["samples_per_s"]), None)
+        if engine is not None and case["size"] >= CPU_LARGE_SIZE:
+            minutes = IMAGENET_VAL / engine["samples_per_s"] / 60
+            projections.append(f"{case['model']}@{case['size']} b{case['batch']}: {minutes:,.1f} min")
+    lines += [
+        "",
+        f"{IMAGENET_VAL:,} images (ImageNet validation) at the engine's speed, profiling alone: " + "; ".join(projections)
+    ] if projections else []
     lines += [
         "",
         memory,
