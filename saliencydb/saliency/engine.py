@@ -131,18 +131,24 @@ def _power_(grad: torch.Tensor, p: int) -> torch.Tensor:
 # Each reducer returns, per sample and filter, the sum over the filter's weights of
 # |per-sample gradient| ** p (p = 1 for mean_abs, 2 for rms), shaped (B, O).
 
-def _reduce_bmm(module, x, g, padding, block, ws, p) -> torch.Tensor:
-    """Batched products over blocks of ``block`` samples (all groups at once), into the workspace."""
+def _sample_blocks(module, x, g, padding, block):
+    """Per block of ``block`` samples: (rows, patches (n*G, K, P), output gradient (n*G, O/G, P))."""
     B, O, Ho, Wo = g.shape
     G, P = module.groups, Ho * Wo
     K = module.weight[0].numel()
-    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
     for i in range(0, B, block):
         n = min(block, B - i)
         cols = _columns(module, x[i : i + n], padding, Ho, Wo).reshape(n * G, K, P)
-        grad = ws.get((n * G, O // G, K), g)
-        torch.bmm(g[i : i + n].reshape(n * G, O // G, P), cols.transpose(1, 2), out=grad)
-        torch.sum(_power_(grad, p), dim=-1, out=out[i : i + n].view(n * G, O // G))
+        yield slice(i, i + n), cols, g[i : i + n].reshape(n * G, O // G, P)
+
+
+def _reduce_bmm(module, x, g, padding, block, ws, p) -> torch.Tensor:
+    """Batched products over blocks of ``block`` samples (all groups at once), into the workspace."""
+    out = torch.empty(g.shape[:2], dtype=g.dtype, device=g.device)
+    for rows, cols, gi in _sample_blocks(module, x, g, padding, block):
+        grad = ws.get((*gi.shape[:2], cols.shape[1]), g)
+        torch.bmm(gi, cols.transpose(1, 2), out=grad)
+        torch.sum(_power_(grad, p), dim=-1, out=out[rows].view(gi.shape[:2]))
     return out
 
 
@@ -223,16 +229,10 @@ def _reduce_gram(module, x, g, padding, block, ws, p) -> torch.Tensor:
     """Sums of squares without per-sample gradients (p == 2 only): ||g_o C^T||^2 = g_o (C^T C) g_o^T,
     with C the (K, P) input patches of a sample and group; costs P*P*(K + O) instead of O*K*P."""
     assert p == 2
-    B, O, Ho, Wo = g.shape
-    G, P = module.groups, Ho * Wo
-    K = module.weight[0].numel()
-    out = torch.empty(B, O, dtype=g.dtype, device=g.device)
-    for i in range(0, B, block):
-        n = min(block, B - i)
-        cols = _columns(module, x[i : i + n], padding, Ho, Wo).reshape(n * G, K, P)
+    out = torch.empty(g.shape[:2], dtype=g.dtype, device=g.device)
+    for rows, cols, gi in _sample_blocks(module, x, g, padding, block):
         gram = torch.bmm(cols.transpose(1, 2), cols)  # (n*G, P, P)
-        gi = g[i : i + n].reshape(n * G, O // G, P)
-        torch.sum(torch.bmm(gi, gram).mul_(gi), dim=-1, out=out[i : i + n].view(n * G, O // G))
+        torch.sum(torch.bmm(gi, gram).mul_(gi), dim=-1, out=out[rows].view(gi.shape[:2]))
     return out.clamp_min_(0)  # rounding can leave a hair below zero
 
 
