@@ -215,3 +215,25 @@ def test_json_shapes_are_the_documented_ones(digits_copy):
     assert set(tri) == {"split", "run", "new_mistakes", "known_groups", "new_failure_mode", "reference_splits", "layer_drift"}
     rows = json.loads(run_cli("sql", "--db", digits_copy, "SELECT 1 AS one", "--format", "json").output)
     assert rows == [{"one": 1}]
+
+
+def test_query_commands_start_without_torch(digits_copy):
+    """sql, info, neighbors by id, mistakes and clusters never import torch (interactive start-up);
+    the engine is loaded only for a new image."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from click.testing import CliRunner
+from saliencydb.cli import cli
+db = {str(digits_copy)!r}
+for args in (["sql", "--db", db, "SELECT count(*) FROM samples"], ["info", "--db", db],
+             ["neighbors", "--db", db, "--id", "5", "-k", "3"], ["mistakes", "--db", db],
+             ["clusters", "--db", db, "--n-clusters", "3"]):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, (args, result.output)
+print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:  # the query layer reads layouts without importing torch
+    from torch import nn
 
 KIND_CONV_FILTER = "conv-filter"
 
