@@ -408,12 +408,10 @@ def clusters(db, n_clusters, errors_only, split, seed, fmt):
 
 # -- explanations (issue 6) ----------------------------------------------------------------
 
-TEXT_FORMATS = ("table", "json")
-
-
 def text_format_option(fn):
-    return click.option("--format", "fmt", type=click.Choice(TEXT_FORMATS), default="table", show_default=True,
-                        help="Output format.")(fn)
+    """--format for commands that write a file: csv prints their main table's rows."""
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="Output format (csv: the rows of the main table).")(fn)
 
 
 def _progress(fmt: str, quiet: bool):
@@ -462,6 +460,8 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
                 _close(progress)
             if fmt == "json":
                 click.echo(json.dumps(result, indent=2, default=_json_default))
+            elif fmt == "csv":
+                emit_rows(result["mistakes"], "csv")
             else:
                 click.echo(f"wrote {result['out']} ({len(result['mistakes'])} mistakes)")
             return
@@ -471,6 +471,9 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         result = explain_sample(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None).to_dict()
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, default=_json_default))
+        return
+    if fmt == "csv":  # the boosted units, one row each
+        emit_rows(result["boosted_units"], "csv")
         return
     s, c, m = result["sample"], result["confidences"], result["map"]
     click.echo(f"sample {s['sample_id']} ({s['split']}, {s['key']}): label {s['label_name']}, predicted {s['pred_name']} "
@@ -513,6 +516,9 @@ def profile_plot(db, split, cluster, out, fmt):
     by_name = {g["name"]: {l["layer"]: l["mean_z"] for l in (g["layers"] or [])} for g in summary["groups"]}
     counts = ", ".join(f"{g['count']} {g['name']}" for g in summary["groups"])
     rows = [{"layer": l.name, **{f"mean z ({name})": per.get(l.name) for name, per in by_name.items()}} for l in layout.layers]
+    if fmt == "csv":
+        emit_rows(rows, "csv")
+        return
     emit_rows(rows, "table", title=f"mean standardised saliency per layer, {result['scope']} ({counts})")
     click.echo(f"wrote {out}")
 
@@ -577,6 +583,10 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
         _close(progress)
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, default=_json_default))
+        return
+    if fmt == "csv":  # the rows of the check's table, unformatted
+        key = "samples" if find_corrections else {"masking": "results", "smoothgrad": "levels", "randomization": "steps"}[what]
+        emit_rows(result[key], "csv")
         return
     if find_corrections:
         emit_rows(result["samples"], "table", title=f"mistakes of {split} whose true-class confidence rises by "

@@ -409,3 +409,30 @@ def test_gallery_is_one_self_contained_page(digits_db, tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(srcs[0].split(",", 1)[1]))) as img:
         assert img.format == "PNG" and img.width >= 96
     assert page.count("class='card'") == 2 and "<script" not in page and "href=" not in page
+
+
+def test_file_writing_commands_print_their_main_table_as_csv(digits_db, mistake, tmp_path):
+    """explain, profile-plot and check take --format csv: a header line and the rows of the table
+    they print, the same numbers as their JSON."""
+    import csv
+    import io
+
+    def rows(*args):
+        out = run_cli(*args, "--format", "csv").output
+        return list(csv.DictReader(io.StringIO(out)))
+
+    def doc(*args):
+        return json.loads(run_cli(*args, "--format", "json").output)
+
+    args = ("explain", "--db", digits_db, "--id", mistake["sample_id"], "--out", tmp_path / "e.png")
+    got, want = rows(*args), doc(*args)["boosted_units"]
+    assert list(got[0]) == ["rank", "unit_id", "layer", "channel", "z"] and len(got) == len(want) == 10
+    assert [int(r["unit_id"]) for r in got] == [u["unit_id"] for u in want]
+    args = ("profile-plot", "--db", digits_db, "--split", "val", "--out", tmp_path / "p.png")
+    got = rows(*args)
+    assert list(got[0]) == ["layer", "mean z (correct)", "mean z (incorrect)"] and len(got) == 3
+    incorrect = {l["layer"]: l["mean_z"] for l in doc(*args)["groups"][1]["layers"]}
+    assert all(float(r["mean z (incorrect)"]) == pytest.approx(incorrect[r["layer"]], rel=1e-3) for r in got)
+    args = ("check", "--db", digits_db, "--id", mistake["sample_id"], "--what", "smoothgrad", "--levels", "0.01,0.1", "--n-noise", "4")
+    got, want = rows(*args), doc(*args)["levels"]
+    assert [float(r["level"]) for r in got] == [0.01, 0.1] and list(got[0]) == list(want[0])
