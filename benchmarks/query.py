@@ -31,7 +31,7 @@ from saliencydb.schemas import UNITS_SCHEMA, Manifest, samples_schema
 CLASSES = 10
 
 
-def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, seed: int = 0) -> float:
+def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, seed: int = 0, index_kind: str = "flat") -> float:
     """Write a synthetic database; returns the seconds it took."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -79,7 +79,7 @@ def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, se
         units_table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
         rel = w.write_parquet(w.unique_name("units", "units", ".parquet"), units_table)
         m.stats = {"file": rel, "splits": ["val"], "count": stats.count, "frozen": False}
-        update_indexes(w, "flat", rebuild=True)
+        update_indexes(w, index_kind, rebuild=True)
         w.commit()
     return time.perf_counter() - t0
 
@@ -99,11 +99,12 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=4_800)
     ap.add_argument("--features", type=int, default=512)
     ap.add_argument("--queries", type=int, default=50, help="single queries timed (median reported)")
+    ap.add_argument("--index", dest="index_kind", choices=("flat", "ivf", "ivfpq"), default="flat", help="FAISS index kind of the database")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "db"
-        build_s = build(db_path, args.samples, args.units, args.features)
+        build_s = build(db_path, args.samples, args.units, args.features, index_kind=args.index_kind)
         t = time.perf_counter()
         db = saliencydb.open(db_path)
         db.index("saliency")

@@ -119,7 +119,9 @@ def cli():
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
 @click.option("--limit", type=int, help="Profile at most this many samples of the split (a later run without it continues).")
 @click.option("--workers", type=int, help="Image-decoding worker processes (default: none on 2 cores or fewer, else cores - 1, at most 8).")
-@click.option("--index", "index_kind", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True, help="FAISS index kind: exact flat, or IVF for large databases.")
+@click.option("--index", "index_kind", type=click.Choice(["flat", "ivf", "ivfpq"]), default="flat", show_default=True,
+              help="FAISS index kind: exact flat; IVF for large databases; IVF-PQ (compressed codes, approximate "
+                   "similarities) for millions of samples. Too few samples to train one: flat.")
 @click.option("--commit-every", "part_rows", default=1024, show_default=True, type=int, help="Samples per committed Parquet part (the unit of resumption).")
 @click.option("--aggregate", type=click.Choice(["mean_abs", "rms"]),
               help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "

@@ -31,7 +31,7 @@ from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
 from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
 from .store import committed_keys, iter_profiles, read_stats
-from .vectors import INDEX_KINDS, build_index, read_index, write_index
+from .vectors import INDEX_KINDS, build_index, kind_of, read_index, write_index
 from .writer import DatabaseWriter
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -420,7 +420,9 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
             continue
         entry = m.indexes.get(space)
         space_kind = kind or (entry["kind"] if entry else "flat")
-        if entry is not None and not rebuild and entry["kind"] == space_kind:
+        # extend what was built as asked; an index that fell back to flat (too few rows to train
+        # the asked kind) is rebuilt instead, so it becomes that kind once the rows are there
+        if entry is not None and not rebuild and entry["kind"] == entry.get("built", entry["kind"]) == space_kind:
             files = [p["file"] for p in m.parts if p["min_id"] >= entry["next_id"]]
             if not files:
                 continue
@@ -443,7 +445,8 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         crash_point("index-written")
         if entry is not None:
             old.append(entry["file"])
-        m.indexes[space] = {"file": rel, "kind": space_kind, "ntotal": int(index.ntotal), "next_id": m.next_sample_id}
+        m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
+                            "next_id": m.next_sample_id}
     return old
 
 

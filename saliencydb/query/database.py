@@ -274,7 +274,8 @@ class Database:
             "samples": m.rows(),
             "splits": splits,
             "statistics": None if m.stats is None else {"splits": m.stats["splits"], "count": m.stats["count"], "frozen": m.stats["frozen"]},
-            "indexes": {k: {"kind": v["kind"], "ntotal": v["ntotal"], "stale": v["ntotal"] != m.rows()} for k, v in m.indexes.items()},
+            "indexes": {k: {"kind": v.get("built", v["kind"]), "requested": v["kind"], "ntotal": v["ntotal"],
+                            "stale": v["ntotal"] != m.rows()} for k, v in m.indexes.items()},
         }
 
     def close(self) -> None:

@@ -8,6 +8,9 @@ import faiss
 import numpy as np
 
 from ..errors import QueryError
+from ..indexer.vectors import kind_of
+
+RERANK = 10  # an IVF-PQ search returns this many times k candidates, re-ranked exactly
 
 
 @dataclass
@@ -24,12 +27,16 @@ class NeighborResult:
 
 def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k inner products of ``vectors`` among ``candidates`` (all ids when None); -1 ids pad short rows."""
-    params = None
+    params = selector = None
     if candidates is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64)))
-        if hasattr(index, "nprobe"):
-            params = faiss.SearchParametersIVF(sel=params.sel, nprobe=index.nprobe)
-    return index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+        # the selector must outlive the search: the parameters hold only a raw pointer to it
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64))
+        ivf = faiss.try_extract_index_ivf(index)
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe) if ivf is not None
+                  else faiss.SearchParameters(sel=selector))
+    result = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+    del selector
+    return result
 
 
 def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=None, image=None, label=None) -> NeighborResult:
@@ -51,7 +58,15 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     if k > n:
         raise QueryError(f"-k {k} is larger than the {n} candidate samples; lower -k or widen --where/--split")
     # without a filter, the sample itself is excluded by asking for one more and dropping it
-    sims, ids = search(index, vector, k + (exclude is not None), candidates)
+    want = k + (exclude is not None)
+    if kind_of(index) == "ivfpq":  # compressed codes: take more candidates, rank them by their exact profiles
+        sims, ids = search(index, vector, min(n + (exclude is not None), max(RERANK * want, 100)), candidates)
+        found = ids[0][ids[0] >= 0]
+        exact = db.vectors(space, found) @ vector[0]
+        order = np.argsort(-exact, kind="stable")[:want]
+        sims, ids = exact[order][None], found[order][None]
+    else:
+        sims, ids = search(index, vector, want, candidates)
     found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0 and i != exclude][:k]
     rows = _metadata(db, [i for i, _ in found])
     out = []
