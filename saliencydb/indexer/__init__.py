@@ -4,17 +4,8 @@ The pipeline imports torch and is loaded on first use: the query layer needs onl
 storage readers (``store``, ``vectors``) and starts without it.
 """
 
-import importlib
-
-_LAZY = {"Indexer": ".pipeline", "JobReport": ".pipeline", "restat": ".pipeline", "update_indexes": ".pipeline",
-         "DatabaseWriter": ".writer"}
+from ..lazy import lazy_attributes
 
 __all__ = ["Indexer", "JobReport", "DatabaseWriter", "restat", "update_indexes"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"Indexer": ".pipeline", "JobReport": ".pipeline", "restat": ".pipeline",
+                                         "update_indexes": ".pipeline", "DatabaseWriter": ".writer"})
