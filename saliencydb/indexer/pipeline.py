@@ -264,24 +264,7 @@ class Indexer:
             buffer.clear()
             n = len(cols["index"])
             ids = np.arange(m.next_sample_id, m.next_sample_id + n, dtype=np.int64)
-            table = pa.table(
-                {
-                    "sample_id": ids,
-                    "split": pa.array([split] * n, pa.string()),
-                    "key": pa.array([source.key(int(i)) for i in cols["index"]], pa.string()),
-                    "label": cols["label"].astype(np.int32),
-                    "label_name": pa.array([class_names[i] for i in cols["label"]], pa.string()),
-                    "pred": cols["pred"].astype(np.int32),
-                    "pred_name": pa.array([class_names[i] for i in cols["pred"]], pa.string()),
-                    "correct": cols["label"] == cols["pred"],
-                    "loss": cols["loss"],
-                    "true_conf": cols["true_conf"],
-                    "pred_conf": cols["pred_conf"],
-                    "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), m.n_units),
-                    "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), m.feature_dim),
-                },
-                schema=schema,
-            )
+            table = _part_table(cols, ids, split, source, class_names, schema)
             rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
             crash_point("part-written")
             entry = {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}
@@ -300,23 +283,9 @@ class Indexer:
 
         try:
             for batch in loader:
-                failures += [(source.key(i), reason) for i, reason in batch.failed]
-                x, y, idx = batch.x, batch.y, batch.indices
-                bad_label = (y < 0) | (y >= m.model["num_classes"])
-                for i, label in zip(idx[bad_label].tolist(), y[bad_label].tolist()):
-                    failures.append((source.key(i), f"label {label} is outside the model's {m.model['num_classes']} classes"))
-                keep = ~bad_label
-                x, y, idx = x[keep], y[keep], idx[keep]
-                if len(idx):
-                    rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device), m.aggregate)
-                    finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
-                    for i in idx.numpy()[~finite].tolist():
-                        failures.append((source.key(i), "non-finite loss, profile or feature"))
-                    if finite.any():
-                        rows = {k: v[finite] for k, v in rows.items()}
-                        rows["index"] = idx.numpy()[finite]
-                        rows["label"] = y.numpy()[finite]
-                        buffer.append(rows)
+                rows = self._batch_rows(batch, engine, module, layout, m, source, failures)
+                if rows is not None:
+                    buffer.append(rows)
                     if sum(len(b["index"]) for b in buffer) >= self.part_rows:
                         flush()
                 task.advance(len(batch.indices) + len(batch.failed))
@@ -347,6 +316,28 @@ class Indexer:
         writer.commit()
         writer.drop_unlisted(dropped)
         return report
+
+    def _batch_rows(self, batch, engine, module, layout, m: Manifest, source: Source, failures: list) -> dict | None:
+        """Profile one loaded batch; the rows to store (None if none), failures appended to ``failures``."""
+        failures += [(source.key(i), reason) for i, reason in batch.failed]
+        x, y, idx = batch.x, batch.y, batch.indices
+        bad_label = (y < 0) | (y >= m.model["num_classes"])
+        for i, label in zip(idx[bad_label].tolist(), y[bad_label].tolist()):
+            failures.append((source.key(i), f"label {label} is outside the model's {m.model['num_classes']} classes"))
+        keep = ~bad_label
+        x, y, idx = x[keep], y[keep], idx[keep]
+        if not len(idx):
+            return None
+        rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device), m.aggregate)
+        finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
+        for i in idx.numpy()[~finite].tolist():
+            failures.append((source.key(i), "non-finite loss, profile or feature"))
+        if not finite.any():
+            return None
+        rows = {k: v[finite] for k, v in rows.items()}
+        rows["index"] = idx.numpy()[finite]
+        rows["label"] = y.numpy()[finite]
+        return rows
 
     def _profile(self, engine, module, layout, x, y, aggregate: str) -> dict[str, np.ndarray]:
         if engine is not None:
@@ -448,6 +439,30 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
     return old
+
+
+def _part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],
+                schema: pa.Schema) -> pa.Table:
+    """One Parquet part of the samples table from a buffer of profiled rows."""
+    n = len(ids)
+    return pa.table(
+        {
+            "sample_id": ids,
+            "split": pa.array([split] * n, pa.string()),
+            "key": pa.array([source.key(int(i)) for i in cols["index"]], pa.string()),
+            "label": cols["label"].astype(np.int32),
+            "label_name": pa.array([class_names[i] for i in cols["label"]], pa.string()),
+            "pred": cols["pred"].astype(np.int32),
+            "pred_name": pa.array([class_names[i] for i in cols["pred"]], pa.string()),
+            "correct": cols["label"] == cols["pred"],
+            "loss": cols["loss"],
+            "true_conf": cols["true_conf"],
+            "pred_conf": cols["pred_conf"],
+            "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
+            "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size),
+        },
+        schema=schema,
+    )
 
 
 def _failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:

@@ -117,23 +117,10 @@ class DatabaseWriter:
 
     def new_file(self, rel: str, write) -> str:
         """Create the file ``rel`` (relative to the database) through ``write(tmp_path)``."""
-        final = self.path / rel
-        if final.exists():
-            raise DatabaseError(f"refusing to overwrite committed file '{rel}'")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + TMP_SUFFIX)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        return rel
+        return new_file(self.path, rel, write)
 
     def write_parquet(self, rel: str, table: pa.Table) -> str:
-        # row groups of about 8 MiB: a lookup of a few ids reads a few small groups
-        row_bytes = max(1, table.nbytes // max(table.num_rows, 1))
-        group = max(16, min(65536, (8 << 20) // row_bytes))
-        return self.new_file(rel, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=group))
+        return write_parquet(self.path, rel, table)
 
     def write_parquet_table(self, name: str, table: pa.Table) -> str:
         """Add a part to the append-only table ``name`` (failures, ingests, ...); listed, not committed."""
@@ -162,3 +149,27 @@ class DatabaseWriter:
         for rel in files:
             if rel not in listed and (self.path / rel).exists():
                 os.remove(self.path / rel)
+
+
+def new_file(db: Path, rel: str, write) -> str:
+    """Create ``db/rel`` through ``write(tmp_path)``: written under a temporary name, fsynced,
+    renamed. Unlisted until a manifest lists it (a sharded job's ranks write parts this way,
+    and the rank holding the lock lists them)."""
+    final = db / rel
+    if final.exists():
+        raise DatabaseError(f"refusing to overwrite committed file '{rel}'")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return rel
+
+
+def write_parquet(db: Path, rel: str, table: pa.Table) -> str:
+    # row groups of about 8 MiB: a lookup of a few ids reads a few small groups
+    row_bytes = max(1, table.nbytes // max(table.num_rows, 1))
+    group = max(16, min(65536, (8 << 20) // row_bytes))
+    return new_file(db, rel, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=group))
