@@ -136,7 +136,8 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
     from .indexer import Indexer
     from .progress import NullProgress, RichProgress
 
-    progress = NullProgress() if quiet else RichProgress()
+    rank = _rank()
+    progress = NullProgress() if quiet or rank > 0 else RichProgress()
     try:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
@@ -165,7 +166,8 @@ def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, pa
     from .indexer import Indexer
     from .progress import NullProgress, RichProgress
 
-    progress = NullProgress() if quiet else RichProgress()
+    rank = _rank()
+    progress = NullProgress() if quiet or rank > 0 else RichProgress()
     try:
         report = Indexer(db, device=device, batch_size=batch_size, workers=workers, part_rows=part_rows,
                          progress=progress, wait=wait).run(data_spec, split=split, limit=limit, command="ingest",
@@ -176,7 +178,23 @@ def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, pa
     _job_summary(report)
 
 
+def _rank() -> int:
+    """Under torchrun (WORLD_SIZE > 1), join the job's process group (gloo carries the few
+    messages between ranks; profiling stays on each rank's device) and return this rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank()
+
+
 def _job_summary(report) -> None:
+    if report is None:  # a torchrun rank other than 0: rank 0 reports for the job
+        return
     acc = f", accuracy {report.accuracy:.2%}" if report.accuracy is not None else ""
     click.echo(f"{report.split}: {report.added} samples added, {report.skipped} already there, {report.failed} failed{acc} "
                f"({report.seconds:.1f}s)")

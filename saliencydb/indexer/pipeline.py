@@ -8,6 +8,7 @@ when the split is the reference split and rebuilds the indexes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -23,7 +24,7 @@ import torch
 from ..data import Transform, load_model, parse_data_spec
 from ..data.models import LoadedModel
 from ..data.sources import SampleDataset, Source, collate_samples
-from ..errors import ModelError, SpecError
+from ..errors import DatabaseError, ModelError, SaliencyDBError, SpecError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
@@ -32,7 +33,7 @@ from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
 from .store import committed_keys, iter_profiles, read_stats
 from .vectors import INDEX_KINDS, build_index, kind_of, read_index, write_index
-from .writer import DatabaseWriter
+from .writer import DatabaseWriter, write_parquet
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -52,6 +53,15 @@ class JobReport:
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.added if self.added else None
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed job this process belongs to; (0, 1) alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -125,6 +135,9 @@ class Indexer:
             raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
         self.db = Path(db)
         self.device = resolve_device(device)
+        rank, world = _world()
+        if world > 1 and self.device.type == "cuda" and self.device.index is None:  # torchrun: one GPU per rank
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
         self.batch_size = batch_size
         # decoding workers pay off when cores are left over from the profiling itself
         cores = os.cpu_count() or 1
@@ -202,9 +215,17 @@ class Indexer:
         if require_existing:
             read_manifest(self.db)  # clear error when there is no database
         source = parse_data_spec(data)
-        writer, model, transform = self._open(source)
-        with writer:
-            return self._run(writer, model, transform, source, data, split, limit, command, replace, require_existing)
+        if _world()[1] > 1 and _world()[0] != 0:
+            return self._follow(source, split)
+        self._plan_sent = False
+        try:
+            writer, model, transform = self._open(source)
+            with writer:
+                return self._run(writer, model, transform, source, data, split, limit, command, replace, require_existing)
+        except SaliencyDBError as e:
+            if _world()[1] > 1 and not self._plan_sent:  # the other ranks wait for the plan: tell them
+                self._broadcast({"error": str(e)})
+            raise
 
     def _run(self, writer, model, transform, source, data, split, limit, command, replace, freeze) -> JobReport:
         m = writer.manifest
@@ -241,57 +262,63 @@ class Indexer:
         is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
         run_stats: dict[str, RunningStats] = {}
 
-        # Worker processes decode files in parallel. They are spawned, not forked: a fork of a
-        # process whose Arrow / OpenMP / FAISS thread pools are running can crash the child.
-        workers = self.workers if source.decodes_files and len(todo) >= 4 * self.batch_size else 0
-        loader = torch.utils.data.DataLoader(
-            SampleDataset(source, transform, todo),
-            batch_size=self.batch_size,
-            num_workers=workers,
-            multiprocessing_context="spawn" if workers else None,
-            persistent_workers=False,
-            collate_fn=collate_samples,
-            pin_memory=self.device.type == "cuda",
-        )
-        buffer: list[dict[str, np.ndarray]] = []
-        failures: list[tuple[str, str]] = []
-        task = self.progress.task(f"profiling {split}", len(todo))
+        if _world()[1] > 1:  # a torchrun job: this rank profiles its share, rank 0 lists every part
+            self._broadcast({"manifest": json.loads(m.to_json()), "todo": todo, "is_reference": is_reference,
+                             "replace": replace})
+            failures = self._profile_shards(writer, m, source, transform, todo, split, engine, module, layout,
+                                            class_names, schema, is_reference, run_stats, report, replace)
+        else:
+            # Worker processes decode files in parallel. They are spawned, not forked: a fork of a
+            # process whose Arrow / OpenMP / FAISS thread pools are running can crash the child.
+            workers = self.workers if source.decodes_files and len(todo) >= 4 * self.batch_size else 0
+            loader = torch.utils.data.DataLoader(
+                SampleDataset(source, transform, todo),
+                batch_size=self.batch_size,
+                num_workers=workers,
+                multiprocessing_context="spawn" if workers else None,
+                persistent_workers=False,
+                collate_fn=collate_samples,
+                pin_memory=self.device.type == "cuda",
+            )
+            buffer: list[dict[str, np.ndarray]] = []
+            failures: list[tuple[str, str]] = []
+            task = self.progress.task(f"profiling {split}", len(todo))
 
-        def flush():
-            if not buffer:
-                return
-            cols = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-            buffer.clear()
-            n = len(cols["index"])
-            ids = np.arange(m.next_sample_id, m.next_sample_id + n, dtype=np.int64)
-            table = _part_table(cols, ids, split, source, class_names, schema)
-            rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
-            crash_point("part-written")
-            entry = {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}
-            if replace:
-                m.pending[split]["parts"].append(entry)
-            else:
-                m.parts.append(entry)
-                m.splits[split]["rows"] += n
-            m.next_sample_id += n
-            if is_reference:
-                run_stats[rel] = RunningStats(m.n_units).update(cols["raw"])
-            writer.commit()
-            crash_point("part-committed")
-            report.added += n
-            report.correct += int((cols["label"] == cols["pred"]).sum())
+            def flush():
+                if not buffer:
+                    return
+                cols = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
+                buffer.clear()
+                n = len(cols["index"])
+                ids = np.arange(m.next_sample_id, m.next_sample_id + n, dtype=np.int64)
+                table = _part_table(cols, ids, split, source, class_names, schema)
+                rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
+                crash_point("part-written")
+                entry = {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}
+                if replace:
+                    m.pending[split]["parts"].append(entry)
+                else:
+                    m.parts.append(entry)
+                    m.splits[split]["rows"] += n
+                m.next_sample_id += n
+                if is_reference:
+                    run_stats[rel] = RunningStats(m.n_units).update(cols["raw"])
+                writer.commit()
+                crash_point("part-committed")
+                report.added += n
+                report.correct += int((cols["label"] == cols["pred"]).sum())
 
-        try:
-            for batch in loader:
-                rows = self._batch_rows(batch, engine, module, layout, m, source, failures)
-                if rows is not None:
-                    buffer.append(rows)
-                    if sum(len(b["index"]) for b in buffer) >= self.part_rows:
-                        flush()
-                task.advance(len(batch.indices) + len(batch.failed))
-            flush()
-        finally:
-            task.close()
+            try:
+                for batch in loader:
+                    rows = self._batch_rows(batch, engine, module, layout, m, source, failures)
+                    if rows is not None:
+                        buffer.append(rows)
+                        if sum(len(b["index"]) for b in buffer) >= self.part_rows:
+                            flush()
+                    task.advance(len(batch.indices) + len(batch.failed))
+                flush()
+            finally:
+                task.close()
         report.failed = len(failures)
         report.failures = failures
         complete = limit is None or len(done) + len(todo) >= len(source)  # the whole source is in
@@ -316,6 +343,101 @@ class Indexer:
         writer.commit()
         writer.drop_unlisted(dropped)
         return report
+
+    # -- sharded jobs (torchrun) -------------------------------------------------------------
+    def _broadcast(self, plan: dict | None) -> dict:
+        """Rank 0 sends the job's plan (or an error); the other ranks receive it."""
+        import torch.distributed as dist
+
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        self._plan_sent = True
+        return box[0]
+
+    def _follow(self, source: Source, split: str) -> None:
+        """A rank other than 0: profile this rank's share of rank 0's plan into unlisted parts."""
+        plan = self._broadcast(None)
+        if "error" in plan:
+            raise DatabaseError(f"rank 0 stopped the job: {plan['error']}")
+        m = Manifest.from_dict(plan["manifest"])
+        model = load_stored_model(m)
+        module = model.module.to(self.device)
+        engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
+        class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        self._profile_shards(None, m, source, Transform.from_dict(m.model["transform"]), plan["todo"], split, engine, module,
+                             UnitLayout.from_dict(m.units), class_names, samples_schema(m.n_units, m.feature_dim),
+                             plan["is_reference"], {}, None, plan["replace"])
+        return None
+
+    def _profile_shards(self, writer, m: Manifest, source, transform, todo, split, engine, module, layout, class_names,
+                        schema, is_reference, run_stats, report, replace) -> list[tuple[str, str]]:
+        """Profile ``todo[rank::world]``; every rank writes its own parts, and at each step rank 0
+        lists the parts all ranks finished (with their statistics) and commits. Sample ids are
+        the samples' positions in ``todo`` after the manifest's next id, so no rank waits for
+        another to number its rows. Returns the job's failures on rank 0 (this rank's elsewhere)."""
+        import torch.distributed as dist
+
+        rank, world = _world()
+        share = todo[rank::world]
+        base = m.next_sample_id
+        position = {idx: j for j, idx in enumerate(todo)}
+        steps = -(-(-(-len(todo) // world)) // self.batch_size)
+        workers = self.workers if source.decodes_files and len(share) >= 4 * self.batch_size else 0
+        loader = iter(torch.utils.data.DataLoader(
+            SampleDataset(source, transform, share), batch_size=self.batch_size, num_workers=workers,
+            multiprocessing_context="spawn" if workers else None, collate_fn=collate_samples,
+            pin_memory=self.device.type == "cuda"))
+        buffer: list[dict[str, np.ndarray]] = []
+        failures: list[tuple[str, str]] = []
+        written: list[tuple[dict, RunningStats | None, int]] = []
+        task = (self.progress if rank == 0 else NullProgress()).task(f"profiling {split} ({world} ranks)", len(todo))
+
+        def flush():
+            cols = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
+            buffer.clear()
+            ids = base + np.array([position[int(i)] for i in cols["index"]], dtype=np.int64)
+            rel = write_parquet(self.db, f"samples/{split}/part-r{rank:03d}-{uuid.uuid4().hex[:12]}.parquet",
+                                _part_table(cols, ids, split, source, class_names, schema))
+            entry = {"file": rel, "split": split, "rows": len(ids), "min_id": int(ids.min()), "max_id": int(ids.max())}
+            stats = RunningStats(m.n_units).update(cols["raw"]) if is_reference else None
+            written.append((entry, stats, int((cols["label"] == cols["pred"]).sum())))
+
+        try:
+            for step in range(steps + 1):  # every rank takes the same number of steps; the last one flushes
+                seen = 0
+                batch = next(loader, None) if step < steps else None
+                if batch is not None:
+                    rows = self._batch_rows(batch, engine, module, layout, m, source, failures)
+                    if rows is not None:
+                        buffer.append(rows)
+                    seen = len(batch.indices) + len(batch.failed)
+                if buffer and (step == steps or sum(len(b["index"]) for b in buffer) >= self.part_rows):
+                    flush()
+                gathered = [None] * world if rank == 0 else None
+                dist.gather_object((written, seen), gathered, dst=0)
+                written = []
+                if rank != 0:
+                    continue
+                task.advance(sum(n for _, n in gathered))
+                new = [w for ws, _ in gathered for w in ws]
+                for entry, stats, correct in new:
+                    if replace:
+                        m.pending[split]["parts"].append(entry)
+                    else:
+                        m.parts.append(entry)
+                        m.splits[split]["rows"] += entry["rows"]
+                    m.next_sample_id = max(m.next_sample_id, entry["max_id"] + 1)
+                    if stats is not None:
+                        run_stats[entry["file"]] = stats
+                    report.added += entry["rows"]
+                    report.correct += correct
+                if new:
+                    writer.commit()
+        finally:
+            task.close()
+        everyone = [None] * world if rank == 0 else None
+        dist.gather_object(failures, everyone, dst=0)
+        return [f for fs in everyone for f in fs] if rank == 0 else failures
 
     def _batch_rows(self, batch, engine, module, layout, m: Manifest, source: Source, failures: list) -> dict | None:
         """Profile one loaded batch; the rows to store (None if none), failures appended to ``failures``."""
