@@ -145,6 +145,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
     finally:
         if not quiet:
             progress.close()
+        _leave_job()
     _job_summary(report)
 
 
@@ -175,6 +176,7 @@ def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, pa
     finally:
         if not quiet:
             progress.close()
+        _leave_job()
     _job_summary(report)
 
 
@@ -190,6 +192,15 @@ def _rank() -> int:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return dist.get_rank()
+
+
+def _leave_job() -> None:
+    """Leave a torchrun job's process group (its threads must not outlive the interpreter)."""
+    import sys as _sys
+
+    dist = _sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _job_summary(report) -> None:
