@@ -196,9 +196,7 @@ def _rank() -> int:
 
 def _leave_job() -> None:
     """Leave a torchrun job's process group (its threads must not outlive the interpreter)."""
-    import sys as _sys
-
-    dist = _sys.modules.get("torch.distributed")
+    dist = sys.modules.get("torch.distributed")  # only a job that imported it can have joined one
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -44,7 +44,7 @@ class Explainer:
         loaded = load_stored_model(m)
         self.model = loaded.module.eval()
         self.scripted = loaded.scripted
-        self.class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        self.class_names = m.class_names
         self._catalog = SourceCatalog()  # data sources opened on first use, once
 
     # -- samples ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ when the split is the reference split and rebuilds the indexes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -215,7 +216,8 @@ class Indexer:
         if require_existing:
             read_manifest(self.db)  # clear error when there is no database
         source = parse_data_spec(data)
-        if _world()[1] > 1 and _world()[0] != 0:
+        rank, world = _world()
+        if rank != 0:
             return self._follow(source, split)
         self._plan_sent = False
         try:
@@ -223,7 +225,7 @@ class Indexer:
             with writer:
                 return self._run(writer, model, transform, source, data, split, limit, command, replace, require_existing)
         except SaliencyDBError as e:
-            if _world()[1] > 1 and not self._plan_sent:  # the other ranks wait for the plan: tell them
+            if world > 1 and not self._plan_sent:  # the other ranks wait for the plan: tell them
                 self._broadcast({"error": str(e)})
             raise
 
@@ -257,7 +259,7 @@ class Indexer:
         module = model.module.to(self.device)
         engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
         layout = UnitLayout.from_dict(m.units)
-        class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        class_names = m.class_names
         schema = samples_schema(m.n_units, m.feature_dim)
         is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
         run_stats: dict[str, RunningStats] = {}
@@ -268,18 +270,7 @@ class Indexer:
             failures = self._profile_shards(writer, m, source, transform, todo, split, engine, module, layout,
                                             class_names, schema, is_reference, run_stats, report, replace)
         else:
-            # Worker processes decode files in parallel. They are spawned, not forked: a fork of a
-            # process whose Arrow / OpenMP / FAISS thread pools are running can crash the child.
-            workers = self.workers if source.decodes_files and len(todo) >= 4 * self.batch_size else 0
-            loader = torch.utils.data.DataLoader(
-                SampleDataset(source, transform, todo),
-                batch_size=self.batch_size,
-                num_workers=workers,
-                multiprocessing_context="spawn" if workers else None,
-                persistent_workers=False,
-                collate_fn=collate_samples,
-                pin_memory=self.device.type == "cuda",
-            )
+            loader = self._loader(source, transform, todo)
             buffer: list[dict[str, np.ndarray]] = []
             failures: list[tuple[str, str]] = []
             task = self.progress.task(f"profiling {split}", len(todo))
@@ -294,13 +285,7 @@ class Indexer:
                 table = _part_table(cols, ids, split, source, class_names, schema)
                 rel = writer.write_parquet(writer.unique_name(f"samples/{split}", "part", ".parquet"), table)
                 crash_point("part-written")
-                entry = {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}
-                if replace:
-                    m.pending[split]["parts"].append(entry)
-                else:
-                    m.parts.append(entry)
-                    m.splits[split]["rows"] += n
-                m.next_sample_id += n
+                _list_part(m, {"file": rel, "split": split, "rows": n, "min_id": int(ids[0]), "max_id": int(ids[-1])}, replace)
                 if is_reference:
                     run_stats[rel] = RunningStats(m.n_units).update(cols["raw"])
                 writer.commit()
@@ -344,6 +329,20 @@ class Indexer:
         writer.drop_unlisted(dropped)
         return report
 
+    def _loader(self, source: Source, transform: Transform, indices: list[int]) -> torch.utils.data.DataLoader:
+        # Worker processes decode files in parallel. They are spawned, not forked: a fork of a
+        # process whose Arrow / OpenMP / FAISS thread pools are running can crash the child.
+        workers = self.workers if source.decodes_files and len(indices) >= 4 * self.batch_size else 0
+        return torch.utils.data.DataLoader(
+            SampleDataset(source, transform, indices),
+            batch_size=self.batch_size,
+            num_workers=workers,
+            multiprocessing_context="spawn" if workers else None,
+            persistent_workers=False,
+            collate_fn=collate_samples,
+            pin_memory=self.device.type == "cuda",
+        )
+
     # -- sharded jobs (torchrun) -------------------------------------------------------------
     def _broadcast(self, plan: dict | None) -> dict:
         """Rank 0 sends the job's plan (or an error); the other ranks receive it."""
@@ -363,7 +362,7 @@ class Indexer:
         model = load_stored_model(m)
         module = model.module.to(self.device)
         engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
-        class_names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        class_names = m.class_names
         self._profile_shards(None, m, source, Transform.from_dict(m.model["transform"]), plan["todo"], split, engine, module,
                              UnitLayout.from_dict(m.units), class_names, samples_schema(m.n_units, m.feature_dim),
                              plan["is_reference"], {}, None, plan["replace"])
@@ -381,12 +380,8 @@ class Indexer:
         share = todo[rank::world]
         base = m.next_sample_id
         position = {idx: j for j, idx in enumerate(todo)}
-        steps = -(-(-(-len(todo) // world)) // self.batch_size)
-        workers = self.workers if source.decodes_files and len(share) >= 4 * self.batch_size else 0
-        loader = iter(torch.utils.data.DataLoader(
-            SampleDataset(source, transform, share), batch_size=self.batch_size, num_workers=workers,
-            multiprocessing_context="spawn" if workers else None, collate_fn=collate_samples,
-            pin_memory=self.device.type == "cuda"))
+        steps = math.ceil(math.ceil(len(todo) / world) / self.batch_size)  # batches of the largest share
+        loader = iter(self._loader(source, transform, share))
         buffer: list[dict[str, np.ndarray]] = []
         failures: list[tuple[str, str]] = []
         written: list[tuple[dict, RunningStats | None, int]] = []
@@ -421,12 +416,7 @@ class Indexer:
                 task.advance(sum(n for _, n in gathered))
                 new = [w for ws, _ in gathered for w in ws]
                 for entry, stats, correct in new:
-                    if replace:
-                        m.pending[split]["parts"].append(entry)
-                    else:
-                        m.parts.append(entry)
-                        m.splits[split]["rows"] += entry["rows"]
-                    m.next_sample_id = max(m.next_sample_id, entry["max_id"] + 1)
+                    _list_part(m, entry, replace)
                     if stats is not None:
                         run_stats[entry["file"]] = stats
                     report.added += entry["rows"]
@@ -561,6 +551,17 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
     return old
+
+
+def _list_part(m: Manifest, entry: dict, pending: bool) -> None:
+    """List a written part in the manifest (the caller commits): with the split's pending
+    replacement, or as committed rows; the next sample id moves past its ids."""
+    if pending:
+        m.pending[entry["split"]]["parts"].append(entry)
+    else:
+        m.parts.append(entry)
+        m.splits[entry["split"]]["rows"] += entry["rows"]
+    m.next_sample_id = max(m.next_sample_id, entry["max_id"] + 1)
 
 
 def _part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],

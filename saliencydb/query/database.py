@@ -63,7 +63,7 @@ class Database:
                              ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA),
                              ("triage", TRIAGE_SCHEMA), ("interventions", INTERVENTIONS_SCHEMA)):
             self._view(name, m.tables.get(name, []), schema)
-        names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+        names = m.class_names
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
         self.con.execute("CREATE OR REPLACE VIEW classes AS SELECT * FROM _classes")
         # every sample's standardised profile, one row per (sample, unit); evaluated lazily

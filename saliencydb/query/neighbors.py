@@ -112,7 +112,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarra
     from ..saliency import ProfileEngine
 
     m = db.manifest
-    names = m.model["class_names"] or [str(i) for i in range(m.model["num_classes"])]
+    names = m.class_names
     if label is None:
         raise QueryError("a new image needs its true label: --label CLASS (a class index or name)")
     label_s = str(label)

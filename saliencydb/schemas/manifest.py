@@ -43,6 +43,11 @@ class Manifest:
         return int(self.units["n_units"])
 
     @property
+    def class_names(self) -> list[str]:
+        """The model's class names, or "0", "1", ... when it has none."""
+        return self.model["class_names"] or [str(i) for i in range(self.model["num_classes"])]
+
+    @property
     def aggregate(self) -> str:
         """How a unit's gradient became its profile value: 'mean_abs' (the paper's) or 'rms'."""
         return self.model.get("aggregate", "mean_abs")  # databases made before the option: mean_abs
