@@ -23,7 +23,7 @@ import pyarrow as pa
 
 import saliencydb
 from saliencydb.indexer.pipeline import update_indexes
-from saliencydb.indexer.writer import DatabaseWriter
+from saliencydb.storage import DatabaseWriter
 from saliencydb.saliency import RunningStats, UnitLayout
 from saliencydb.saliency.layout import Layer
 from saliencydb.schemas import UNITS_SCHEMA, Manifest, samples_schema

@@ -26,6 +26,19 @@ def _handle_errors(fn):
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; committed work is kept and a rerun resumes") from None
+        except OSError as e:  # a file outside the database (an --out path, an image, the weights), or the disk
+            from .storage.files import is_disk_full
+
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            if is_disk_full(e):
+                raise click.ClickException(f"no space left on the device{where}; free some space and rerun") from None
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+        except Exception as e:  # DuckDB / Arrow errors that name a file: never a traceback for a damaged file
+            module = type(e).__module__ or ""
+            if module.startswith(("duckdb", "_duckdb", "pyarrow")):
+                text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise click.ClickException(f"{text}; if it names a database file, run `saliencydb verify --db DB`") from None
+            raise
 
     return wrapper
 
@@ -37,6 +50,42 @@ def format_option(fn):
 
 def db_option(fn):
     return click.option("--db", required=True, type=click.Path(file_okay=False), help="Database directory.")(fn)
+
+
+def as_of_option(fn):
+    return click.option("--as-of", "as_of", type=click.IntRange(min=0), metavar="COMMIT",
+                        help="Read a kept earlier version (its commit number, from `saliencydb versions`).")(fn)
+
+
+def wait_option(fn):
+    return click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")(fn)
+
+
+def _notes(lines) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: str, compute):
+    """Run a command that computes a derived table: ``compute(d, writer)``. The writer lock is
+    taken before the version is read (so the result is stored on the version it was computed
+    from, and a busy database is refused before any work); on a read-only database, with
+    --no-store or --as-of, the result is computed and printed and nothing is stored."""
+    from .errors import ReadOnlyError
+    from .query import open as open_db
+    from .storage import DatabaseWriter
+
+    if no_store or as_of is not None:
+        with open_db(db, as_of=as_of) as d:
+            return compute(d, None), "nothing was stored (" + ("--no-store" if no_store else f"--as-of {as_of}") + ")"
+    try:
+        writer = DatabaseWriter(db, wait=wait, operation=operation)
+    except ReadOnlyError:
+        with open_db(db) as d:
+            return compute(d, None), f"database '{db}' is read-only: the results are printed, nothing was stored"
+    with writer:
+        with open_db(db) as d:
+            return compute(d, writer), None
 
 
 def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
@@ -218,14 +267,17 @@ def _job_summary(report) -> None:
 @cli.command()
 @db_option
 @click.option("--split", required=True, help="The newly ingested split to triage.")
+@click.option("--no-store", is_flag=True, help="Print the triage without storing it in the triage table.")
+@as_of_option
+@wait_option
 @format_option
 @_handle_errors
-def triage(db, split, fmt):
+def triage(db, split, no_store, as_of, wait, fmt):
     """Assign a new split's mistakes to known error groups (or mark them new) and show which layers moved."""
-    from .query import open as open_db
-
-    with open_db(db) as d:
-        result = d.triage(split)
+    result, note = _derived(db, as_of, no_store, wait, f"triage {split}",
+                            lambda d, w: d.triage(split, write=w is not None, writer=w))
+    if note:
+        _notes([f"note: {note}"])
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
@@ -264,13 +316,14 @@ def restat(db, splits, wait, quiet):
 
 @cli.command()
 @db_option
+@as_of_option
 @format_option
 @_handle_errors
-def info(db, fmt):
-    """Summarise a database: model, units, splits, accuracy, index state."""
+def info(db, as_of, fmt):
+    """Summarise a database: model, units, splits, accuracy, index state, versions."""
     from .query import open as open_db
 
-    with open_db(db) as d:
+    with open_db(db, as_of=as_of) as d:
         summary = d.info()
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=_json_default))
@@ -279,7 +332,9 @@ def info(db, fmt):
     if fmt == "csv":
         emit_rows(rows, fmt)
         return
-    click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']})")
+    behind = (f"; the latest is {summary['latest_commit']}" if summary["latest_commit"] not in (None, summary["commit"]) else "")
+    click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']}{behind}, "
+               f"{summary['versions']} versions kept)")
     click.echo(f"model      {summary['model']['spec']}  weights {summary['model']['weights'] or '-'}  "
                f"sha256 {summary['model']['weights_sha256'][:12]}  classes {summary['model']['num_classes']}")
     click.echo(f"units      {summary['units']['count']} {summary['units']['kind']} units in {summary['units']['layers']} layers "
@@ -289,17 +344,114 @@ def info(db, fmt):
                                 + (", frozen" if st["frozen"] else "")))
     idx = ", ".join(f"{k}: {v['kind']} {v['ntotal']}" + (" (stale)" if v["stale"] else "") for k, v in summary["indexes"].items())
     click.echo(f"indexes    {idx or 'none'}")
+    derived = ", ".join(f"{k} (commit {v['base_commit']}" + (", stale" if v["stale"] else "") + ")"
+                        for k, v in summary["derived"].items())
+    click.echo(f"derived    {derived or 'none'}")
     emit_rows(rows, "table")
+    stale = [k for k, v in summary["derived"].items() if v["stale"]]
+    if stale:
+        _notes([f"note: {', '.join(stale)} were computed from other samples or statistics than this version's; "
+                "rerun `saliencydb mistakes` / `clusters` / `triage` to refresh them"])
+
+
+# -- versions (README "Database layout") ----------------------------------------------------
 
 
 @cli.command()
-@click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (replaced if it is one).")
+@db_option
+@format_option
+@_handle_errors
+def versions(db, fmt):
+    """List the kept versions of a database: commit, time, command, splits and row counts."""
+    from .storage import history
+
+    kept = history(db)
+    rows = [{"commit": v.commit, "time": v.time, "command": v.operation, "samples": v.samples,
+             "splits": v.splits if fmt == "json" else ", ".join(f"{k} {n}" for k, n in v.splits.items()),
+             "current": v.current, "pinned": v.pinned} for v in kept]
+    if fmt == "table":
+        for r in rows:
+            r["current"] = "*" if r["current"] else ""
+            r["pinned"] = "yes" if r["pinned"] else ""
+    emit_rows(rows, fmt, title=f"{len(rows)} kept versions of {db} (* current; pinned: a reader holds it)" if fmt == "table" else None)
+
+
+@cli.command()
+@db_option
+@click.option("--commit", "commit", required=True, type=click.IntRange(min=0), help="The kept commit to make current again.")
+@wait_option
+@_handle_errors
+def restore(db, commit, wait):
+    """Make a kept earlier version current again, as a new commit (nothing is deleted)."""
+    from .storage import restore as do_restore
+
+    r = do_restore(db, commit, wait=wait)
+    click.echo(f"restored commit {r.restored} as commit {r.commit} ({r.samples} samples); "
+               f"the versions in between are kept (`saliencydb versions --db {db}`)")
+
+
+@cli.command()
+@db_option
+@click.option("--keep-versions", type=click.IntRange(min=1), help="Keep the last N versions (the current one counts).")
+@click.option("--older-than", help="Delete versions older than this (30s, 15m, 2h, 7d, 1w).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@wait_option
+@format_option
+@_handle_errors
+def vacuum(db, keep_versions, older_than, dry_run, wait, fmt):
+    """Delete old versions and every file no kept version lists (default: keep the last 5 and the last hour)."""
+    from .storage import parse_duration, vacuum as do_vacuum
+
+    r = do_vacuum(db, keep_versions=keep_versions, older_than=parse_duration(older_than) if older_than else None,
+                  dry_run=dry_run, wait=wait)
+    if fmt == "json":
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    if fmt == "csv":
+        emit_rows([{"removed_versions": len(r.removed_versions), "kept_versions": len(r.kept_versions), "pinned": len(r.pinned),
+                    "removed_files": len(r.removed_files), "bytes_freed": r.bytes_freed, "dry_run": r.dry_run}], "csv")
+        return
+    verb = "would remove" if dry_run else "removed"
+    kept = f"{len(r.kept_versions)} versions kept" + (f" (commits {r.kept_versions[0]}..{r.kept_versions[-1]})" if r.kept_versions else "")
+    click.echo(f"{verb} {len(r.removed_versions)} versions and {len(r.removed_files)} files "
+               f"({r.bytes_freed / 1e6:.1f} MB); {kept}")
+    if r.pinned:
+        click.echo(f"kept {len(r.pinned)} older versions that readers still hold: {', '.join(map(str, r.pinned))}")
+
+
+@cli.command()
+@db_option
+@as_of_option
+@format_option
+@_handle_errors
+def verify(db, as_of, fmt):
+    """Check every file of the current version (or --as-of): present, checksum, readable, schema, row counts."""
+    from .storage import verify as do_verify
+
+    r = do_verify(db, as_of)
+    if fmt == "json":
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    elif fmt == "csv":
+        emit_rows([d.to_dict() for d in r.damage], "csv")
+    elif r.ok:
+        click.echo(f"commit {r.commit}: {r.files_checked} files checked, no damage")
+    else:
+        click.echo(f"commit {r.commit}: {len(r.damage)} of {r.files_checked} files damaged", err=True)
+        for d in r.damage:
+            click.echo(f"  {d.file}: {d.problem}; fix: {d.fix}", err=True)
+    if not r.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (an existing demo database is brought up to date; any other is refused).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
 @click.option("--n-clusters", default=8, show_default=True, type=int)
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@wait_option
 @_handle_errors
-def demo(db, cache_dir, n_clusters, no_report, quiet):
+def demo(db, cache_dir, n_clusters, no_report, quiet, wait):
     """Train a small CNN on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
     from pathlib import Path
 
@@ -309,7 +461,7 @@ def demo(db, cache_dir, n_clusters, no_report, quiet):
     progress = NullProgress() if quiet else RichProgress()
     try:
         result = run_demo(db, cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
-                          progress=progress, report=not no_report)
+                          progress=progress, report=not no_report, wait=wait)
     finally:
         if not quiet:
             progress.close()
@@ -319,14 +471,16 @@ def demo(db, cache_dir, n_clusters, no_report, quiet):
 @cli.command()
 @db_option
 @click.argument("query")
+@as_of_option
 @format_option
 @_handle_errors
-def sql(db, query, fmt):
+def sql(db, query, as_of, fmt):
     """Run a read-only SQL query over the database's views (samples, units, knn, clusters, ingests, failures)."""
     from .query import open as open_db
 
-    with open_db(db) as d:
+    with open_db(db, as_of=as_of) as d:
         table = d.sql(query)
+        _notes(d.notices(query))
     rows = table.to_pylist()
     emit_rows(rows, fmt)
 
@@ -340,14 +494,17 @@ def sql(db, query, fmt):
 @click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True)
 @click.option("--where", help="SQL predicate over samples restricting the candidates before the search, e.g. \"NOT correct\".")
 @click.option("--split", help="Only neighbours from this split.")
+@as_of_option
 @format_option
 @_handle_errors
-def neighbors(db, sample_id, image, label, k, space, where, split, fmt):
+def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
     """Nearest neighbours of a sample by saliency profile (or feature), with their labels and predictions."""
     from .query import open as open_db
 
-    with open_db(db) as d:
+    with open_db(db, as_of=as_of) as d:
         result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+    if result.note:
+        _notes([f"note: {result.note}"])
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2, default=_json_default))
         return
@@ -372,22 +529,27 @@ def neighbors(db, sample_id, image, label, k, space, where, split, fmt):
 @click.option("-k", default=10, show_default=True, type=int, help="Neighbours per sample.")
 @click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-store", is_flag=True, help="Print the report without storing the neighbour graph (knn table).")
+@as_of_option
+@wait_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_handle_errors
-def mistakes(db, k, bootstrap, seed, fmt, quiet):
-    """Do saliency neighbours share mistakes? Per split, saliency vs feature space; writes knn.parquet."""
+def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
+    """Do saliency neighbours share mistakes? Per split, saliency vs feature space; stores the knn table."""
     from .progress import NullProgress, RichProgress
-    from .query import open as open_db
     from .query.knn import report_rows
 
     progress = NullProgress() if quiet or fmt != "table" else RichProgress()
     try:
-        with open_db(db) as d:
-            report = d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress)
+        report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
+                                lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
+                                                        write=w is not None, writer=w))
     finally:
         if isinstance(progress, RichProgress):
             progress.close()
+    if note:
+        _notes([f"note: {note}"])
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
         return
@@ -414,14 +576,18 @@ def mistakes(db, k, bootstrap, seed, fmt, quiet):
 @click.option("--errors-only/--all", default=True, show_default=True, help="Cluster misclassified samples only, or all.")
 @click.option("--split", help="Only samples of this split.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-store", is_flag=True, help="Print the groups without storing the clusters and blame tables.")
+@as_of_option
+@wait_option
 @format_option
 @_handle_errors
-def clusters(db, n_clusters, errors_only, split, seed, fmt):
-    """Group mistakes by saliency profile (k-means); writes clusters.parquet and the blame table."""
-    from .query import open as open_db
-
-    with open_db(db) as d:
-        result = d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed)
+def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fmt):
+    """Group mistakes by saliency profile (k-means); stores the clusters and blame tables."""
+    result, note = _derived(db, as_of, no_store, wait, f"clusters -n {n_clusters}",
+                            lambda d, w: d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed,
+                                                    write=w is not None, writer=w))
+    if note:
+        _notes([f"note: {note}"])
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
@@ -466,8 +632,9 @@ def _close(progress) -> None:
 @click.option("--neighbors", "n_neighbors", default=5, show_default=True, type=int, help="Gallery: neighbours per mistake.")
 @text_format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@as_of_option
 @_handle_errors
-def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, fmt, quiet):
+def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, fmt, quiet, as_of):
     """Input-space saliency of a sample's salient filters, GradCAM and its profile in one figure; or (--errors) an HTML gallery."""
     from .errors import QueryError
     from .explain import Explainer, check_out_file, explain_sample, gallery
@@ -478,7 +645,7 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         raise QueryError("give --id ID for one sample's figure, or --errors [--split S] for a gallery of mistakes")
     if not errors and split is not None:
         raise QueryError("--split selects the gallery's mistakes; add --errors (or drop --split)")
-    with open_db(db) as d:
+    with open_db(db, as_of=as_of) as d:
         if errors:
             check_out_dir(out)
             progress = _progress(fmt, quiet)
@@ -519,8 +686,9 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
 @click.option("--cluster", type=int, help="Only samples of this cluster (from `saliencydb clusters`).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="FILE.png to write.")
 @text_format_option
+@as_of_option
 @_handle_errors
-def profile_plot(db, split, cluster, out, fmt):
+def profile_plot(db, split, cluster, out, fmt, as_of):
     """Mean standardised profile of correct vs incorrect samples, layer by layer (each layer sorted)."""
     from .explain import check_out_file, group_profiles
     from .explain.figures import group_profile_figure
@@ -529,7 +697,7 @@ def profile_plot(db, split, cluster, out, fmt):
     from .saliency import UnitLayout
 
     check_out_file(out)
-    with open_db(db) as d:
+    with open_db(db, as_of=as_of) as d:
         result = group_profiles(d, split=split, cluster=cluster)
         layout = UnitLayout.from_dict(d.manifest.units)
     try:
@@ -571,9 +739,10 @@ def profile_plot(db, split, cluster, out, fmt):
 @click.option("--seed", default=0, show_default=True, type=int)
 @text_format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@as_of_option
 @_handle_errors
 def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_rise, limit, levels, n_noise,
-          stats_samples, seed, fmt, quiet):
+          stats_samples, seed, fmt, quiet, as_of):
     """Check an explanation with numbers: masking salient pixels (A.9), SmoothGrad agreement (A.1), model randomisation (A.11)."""
     from . import explain as E
     from .errors import QueryError
@@ -592,7 +761,7 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
         raise QueryError(f"--levels {levels!r} is not a comma-separated list of numbers such as 0.01,0.05") from None
     progress = _progress(fmt, quiet)
     try:
-        with open_db(db) as d:
+        with open_db(db, as_of=as_of) as d:
             if sample_id is not None:
                 d.sample(sample_id)  # an unknown id fails before the model is loaded
             else:
@@ -666,10 +835,20 @@ def _units_cell(layout, ids, limit: int = 6) -> str:
     return " ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "")
 
 
-def _record(d, records: list[dict], no_record: bool) -> str | None:
+def _record(d, records: list[dict], no_record: bool, wait: bool = False) -> str | None:
     from .interventions import write_attempts
 
-    return None if no_record else write_attempts(d.path, records)
+    return None if no_record else write_attempts(d.path, records, wait=wait)
+
+
+def _check_recordable(db: str, no_record: bool) -> None:
+    """Before any work: a read-only database cannot take the attempts (unless --no-record)."""
+    import os
+
+    if not no_record and os.path.isdir(db) and not os.access(db, os.W_OK):
+        from .errors import ReadOnlyError
+
+        raise ReadOnlyError(f"database '{db}' is read-only and cannot record the attempts; pass --no-record")
 
 
 def _method_option(choices):
@@ -692,12 +871,14 @@ def _device_option(fn):
 @_device_option
 @click.option("--no-record", is_flag=True, help="Do not append the attempts to the interventions table.")
 @format_option
+@wait_option
 @_handle_errors
-def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device, no_record, fmt):
+def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device, no_record, fmt, wait):
     """Prune, perturb or fine-tune a sample's salient filters (on a copy of the model) against random and least-salient filters."""
     from .interventions import check_k, intervene as run, new_run_id, sample_records
     from .query import open as open_db
 
+    _check_recordable(db, no_record)
     with open_db(db) as d:
         d.sample(sample_id)  # an unknown id or a bad k fails before the model is loaded
         check_k(top_k, d.manifest.n_units)
@@ -705,7 +886,7 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
         result = run(bench, sample_id, method, top_k=top_k, lr=lr, sigma=sigma, seed=seed, n_neighbors=n_neighbors)
         run_id = new_run_id()
         result["run_id"] = run_id
-        result["recorded"] = _record(d, sample_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record)
+        result["recorded"] = _record(d, sample_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record, wait)
         layout = bench.layout
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, default=_json_default))
@@ -760,8 +941,9 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
 @_device_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@as_of_option
 @_handle_errors
-def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n_neighbors, seed, device, fmt, quiet):
+def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n_neighbors, seed, device, fmt, quiet, as_of):
     """Do the salient filters matter? An intervention on every mistake of a split over a range of k, vs random and least-salient filters."""
     from .explain import check_out_file
     from .interventions import flat_rows, parse_ks, validate as run, validate_figure
@@ -771,7 +953,7 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
         check_out_file(out)
     progress = _progress(fmt, quiet)
     try:
-        with open_db(db) as d:
+        with open_db(db, as_of=as_of) as d:
             k_list = parse_ks(ks, d.manifest.n_units)
             d.ids_where(split=split)  # an unknown split fails before the model is loaded
             result = run(_bench(d, device), split, method, k_list, correct=correct, limit=limit, n_boot=bootstrap, seed=seed,
@@ -818,8 +1000,9 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
 @_device_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@as_of_option
 @_handle_errors
-def adversarial(db, split, limit, eps, steps, seed, device, fmt, quiet):
+def adversarial(db, split, limit, eps, steps, seed, device, fmt, quiet, as_of):
     """Adversarial parameter saliency (A.7): |theta* - theta0| per filter after a max/min-loss attack in an L2 ball, vs the plain profile."""
     from .errors import QueryError
     from .interventions import adversarial_agreement
@@ -833,7 +1016,7 @@ def adversarial(db, split, limit, eps, steps, seed, device, fmt, quiet):
         raise QueryError(f"--eps {eps!r}: give positive numbers such as 0.001,0.01,0.1")
     progress = _progress(fmt, quiet)
     try:
-        with open_db(db) as d:
+        with open_db(db, as_of=as_of) as d:
             if split is not None:
                 d.ids_where(split=split)
             result = adversarial_agreement(_bench(d, device), split=split, limit=limit, eps=eps_list, steps=steps,
@@ -859,13 +1042,15 @@ def adversarial(db, split, limit, eps, steps, seed, device, fmt, quiet):
 @_device_option
 @click.option("--no-record", is_flag=True, help="Do not append the attempts to the interventions table.")
 @format_option
+@wait_option
 @_handle_errors
-def fix_group(db, cluster, method, top_k, lr, seed, device, no_record, fmt):
+def fix_group(db, cluster, method, top_k, lr, seed, device, no_record, fmt, wait):
     """Edit an error group's most blamed filters (and controls), re-score every cluster and the split: corrected, broken, net accuracy."""
     from .interventions import check_k, fix_group as run, group_records, new_run_id
     from .interventions.groups import group_members
     from .query import open as open_db
 
+    _check_recordable(db, no_record)
     with open_db(db) as d:
         group_members(d, cluster)  # an unknown cluster or a bad k fails before the model is loaded
         check_k(top_k, d.manifest.n_units)
@@ -873,7 +1058,7 @@ def fix_group(db, cluster, method, top_k, lr, seed, device, no_record, fmt):
         result = run(bench, cluster, method, top_k=top_k, lr=lr, seed=seed)
         run_id = new_run_id()
         result["run_id"] = run_id
-        result["recorded"] = _record(d, group_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record)
+        result["recorded"] = _record(d, group_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record, wait)
         layout = bench.layout
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, default=_json_default))

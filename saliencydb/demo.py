@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from .data import Transform, parse_data_spec
 from .data.zoo import small_cnn
 from .indexer import Indexer
+from .storage import DatabaseWriter
 from .progress import NullProgress, Progress
 from .query import open as open_db
 
@@ -82,23 +82,26 @@ class DemoResult:
 
 
 def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None, n_clusters: int = 8,
-             progress: Progress | None = None, fresh: bool = True, report: bool = True) -> DemoResult:
-    """Train (or reuse) the CNN, index builtin:mnist5k:val, run the mistakes report and the clusters."""
+             progress: Progress | None = None, report: bool = True, wait: bool = False) -> DemoResult:
+    """Train (or reuse) the CNN, index builtin:mnist5k:val, run the mistakes report and the clusters.
+
+    An existing demo database made with the same weights is brought up to date, never
+    deleted (indexing resumes; the mistakes and clusters become new commits). Any other
+    database, or a directory that is not one, is refused before anything is written."""
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     db = Path(db)
     weights = train_demo_model(cache_dir or default_cache_dir(), progress)
-    if fresh and db.exists():
-        if not (db / "manifest.json").exists():
-            from .errors import DatabaseError
-
-            raise DatabaseError(f"'{db}' exists and is not a saliencydb database; remove it or pass another --db")
-        shutil.rmtree(db)
-    Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, progress=progress).run(VAL_DATA, split="val")
-    with open_db(db) as d:
-        mistakes = d.mistakes(10, progress=progress)
-    with open_db(db) as d:
-        clusters = d.clusters(n_clusters)
+    _check_demo_db(db, weights)
+    Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, progress=progress,
+            wait=wait).run(VAL_DATA, split="val")
+    # the lock is taken before reading, so the tables are computed from the version they are stored on
+    with DatabaseWriter(db, wait=wait, operation="demo") as w:
+        with open_db(db) as d:
+            mistakes = d.mistakes(10, progress=progress, writer=w)
+    with DatabaseWriter(db, wait=wait, operation="demo") as w:
+        with open_db(db) as d:
+            clusters = d.clusters(n_clusters, writer=w)
     with open_db(db) as d:
         info = d.info()
     result = DemoResult(db=db, weights=weights, info=info, mistakes=mistakes, clusters=clusters, seconds=0.0)
@@ -108,6 +111,26 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
         result.report = write_report(db, db / "report.html", progress=progress)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_demo_db(db: Path, weights: Path) -> None:
+    """Refuse a directory that holds anything but this demo's own database."""
+    from .errors import DatabaseError
+    from .storage import read_current
+
+    if not db.exists() or not any(db.iterdir()):
+        return
+    if not (db / "manifest.json").exists():
+        raise DatabaseError(f"'{db}' exists and is not a saliencydb database; remove it or pass another --db")
+    m = read_current(db)
+    from .data import load_model
+
+    if m.model["spec"] != MODEL_SPEC or (m.splits.get("val") or {}).get("source", VAL_DATA) != VAL_DATA:
+        raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model['spec']}); "
+                            "the demo never replaces it: pass another --db")
+    if load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model["weights_sha256"]:
+        raise DatabaseError(f"'{db}' holds a demo database made with other weights; remove it (`rm -r {db}`) "
+                            "or pass another --db")
 
 
 def story(result: DemoResult) -> str:

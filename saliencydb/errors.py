@@ -31,3 +31,19 @@ class LockedError(DatabaseError):
 
 class QueryError(SaliencyDBError):
     """A query names something the database does not hold, or is malformed."""
+
+
+class DamagedError(DatabaseError):
+    """A committed file is missing, truncated or does not match its checksum."""
+
+
+class DiskFullError(DatabaseError):
+    """A write ran out of space; the database is at its last commit."""
+
+
+class ReadOnlyError(DatabaseError):
+    """The database directory cannot be written (read-only medium or permissions)."""
+
+
+class StaleError(DatabaseError):
+    """A result was computed from a version that is no longer current; it was not stored."""

@@ -118,7 +118,9 @@ def test_engine_matches_per_sample_autograd_float32(name):
     model = build()
     x, y = _batch(model, size)
     got = ProfileEngine(model).profile(x, y).raw
-    want = reference_profiles(model, x, y)
+    # the definition evaluated in float64: a float32 one-sample autograd is itself off by up to
+    # 15% on densenet121 on AVX-512 CPUs (oneDNN's batch-1 convolution backward), so it cannot be the yardstick
+    want = reference_profiles(copy.deepcopy(model).double(), x.double(), y).float()
     layout = UnitLayout.from_module(model)
     assert got.shape == want.shape == (3, layout.n_units)
     assert want.abs().sum() > 0

@@ -60,7 +60,8 @@ def test_where_filters_before_the_search(digits_db):
 
 def test_neighbors_cli_formats(digits_db):
     out = json.loads(run_cli("neighbors", "--db", digits_db, "--id", 5, "-k", 3, "--format", "json").output)
-    assert set(out) == {"query", "space", "k", "neighbors", "summary"}
+    assert set(out) == {"query", "space", "k", "neighbors", "summary", "commit", "note"}
+    assert out["note"] is None and out["commit"] >= 1
     assert [n["rank"] for n in out["neighbors"]] == [1, 2, 3]
     assert set(out["neighbors"][0]) == {"rank", "sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "similarity"}
     assert set(out["summary"]) == {"neighbors", "share_misclassified", "share_same_prediction", "share_same_confusion", "share_same_label"}
@@ -144,6 +145,7 @@ def test_mistakes_graph_and_statistic(digits_copy):
 def test_clusters_deterministic_and_joinable(digits_copy):
     a = saliencydb.open(digits_copy).clusters(4, seed=3)
     b = saliencydb.open(digits_copy).clusters(4, seed=3)
+    assert a.pop("base_commit") < b.pop("base_commit")  # the second ran on the version the first stored
     assert a == b
     db = saliencydb.open(digits_copy)
     n_err = db.sql("SELECT count(*) AS n FROM samples WHERE NOT correct").column("n")[0].as_py()
@@ -201,18 +203,19 @@ def test_sql_helpers(digits_db):
 def test_json_shapes_are_the_documented_ones(digits_copy):
     """The top-level keys of every query command's JSON, as the README documents them."""
     info = json.loads(run_cli("info", "--db", digits_copy, "--format", "json").output)
-    assert set(info) == {"path", "format_version", "commit", "model", "units", "feature_dim", "metric", "samples",
-                         "splits", "statistics", "indexes"}
+    assert set(info) == {"path", "format_version", "commit", "latest_commit", "versions", "operation", "model", "units",
+                         "feature_dim", "metric", "samples", "splits", "statistics", "indexes", "derived"}
     assert set(info["splits"]["val"]) == {"source", "complete", "samples", "accuracy", "mistakes", "failures"}
     mis = json.loads(run_cli("mistakes", "--db", digits_copy, "--format", "json", "--bootstrap", 20).output)
-    assert set(mis) == {"k", "bootstrap", "seed", "splits"}
+    assert set(mis) == {"k", "bootstrap", "seed", "splits", "base_commit", "stored"}
     assert set(mis["splits"]["val"]) == {"samples", "correct", "incorrect", "saliency", "feature"}
     assert set(mis["splits"]["val"]["saliency"]["correct_neighbors_of_incorrect"]) == {"mean", "ci95", "n"}
     cl = json.loads(run_cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--format", "json").output)
-    assert set(cl) == {"run", "n_clusters", "samples", "clusters"}
+    assert set(cl) == {"run", "n_clusters", "samples", "clusters", "base_commit", "stored"}
     assert set(cl["clusters"][0]) == {"cluster", "size", "top_confusions", "top_layers", "top_units", "exemplars"}
     tri = json.loads(run_cli("triage", "--db", digits_copy, "--split", "train", "--format", "json").output)
-    assert set(tri) == {"split", "run", "new_mistakes", "known_groups", "new_failure_mode", "reference_splits", "layer_drift"}
+    assert set(tri) == {"split", "run", "new_mistakes", "known_groups", "new_failure_mode", "reference_splits", "layer_drift",
+                        "base_commit", "stored"}
     rows = json.loads(run_cli("sql", "--db", digits_copy, "SELECT 1 AS one", "--format", "json").output)
     assert rows == [{"one": 1}]
 

@@ -8,4 +8,4 @@ from ..lazy import lazy_attributes
 
 __all__ = ["Indexer", "JobReport", "DatabaseWriter", "restat", "update_indexes"]
 __getattr__ = lazy_attributes(__name__, {"Indexer": ".pipeline", "JobReport": ".pipeline", "restat": ".pipeline",
-                                         "update_indexes": ".pipeline", "DatabaseWriter": ".writer"})
+                                         "update_indexes": ".pipeline", "DatabaseWriter": "..storage"})

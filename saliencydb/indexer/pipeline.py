@@ -31,10 +31,10 @@ from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
 from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
 from ..saliency.engine import outputs_from_logits
-from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, read_manifest, samples_schema
-from .store import committed_keys, iter_profiles, read_stats
-from .vectors import INDEX_KINDS, build_index, kind_of, read_index, write_index
-from .writer import DatabaseWriter, write_parquet
+from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, samples_schema
+from ..storage import (DatabaseWriter, committed_keys, iter_profiles, read_current, read_index, read_stats, write_index,
+                       write_parquet)
+from .vectors import INDEX_KINDS, build_index, kind_of
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -151,10 +151,10 @@ class Indexer:
         self._wait = wait
 
     # -- opening ---------------------------------------------------------------------------
-    def _open(self, source: Source) -> tuple[DatabaseWriter, LoadedModel, Transform]:
+    def _open(self, source: Source, operation: str) -> tuple[DatabaseWriter, LoadedModel, Transform]:
         model_spec, weights, transform_spec, num_classes = self._model_args
         if (self.db / MANIFEST).exists():
-            manifest = read_manifest(self.db)
+            manifest = read_current(self.db)
             stored = load_stored_model(manifest)
             if model_spec is not None:
                 given = load_model(model_spec, weights, num_classes)
@@ -168,7 +168,7 @@ class Indexer:
                 raise SpecError(f"database '{self.db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
             if transform_spec is not None and Transform.parse(transform_spec).to_dict() != manifest.model["transform"]:
                 raise SpecError(f"database '{self.db}' was made with transform {manifest.model['transform']}; omit --transform")
-            return DatabaseWriter(self.db, wait=self._wait), stored, Transform.from_dict(manifest.model["transform"])
+            return DatabaseWriter(self.db, wait=self._wait, operation=operation), stored, Transform.from_dict(manifest.model["transform"])
         if model_spec is None:
             raise SpecError(f"no database at '{self.db}' yet: pass --model (and --weights) to create it")
         loaded = load_model(model_spec, weights, num_classes)
@@ -184,7 +184,7 @@ class Indexer:
                             units=layout.to_dict(), feature_dim=feature_dim)
         if manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
             manifest.model["class_names"] = list(source.class_names)
-        return DatabaseWriter(self.db, manifest, wait=self._wait), loaded, transform
+        return DatabaseWriter(self.db, manifest, wait=self._wait, operation=operation), loaded, transform
 
     @staticmethod
     def _feature_dim(model: LoadedModel, transform: Transform) -> int:
@@ -214,14 +214,14 @@ class Indexer:
         if limit is not None and limit < 1:
             raise SpecError(f"--limit must be at least 1, got {limit}")
         if require_existing:
-            read_manifest(self.db)  # clear error when there is no database
+            read_current(self.db)  # clear error when there is no database
         source = parse_data_spec(data)
         rank, world = _world()
         if rank != 0:
             return self._follow(source, split)
         self._plan_sent = False
         try:
-            writer, model, transform = self._open(source)
+            writer, model, transform = self._open(source, f"{command} {split}" + (" --replace" if replace else ""))
             with writer:
                 return self._run(writer, model, transform, source, data, split, limit, command, replace, require_existing)
         except SaliencyDBError as e:
@@ -235,6 +235,9 @@ class Indexer:
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         known = m.splits.get(split)
+        replaced = set(m.part_files(split)) if replace else set()
+        # build on an intact version; the parts a --replace swaps out may be the damaged ones
+        writer.require_intact(ignore=lambda rel: rel in replaced)
         if replace:
             if known is None:
                 raise SpecError(f"--replace: the database has no split '{split}' (it has {', '.join(sorted(m.splits)) or 'none'}); drop --replace to add it")
@@ -310,23 +313,19 @@ class Indexer:
         job_done = len(done) + len(todo) >= min(len(source), limit or len(source))  # this job's selection is in
         if failures:
             writer.write_parquet_table("failures", _failures_table(report.job_id, split, failures))
-        dropped: list[str] = []
         rebuild = False
         if replace and job_done:
             pending = m.pending.pop(split)
-            dropped = [p["file"] for p in m.parts if p["split"] == split]
             m.parts = [p for p in m.parts if p["split"] != split] + pending["parts"]
             m.splits[split] = {"source": data, "rows": sum(p["rows"] for p in pending["parts"]), "complete": complete}
-            for derived in ("knn", "clusters", "blame", "triage"):  # they name replaced sample ids
-                dropped += m.tables.pop(derived, [])
+            writer.drop_derived()  # they name replaced sample ids
             rebuild = True
         elif not replace:
             m.splits[split]["complete"] = complete
-        dropped += self._finish(writer, layout, split, run_stats, is_reference, rebuild)
+        self._finish(writer, layout, split, run_stats, is_reference, rebuild)
         report.seconds = time.perf_counter() - t0
         writer.write_parquet_table("ingests", _job_table(report, command, started, complete))
         writer.commit()
-        writer.drop_unlisted(dropped)
         return report
 
     def _loader(self, source: Source, transform: Transform, indices: list[int]) -> torch.utils.data.DataLoader:
@@ -473,13 +472,12 @@ class Indexer:
         }
 
     def _finish(self, writer: DatabaseWriter, layout: UnitLayout, split: str, run_stats, is_reference: bool,
-                rebuild: bool) -> list[str]:
+                rebuild: bool) -> None:
         """Statistics (reference split, unless frozen), then the indexes: rebuilt when the statistics
-        or the set of samples changed, else extended with the new samples only. Returns replaced files."""
+        or the set of samples changed, else extended with the new samples only."""
         m = writer.manifest
         if m.rows() == 0:
-            return []
-        old = []
+            return
         if is_reference:
             stats = RunningStats(m.n_units)
             for rel in m.part_files(split):
@@ -488,26 +486,23 @@ class Indexer:
                 else:
                     for _, rows in iter_profiles(self.db, m, files=[rel]):
                         stats.update(rows)
-            old += self._write_stats(writer, layout, stats, [split])
+            self._write_stats(writer, layout, stats, [split])
             rebuild = True
-        old += update_indexes(writer, self.index_kind, self.progress, rebuild=rebuild)
-        return old
+        update_indexes(writer, self.index_kind, self.progress, rebuild=rebuild)
 
     @staticmethod
-    def _write_stats(writer: DatabaseWriter, layout: UnitLayout, stats: RunningStats, splits: list[str], frozen: bool = False) -> list[str]:
+    def _write_stats(writer: DatabaseWriter, layout: UnitLayout, stats: RunningStats, splits: list[str], frozen: bool = False) -> None:
         m = writer.manifest
         table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
         rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
         crash_point("stats-written")
-        old = [m.stats["file"]] if m.stats else []
         m.stats = {"file": rel, "splits": splits, "count": stats.count, "frozen": frozen}
-        return old
 
 
 def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Progress | None = None,
-                   rebuild: bool = False) -> list[str]:
+                   rebuild: bool = False) -> None:
     """Bring both FAISS indexes up to the manifest's committed parts; list the new files in the
-    manifest (the caller commits) and return the files they replace.
+    manifest (the caller commits). The files they replace stay for older versions until ``vacuum``.
 
     Without ``rebuild``, an existing index is extended with the parts it does not cover yet
     (those with ``min_id >= next_id``); the result is written as a new file, never in place.
@@ -515,9 +510,8 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
     m = writer.manifest
     progress = progress or NullProgress()
     if m.stats is None or m.rows() == 0:
-        return []
+        return
     mean, std = read_stats(writer.path, m)
-    old = []
     for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
         if dim == 0:
             continue
@@ -529,7 +523,7 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
             files = [p["file"] for p in m.parts if p["min_id"] >= entry["next_id"]]
             if not files:
                 continue
-            base = read_index(writer.path / entry["file"])
+            base = read_index(writer.path, entry["file"])
         else:
             files, base = m.part_files(), None
         n = sum(p["rows"] for p in m.parts if p["file"] in set(files))
@@ -546,11 +540,8 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         rel = writer.unique_name("index", space, ".faiss")
         writer.new_file(rel, lambda tmp, index=index: write_index(index, tmp))
         crash_point("index-written")
-        if entry is not None:
-            old.append(entry["file"])
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
-    return old
 
 
 def _list_part(m: Manifest, entry: dict, pending: bool) -> None:
@@ -625,7 +616,9 @@ def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: 
     """Recompute the standardisation statistics over ``splits`` (default: all) and rebuild the
     indexes, in one atomic commit; the new statistics are frozen."""
     progress = progress or NullProgress()
-    with DatabaseWriter(db, wait=wait) as writer:
+    with DatabaseWriter(db, wait=wait, operation="restat") as writer:
+        # statistics and indexes are rebuilt from the samples: only the samples must be intact
+        writer.require_intact(ignore=lambda rel: rel.startswith(("units/", "index/")) or rel not in set(writer.manifest.part_files()))
         m = writer.manifest
         chosen = sorted(m.splits) if not splits else list(dict.fromkeys(splits))
         unknown = [s for s in chosen if s not in m.splits]
@@ -640,10 +633,8 @@ def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: 
             stats.update(rows)
             task.advance(len(ids))
         task.close()
-        old = Indexer._write_stats(writer, UnitLayout.from_dict(m.units), stats, chosen, frozen=True)
-        old += update_indexes(writer, progress=progress, rebuild=True)
-        for derived in ("knn", "clusters", "blame", "triage"):  # computed with the old statistics
-            old += m.tables.pop(derived, [])
+        Indexer._write_stats(writer, UnitLayout.from_dict(m.units), stats, chosen, frozen=True)
+        update_indexes(writer, progress=progress, rebuild=True)
+        writer.drop_derived()  # computed with the old statistics
         writer.commit()
-        writer.drop_unlisted(old)
         return {"splits": chosen, "count": stats.count, "indexes": {k: v["ntotal"] for k, v in m.indexes.items()}}

@@ -10,7 +10,6 @@ on the CPU, since GPU indexes take no ID selectors).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Iterator
 
 import faiss
@@ -86,17 +85,6 @@ def kind_of(index: faiss.Index) -> str:
     if ivf is None:
         return "flat"
     return "ivfpq" if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ) else "ivf"
-
-
-def write_index(index: faiss.Index, path: Path) -> None:
-    faiss.write_index(faiss.index_gpu_to_cpu(index) if _on_gpu(index) else index, str(path))
-
-
-def read_index(path: Path) -> faiss.Index:
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise DatabaseError(f"index file '{path}' is unreadable ({str(e).splitlines()[0]}); run `saliencydb restat` to rebuild it") from None
 
 
 def to_search_device(index: faiss.Index) -> faiss.Index:

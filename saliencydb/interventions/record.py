@@ -47,10 +47,10 @@ def write_attempts(db_path, records: list[dict], *, wait: bool = False) -> str |
     """Append the rows to the database's interventions table in one commit; returns the part's file."""
     if not records:
         return None
-    from ..indexer.writer import DatabaseWriter
+    from ..storage import DatabaseWriter
 
     table = attempts_table(records)
-    with DatabaseWriter(db_path, wait=wait) as w:
+    with DatabaseWriter(db_path, wait=wait, operation=f"{records[0]['command']} (interventions)") as w:
         rel = w.write_parquet_table(TABLE, table)
         w.commit()
     return rel

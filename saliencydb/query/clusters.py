@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..errors import QueryError
 from ..saliency import UnitLayout, l2_normalize, standardize
 from ..schemas import BLAME_SCHEMA, CLUSTERS_SCHEMA
+from .derived import store_derived
 
 TOP_PAIRS = 3
 TOP_UNITS = 5
@@ -19,7 +20,7 @@ EXEMPLARS = 3
 
 
 def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None, seed: int = 0,
-             write: bool = True, niter: int = 50) -> dict:
+             write: bool = True, niter: int = 50, wait: bool = False, writer=None) -> dict:
     """Cluster the (misclassified, by default) samples; write clusters + blame tables; return a summary."""
     if n_clusters < 1:
         raise QueryError(f"--n-clusters must be at least 1, got {n_clusters}")
@@ -48,7 +49,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     layer_of = layout.layer_of(np.arange(layout.n_units))
     names = [l.name for l in layout.layers]
     channel = np.arange(layout.n_units) - np.array([l.offset for l in layout.layers])[layer_of]
-    meta = db.con.execute(
+    meta = db._execute(
         "SELECT sample_id, key, label_name, pred_name FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))", [ids.tolist()]
     ).fetchall()
     by_id = {r[0]: r for r in meta}
@@ -72,15 +73,18 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
                           for u in rank[:TOP_UNITS]],
             "exemplars": [{"sample_id": int(ids[i]), "key": by_id[ids[i]][1], "similarity": round(float(sim[i]), 4)} for i in nearest],
         })
-    result = {"run": run, "n_clusters": n_clusters, "samples": int(len(ids)), "clusters": groups}
+    result = {"run": run, "n_clusters": n_clusters, "samples": int(len(ids)), "clusters": groups,
+              "base_commit": db.commit, "stored": False}
     if write:
-        _write(db, run, ids, assign, sim, blame_parts, names, layer_of, channel)
+        tables = _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel)
+        store_derived(db, lambda w: {name: [w.write_parquet(w.unique_name(name, "part", ".parquet"), t)]
+                                     for name, t in tables.items()},
+                      operation=f"clusters {run}", writer=writer, wait=wait)
+        result["stored"] = True
     return result
 
 
-def _write(db, run, ids, assign, sim, blame_parts, names, layer_of, channel) -> None:
-    from ..indexer.writer import DatabaseWriter
-
+def _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel) -> dict:
     clusters_table = pa.table(
         {"sample_id": ids, "cluster": assign, "distance": (1.0 - sim).astype(np.float32), "run": [run] * len(ids)},
         schema=CLUSTERS_SCHEMA,
@@ -98,10 +102,4 @@ def _write(db, run, ids, assign, sim, blame_parts, names, layer_of, channel) -> 
         },
         schema=BLAME_SCHEMA,
     )
-    with DatabaseWriter(db.path) as w:
-        old = w.manifest.tables.get("clusters", []) + w.manifest.tables.get("blame", [])
-        w.manifest.tables["clusters"], w.manifest.tables["blame"] = [], []
-        w.write_parquet_table("clusters", clusters_table)
-        w.write_parquet_table("blame", blame)
-        w.commit()
-        w.drop_unlisted(old)
+    return {"clusters": clusters_table, "blame": blame}

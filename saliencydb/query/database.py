@@ -1,67 +1,79 @@
-"""The Database object: DuckDB views over the committed Parquet tables of one database."""
+"""The Database object: one pinned version of a database, its tables as DuckDB views.
+
+User SQL runs in a DuckDB connection that can reach only the tables of that version: their
+files are registered as lazily scanned Arrow datasets first, then external access is
+switched off and the configuration locked, so no statement of any kind can read or write
+the file system or the network (README "Reliability").
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..errors import QueryError
-from ..indexer.store import fixed_list_to_numpy, read_stats
-from ..indexer.vectors import SPACES, read_index
+from ..errors import DamagedError, QueryError
+from ..indexer.vectors import SPACES, build_index
 from ..saliency import l2_normalize, standardize
-from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
-                       TRIAGE_SCHEMA,
-                       UNITS_SCHEMA, Manifest,
-                       read_manifest, samples_schema)
+from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, DERIVED_TABLES, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA,
+                       KNN_SCHEMA, TRIAGE_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema)
+from ..storage import Snapshot, fixed_list_to_numpy
 
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (DESIGN §2: the top-k of s)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+_PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
+_ANALYZE = re.compile(r"\banaly[sz]e\b", re.I)
+TABLES = (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA), ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA),
+          ("blame", BLAME_SCHEMA), ("triage", TRIAGE_SCHEMA), ("interventions", INTERVENTIONS_SCHEMA))
+_SEAL = ("SET python_enable_replacements = false", "SET autoinstall_known_extensions = false",
+         "SET autoload_known_extensions = false", "SET enable_external_access = false", "SET lock_configuration = true")
 
 
 class Database:
-    """A read-only view of a database at its last commit (as of ``open``).
+    """A read-only view of one version of a database: the current one when it was opened, or
+    ``as_of`` a kept commit. The version is pinned until ``close()``.
 
     >>> db = saliencydb.open("./db")
     >>> db.sql("SELECT split, avg(correct::int) FROM samples GROUP BY split")
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, as_of: int | None = None):
         self.path = Path(path)
-        self.manifest: Manifest = read_manifest(self.path)
-        self.con = duckdb.connect(":memory:")
+        self.snapshot = Snapshot(self.path, as_of)
+        self.manifest: Manifest = self.snapshot.manifest
+        self.as_of = as_of
         self._indexes: dict = {}
+        self.stale_indexes: dict[str, tuple[int, int]] = {}  # space -> (vectors in the index, committed rows)
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
-        self._create_views()
+        try:
+            self.con = duckdb.connect(":memory:")
+            self._create_views()
+            for statement in _SEAL:
+                self.con.execute(statement)
+        except BaseException:
+            self.snapshot.close()
+            raise
+
+    @property
+    def commit(self) -> int:
+        return self.manifest.commit
 
     # -- views --------------------------------------------------------------------------
-    def _files(self, rels: list[str]) -> str:
-        return "[" + ", ".join(_sql_str(str(self.path / r)) for r in rels) + "]"
-
     def _view(self, name: str, rels: list[str], schema: pa.Schema, select: str = "*") -> None:
-        if rels:
-            src = f"read_parquet({self._files(rels)})"
-        else:  # an empty table of the right shape
-            self.con.register(f"_empty_{name}", schema.empty_table())
-            src = f"_empty_{name}"
-        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM {src}")
+        data = self.snapshot.dataset(rels, schema) if rels else schema.empty_table()
+        self.con.register(f"_{name}_data", data)
+        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM _{name}_data")
 
     def _create_views(self) -> None:
         m = self.manifest
         self._view("samples", m.part_files(), samples_schema(m.n_units, m.feature_dim),
                    "*, label_name || ' -> ' || pred_name AS confusion")
         self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
-        for name, schema in (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA),
-                             ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA), ("blame", BLAME_SCHEMA),
-                             ("triage", TRIAGE_SCHEMA), ("interventions", INTERVENTIONS_SCHEMA)):
+        for name, schema in TABLES:
             self._view(name, m.tables.get(name, []), schema)
         names = m.class_names
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
@@ -93,43 +105,70 @@ class Database:
 
     # -- SQL ----------------------------------------------------------------------------
     def sql(self, query: str, params: list | None = None) -> pa.Table:
-        """Run one read-only statement (SELECT / WITH / EXPLAIN / DESCRIBE ...) and return an Arrow table."""
-        try:
-            statements = self.con.extract_statements(query)
-        except duckdb.Error as e:
-            raise QueryError(f"SQL does not parse: {_first_line(e)}") from None
-        if len(statements) != 1:
-            raise QueryError(f"give exactly one SQL statement (got {len(statements)})")
-        kind = str(statements[0].type)
-        if kind not in READ_ONLY_STATEMENTS:
-            raise QueryError(
-                f"only read-only queries are allowed (got a {kind.split('.')[-1]} statement); "
-                "the database is changed only by saliencydb commands"
-            )
+        """Run one read-only statement (SELECT / WITH / PIVOT / DESCRIBE / plain EXPLAIN ...) and return an Arrow table."""
+        check_read_only(self.con, query)
         try:
             return _arrow(self.con.sql(query, params=params or None))
         except duckdb.Error as e:
+            raise self._query_error("SQL error", e) from None
+        except (ValueError, TypeError, OverflowError) as e:  # a result DuckDB cannot hand to Arrow
             raise QueryError(f"SQL error: {_first_line(e)}") from None
+
+    def _query_error(self, what: str, e: Exception) -> Exception:
+        text = _first_line(e)
+        if str(self.path) in text and ("Parquet" in text or "parquet" in text or "magic" in text):
+            return DamagedError(f"a committed file of database '{self.path}' is damaged ({text}); "
+                                f"run `saliencydb verify --db {self.path}` for the damage and the fix")
+        return QueryError(f"{what}: {text}")
+
+    def notices(self, query: str | None = None) -> list[str]:
+        """Warnings a reader should see: derived tables (named in ``query``, or all) computed
+        from other samples or statistics than this version's."""
+        out = []
+        for name, base in sorted(self.manifest.stale_derived().items()):
+            if query is None or re.search(rf"\b{name}\b", query, re.I):
+                rerun = {"knn": "mistakes", "clusters": "clusters", "blame": "clusters", "triage": "triage"}[name]
+                out.append(f"note: the {name} table was computed at commit {base}; samples or statistics have changed "
+                           f"since (this is commit {self.commit}). Rerun `saliencydb {rerun} --db {self.path}` to refresh it")
+        return out
 
     # -- vectors ------------------------------------------------------------------------
     @property
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Frozen (mean, std) per unit."""
         if self._stats is None:
-            self._stats = read_stats(self.path, self.manifest)
+            self._stats = self.snapshot.read_stats()
         return self._stats
 
     def index(self, space: str):
         """The FAISS index of ``space`` (loaded once, on the CPU: single queries are cheap there, and
         filtered searches need ID selectors, which GPU indexes do not take; the batched
-        neighbour graph uses the GPUs)."""
+        neighbour graph uses the GPUs).
+
+        An index that does not cover this version's samples (an ingest in progress, or one
+        interrupted during the index update) is not used: an exact flat index over the
+        version's committed profiles takes its place, and ``stale_indexes`` says so."""
         check_space(space)
         if space not in self._indexes:
             entry = self.manifest.indexes.get(space)
             if entry is None:
                 raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
-            self._indexes[space] = read_index(self.path / entry["file"])
+            rows = self.manifest.rows()
+            if entry["ntotal"] != rows:
+                self.stale_indexes[space] = (entry["ntotal"], rows)
+                self._indexes[space] = self._exact_index(space)
+            else:
+                self._indexes[space] = self.snapshot.read_index(space)
         return self._indexes[space]
+
+    def _exact_index(self, space: str):
+        column, dim = ("raw_profile", self.manifest.n_units) if space == "saliency" else ("feature", self.manifest.feature_dim)
+
+        def chunks():
+            for ids, rows in self.snapshot.iter_profiles(column):
+                yield ids, self.search_vectors(space, rows)
+
+        return build_index(dim, chunks, "flat")
 
     def vectors(self, space: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """Search vectors of the given sample ids, in that order: standardised + L2-normalised
@@ -150,8 +189,8 @@ class Database:
             hit = ids[(ids >= part["min_id"]) & (ids <= part["max_id"])]
             if len(hit) == 0:
                 continue
-            t = pq.read_table(self.path / part["file"], columns=["sample_id", column],
-                              filters=[("sample_id", "in", sorted(set(hit.tolist())))])
+            t = self.snapshot.read_table(part["file"], columns=["sample_id", column],
+                                         filters=[("sample_id", "in", sorted(set(hit.tolist())))])
             got = t.column("sample_id").to_numpy()
             vecs = fixed_list_to_numpy(t.column(column), width)
             pos = {int(i): r for r, i in enumerate(got)}
@@ -173,37 +212,48 @@ class Database:
 
     def sample(self, sample_id: int) -> dict:
         """The metadata of one sample (no vectors)."""
-        rows = self.con.execute(
+        rows = self._execute(
             "SELECT sample_id, split, key, label, label_name, pred, pred_name, correct, loss, true_conf, pred_conf "
             "FROM samples WHERE sample_id = ?", [int(sample_id)]
         ).fetchall()
         if not rows:
-            lo, hi = self.con.execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
+            lo, hi = self._execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
             raise QueryError(f"no sample with id {sample_id} in '{self.path}' (ids run {lo}..{hi}); find ids with `saliencydb sql`")
         cols = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf", "pred_conf"]
         return dict(zip(cols, rows[0]))
 
+    def _execute(self, query: str, params: list | None = None):
+        """Run the library's own SQL; a damaged file becomes one line."""
+        try:
+            return self.con.execute(query, params or [])
+        except duckdb.Error as e:
+            raise self._query_error("SQL error", e) from None
+
     def ids_where(self, where: str | None = None, split: str | None = None) -> np.ndarray:
-        """Sample ids matching an SQL predicate over the samples view and/or a split."""
+        """Sample ids matching an SQL predicate over the samples view and/or a split.
+
+        The predicate must parse as one SQL expression on its own, so it cannot close the
+        WHERE clause and append another query."""
         if split is not None and split not in self.manifest.splits:
             raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(self.manifest.splits)) or 'no splits'}")
         clauses, params = [], []
-        if where:
+        if where is not None:
+            if not where.strip():
+                raise QueryError("--where is empty; give an SQL predicate over samples such as \"NOT correct\"")
+            try:
+                duckdb.SQLExpression(where)
+            except (duckdb.Error, ValueError, TypeError) as e:
+                raise QueryError(f"--where {where!r} is not one SQL predicate over samples: {_first_line(e)}") from None
             clauses.append(f"({where})")
         if split is not None:
             clauses.append("split = ?")
             params.append(split)
         q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        if where:
-            try:
-                statements = self.con.extract_statements(q)
-            except duckdb.Error as e:
-                raise QueryError(f"--where {where!r} is not one SQL predicate over samples: {_first_line(e)}") from None
-            if len(statements) != 1 or str(statements[0].type) not in READ_ONLY_STATEMENTS:
-                raise QueryError(f"--where {where!r} is not one SQL predicate over samples")
         try:
             return self.con.execute(q, params).fetchnumpy()["sample_id"].astype(np.int64)
         except duckdb.Error as e:
+            raise self._query_error(f"--where {where!r}", e) from None
+        except (ValueError, TypeError, OverflowError) as e:
             raise QueryError(f"--where {where!r}: {_first_line(e)}") from None
 
     # -- queries --------------------------------------------------------------------------
@@ -215,24 +265,28 @@ class Database:
 
         return neighbors(self, sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
 
-    def mistakes(self, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None):
-        """The shared-mistake report (appendix A.2) per split, saliency vs feature space."""
+    def mistakes(self, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
+                 wait: bool = False, writer=None):
+        """The shared-mistake report (appendix A.2) per split, saliency vs feature space; with
+        ``write``, the neighbour graph is stored as the knn table (refused, with nothing stored,
+        when the database moved on from this version meanwhile)."""
         from .knn import mistakes
 
-        return mistakes(self, k=k, n_boot=n_boot, seed=seed, write=write, progress=progress)
+        return mistakes(self, k=k, n_boot=n_boot, seed=seed, write=write, progress=progress, wait=wait, writer=writer)
 
     def clusters(self, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None,
-                 seed: int = 0, write: bool = True):
+                 seed: int = 0, write: bool = True, wait: bool = False, writer=None):
         """k-means error groups over standardised profiles."""
         from .clusters import clusters
 
-        return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write)
+        return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write,
+                        wait=wait, writer=writer)
 
-    def triage(self, split: str, *, write: bool = True) -> dict:
+    def triage(self, split: str, *, write: bool = True, wait: bool = False, writer=None) -> dict:
         """New mistakes of ``split`` assigned to known error groups or marked new; layer drift."""
         from .triage import triage
 
-        return triage(self, split, write=write)
+        return triage(self, split, write=write, wait=wait, writer=writer)
 
     def reopen(self) -> "Database":
         """A fresh view at the latest commit."""
@@ -241,12 +295,14 @@ class Database:
 
     # -- summary ------------------------------------------------------------------------
     def info(self) -> dict:
+        from ..storage import list_versions, read_current
+
         m = self.manifest
-        rows = self.con.execute(
+        rows = self._execute(
             "SELECT split, count(*), avg(correct::INT), sum((NOT correct)::INT) FROM samples GROUP BY split ORDER BY split"
         ).fetchall()
         per_split = {s: {"samples": n, "accuracy": round(acc, 6), "mistakes": int(mis)} for s, n, acc, mis in rows}
-        failures = dict(self.con.execute("SELECT split, count(*) FROM failures GROUP BY split").fetchall())
+        failures = dict(self._execute("SELECT split, count(*) FROM failures GROUP BY split").fetchall())
         splits = {}
         for name, rec in m.splits.items():
             splits[name] = {
@@ -257,10 +313,18 @@ class Database:
                 "mistakes": per_split.get(name, {}).get("mistakes", 0),
                 "failures": int(failures.get(name, 0)),
             }
+        stale = m.stale_derived()
+        try:
+            latest = read_current(self.path).commit
+        except Exception:  # noqa: BLE001 - a broken current manifest does not stop reading a kept version
+            latest = None
         return {
             "path": str(self.path),
             "format_version": m.format_version,
             "commit": m.commit,
+            "latest_commit": latest,
+            "versions": len(list_versions(self.path)),
+            "operation": m.operation,
             "model": {
                 "spec": m.model["spec"],
                 "weights": m.model.get("weights"),
@@ -276,16 +340,45 @@ class Database:
             "statistics": None if m.stats is None else {"splits": m.stats["splits"], "count": m.stats["count"], "frozen": m.stats["frozen"]},
             "indexes": {k: {"kind": v.get("built", v["kind"]), "requested": v["kind"], "ntotal": v["ntotal"],
                             "stale": v["ntotal"] != m.rows()} for k, v in m.indexes.items()},
+            "derived": {name: {"base_commit": (m.derived.get(name) or {}).get("base_commit"), "stale": name in stale}
+                        for name in DERIVED_TABLES if name in m.tables},
         }
 
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        finally:
+            self.snapshot.close()
 
     def __enter__(self) -> "Database":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_read_only(con, query: str) -> None:
+    """Refuse anything but one read-only statement (the second line of defence: the connection
+    itself cannot touch files)."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise QueryError(f"SQL does not parse: {_first_line(e)}") from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one SQL statement (got {len(statements)})")
+    kind = str(statements[0].type)
+    pivot = kind == "StatementType.MULTI" and _PIVOT.match(_strip_comments(query))
+    if kind not in READ_ONLY_STATEMENTS and not pivot:
+        raise QueryError(
+            f"only read-only queries are allowed (got a {kind.split('.')[-1]} statement); "
+            "the database is changed only by saliencydb commands"
+        )
+    if kind == "StatementType.EXPLAIN" and _ANALYZE.search(_strip_comments(query)):
+        raise QueryError("EXPLAIN ANALYZE runs the statement it explains; use plain EXPLAIN")
+
+
+def _strip_comments(query: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", query, flags=re.S)
 
 
 def check_space(space: str) -> None:
@@ -303,6 +396,6 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def open(path: str | os.PathLike) -> Database:  # noqa: A001 - mirrors sqlite3.connect / lancedb.connect
-    """Open a database for reading."""
-    return Database(path)
+def open(path: str | os.PathLike, *, as_of: int | None = None) -> Database:  # noqa: A001 - mirrors sqlite3.connect / lancedb.connect
+    """Open a database for reading: its current version, or ``as_of`` a kept commit."""
+    return Database(path, as_of=as_of)

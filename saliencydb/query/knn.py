@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import QueryError
-from ..indexer.store import iter_profiles
 from ..progress import NullProgress
 from ..schemas import KNN_SCHEMA
 from ..indexer.vectors import build_index, to_search_device
+from .derived import store_derived
 from .neighbors import search
 
 BLOCK_ROWS = 2048
@@ -45,7 +45,7 @@ def knn_graph(db, space: str, k: int, progress=None) -> Graph:
     task = progress.task(f"neighbour graph ({space})", 2 * m.rows())
 
     def chunks(split):
-        for ids, rows in iter_profiles(db.path, m, column=column, split=split, batch_rows=BLOCK_ROWS):
+        for ids, rows in db.snapshot.iter_profiles(column, split=split, batch_rows=BLOCK_ROWS):
             task.advance(len(ids))
             yield ids, db.search_vectors(space, rows)
 
@@ -95,13 +95,14 @@ def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) ->
     return {"mean": float(values.mean()), "ci95": [float(lo), float(hi)], "n": int(len(values))}
 
 
-def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None) -> dict:
+def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
+             wait: bool = False, writer=None) -> dict:
     """Per split and space: the share of correctly classified samples among the k nearest
     neighbours, for correct and for incorrect samples, and the share of an incorrect
     sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
-    meta = db.con.execute("SELECT sample_id, split, label, pred, correct FROM samples ORDER BY sample_id").fetchnumpy()
+    meta = db._execute("SELECT sample_id, split, label, pred, correct FROM samples ORDER BY sample_id").fetchnumpy()
     order = meta["sample_id"]
     spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
@@ -124,21 +125,14 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
                 "correct_neighbors_of_incorrect": bootstrap_mean(share_correct[sel & ~correct_q], n_boot, rng),
                 "same_confusion_of_incorrect": bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
             }
+    report["base_commit"] = db.commit
+    report["stored"] = False
     if write:
-        _write_graph(db, graphs)
+        store_derived(db, lambda w: {"knn": [w.write_parquet(w.unique_name("knn", "part", ".parquet"), graph_table(g))
+                                             for g in graphs]},
+                      operation=f"mistakes -k {k}", writer=writer, wait=wait)
+        report["stored"] = True
     return report
-
-
-def _write_graph(db, graphs: list[Graph]) -> None:
-    from ..indexer.writer import DatabaseWriter
-
-    with DatabaseWriter(db.path) as w:
-        old = w.manifest.tables.get("knn", [])
-        w.manifest.tables["knn"] = []
-        for g in graphs:
-            w.write_parquet_table("knn", graph_table(g))
-        w.commit()
-        w.drop_unlisted(old)
 
 
 def report_rows(report: dict) -> list[dict]:

@@ -20,9 +20,12 @@ class NeighborResult:
     k: int
     neighbors: list[dict]  # rank, sample_id, split, key, label, pred, correct, similarity, ...
     summary: dict  # shares of misclassified / same prediction / same confusion pair
+    commit: int | None = None  # the version searched
+    note: str | None = None  # e.g. a stale index was replaced by an exact scan
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "space": self.space, "k": self.k, "neighbors": self.neighbors, "summary": self.summary}
+        return {"query": self.query, "space": self.space, "k": self.k, "neighbors": self.neighbors, "summary": self.summary,
+                "commit": self.commit, "note": self.note}
 
 
 def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +71,20 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     else:
         sims, ids = search(index, vector, want, candidates)
     found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0 and i != exclude][:k]
+    if len(found) < min(k, n):  # never a short or empty answer with exit 0
+        raise QueryError(f"the {space} index returned {len(found)} of the {min(k, n)} neighbours asked for; "
+                         f"run `saliencydb verify --db {db.path}`")
     rows = _metadata(db, [i for i, _ in found])
     out = []
     for rank, (i, sim) in enumerate(found, start=1):
         out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in _COLUMNS[1:]}, "similarity": round(sim, 6)})
-    return NeighborResult(query=query, space=space, k=k, neighbors=out, summary=_summary(query, out))
+    note = None
+    if space in db.stale_indexes:
+        covered, rows = db.stale_indexes[space]
+        note = (f"the {space} index covers {covered} of the {rows} committed samples (an index or ingest job is running, "
+                f"or stopped before updating it); all {rows} were searched exactly instead. Rerun that job to update the index")
+    return NeighborResult(query=query, space=space, k=k, neighbors=out, summary=_summary(query, out), commit=db.commit,
+                          note=note)
 
 
 _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]
@@ -82,7 +94,7 @@ def _metadata(db, ids: list[int]) -> dict[int, dict]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
-    rows = db.con.execute(f"SELECT {', '.join(_COLUMNS)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
+    rows = db._execute(f"SELECT {', '.join(_COLUMNS)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
     return {r[0]: dict(zip(_COLUMNS, r)) for r in rows}
 
 

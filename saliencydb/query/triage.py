@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import QueryError
-from ..indexer.store import iter_profiles
 from ..saliency import UnitLayout, standardize
 from ..schemas import TRIAGE_SCHEMA
+from .derived import store_derived
 
 NEW = -1
 RADIUS_QUANTILE = 5  # a new mistake joins a group when it is closer than the group's farthest 5% of members
@@ -20,7 +20,7 @@ def layer_means(db, split: str) -> np.ndarray:
     m = db.manifest
     mean, std = db.stats
     total, n = np.zeros(m.n_units), 0
-    for _, rows in iter_profiles(db.path, m, split=split):
+    for _, rows in db.snapshot.iter_profiles(split=split):
         total += standardize(rows, mean, std).sum(axis=0, dtype=np.float64)
         n += len(rows)
     layout = UnitLayout.from_dict(m.units)
@@ -28,7 +28,7 @@ def layer_means(db, split: str) -> np.ndarray:
     return np.array([per_unit[l.offset : l.stop].mean() for l in layout.layers])
 
 
-def triage(db, split: str, *, write: bool = True, top_layers: int = 5) -> dict:
+def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: bool = False, writer=None) -> dict:
     m = db.manifest
     if split not in m.splits:
         raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(m.splits))}")
@@ -75,23 +75,21 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5) -> dict:
         "new_failure_mode": int((cluster == NEW).sum()),
         "reference_splits": reference,
         "layer_drift": drift,
+        "base_commit": db.commit,
+        "stored": False,
     }
     if write:
-        _write(db, split, run, new_ids, cluster, best_sim)
+        table = pa.table({"sample_id": new_ids.astype(np.int64), "split": [split] * len(new_ids), "cluster": cluster,
+                          "similarity": np.asarray(best_sim, np.float32), "run": [run] * len(new_ids)}, schema=TRIAGE_SCHEMA)
+
+        def build(w):
+            # one triage per split: this split's file is replaced; the other splits' are kept while
+            # they were computed from these same samples and statistics
+            same = (w.manifest.derived.get("triage") or {}).get("data") == db.manifest.data_version()
+            keep = [rel for rel in w.manifest.tables.get("triage", [])
+                    if same and f"/triage-{split}-" not in f"/{rel.split('/')[-1]}"]
+            return {"triage": keep + [w.write_parquet(w.unique_name("triage", f"triage-{split}", ".parquet"), table)]}
+
+        store_derived(db, build, operation=f"triage {split}", writer=writer, wait=wait)
+        result["stored"] = True
     return result
-
-
-def _write(db, split, run, ids, cluster, sim) -> None:
-    from ..indexer.writer import DatabaseWriter
-
-    table = pa.table({"sample_id": ids.astype(np.int64), "split": [split] * len(ids), "cluster": cluster,
-                      "similarity": np.asarray(sim, np.float32), "run": [run] * len(ids)}, schema=TRIAGE_SCHEMA)
-    with DatabaseWriter(db.path) as w:
-        keep, old = [], []
-        for rel in w.manifest.tables.get("triage", []):  # one triage per split: replace this split's
-            (old if f"/triage-{split}-" in f"/{rel.split('/')[-1]}" else keep).append(rel)
-        w.manifest.tables["triage"] = keep
-        rel = w.write_parquet(w.unique_name("triage", f"triage-{split}", ".parquet"), table)
-        w.manifest.tables["triage"].append(rel)
-        w.commit()
-        w.drop_unlisted(old)

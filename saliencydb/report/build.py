@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QueryError, SaliencyDBError
-from ..indexer.store import fixed_list_to_numpy, iter_part_batches
+from ..storage import fixed_list_to_numpy, iter_part_batches
 from ..progress import NullProgress
 from ..query import open as open_db
 from ..saliency import UnitLayout

@@ -1,6 +1,6 @@
 """Arrow schemas of every table, the manifest and its format version."""
 
-from .manifest import MANIFEST, TMP_SUFFIX, Manifest, now_iso, read_manifest, write_atomic, write_manifest
+from .manifest import DERIVED_TABLES, MANIFEST, Manifest, manifest_problem, now_iso
 from .tables import (
     BLAME_SCHEMA,
     CLUSTERS_SCHEMA,
@@ -15,7 +15,7 @@ from .tables import (
 )
 
 __all__ = [
-    "MANIFEST", "TMP_SUFFIX", "Manifest", "now_iso", "read_manifest", "write_atomic", "write_manifest",
+    "DERIVED_TABLES", "MANIFEST", "Manifest", "manifest_problem", "now_iso",
     "BLAME_SCHEMA", "CLUSTERS_SCHEMA", "FAILURES_SCHEMA", "FORMAT_VERSION", "INGESTS_SCHEMA", "INTERVENTIONS_SCHEMA", "KNN_SCHEMA", "TRIAGE_SCHEMA", "UNITS_SCHEMA",
     "samples_schema",
 ]

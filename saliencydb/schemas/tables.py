@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: versions/, pins/, per-file checksums, derived-table bases (format 1 is read and upgraded)
 
 
 def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:

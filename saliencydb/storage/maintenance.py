@@ -1,0 +1,365 @@
+"""Versions as an operator sees them: list (``history``), make an old one current
+(``restore``), delete what no kept version lists (``vacuum``), and check every file of a
+version (``verify``)."""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DatabaseError, SpecError
+from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
+                       MANIFEST, TRIAGE_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema)
+from .files import file_record, remove_quietly, shallow_problem
+from .versions import PINS, list_versions, read_current, read_version, version_rel
+from .writer import DATA_DIRS, DatabaseWriter
+
+DEFAULT_KEEP_VERSIONS = 5
+DEFAULT_OLDER_THAN = timedelta(hours=1)
+TABLE_SCHEMAS = {"failures": FAILURES_SCHEMA, "ingests": INGESTS_SCHEMA, "knn": KNN_SCHEMA, "clusters": CLUSTERS_SCHEMA,
+                 "blame": BLAME_SCHEMA, "triage": TRIAGE_SCHEMA, "interventions": INTERVENTIONS_SCHEMA}
+
+
+@dataclass
+class VersionInfo:
+    commit: int
+    time: str
+    operation: str
+    samples: int
+    splits: dict  # name -> rows
+    current: bool
+    pinned: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def history(db: str | os.PathLike) -> list[VersionInfo]:
+    """The kept versions, oldest first."""
+    db = Path(db)
+    try:
+        current = read_current(db).commit
+    except DatabaseError:
+        if not list_versions(db):
+            raise
+        current = None  # a broken manifest.json: the kept versions are still listed, for `restore`
+    out = []
+    for commit in list_versions(db):
+        m = read_version(db, commit)
+        if m is None:
+            continue
+        out.append(VersionInfo(commit=commit, time=m.updated, operation=m.operation or "-", samples=m.rows(),
+                               splits={s: m.rows(s) for s in sorted(m.splits)}, current=commit == current,
+                               pinned=_is_pinned(db, commit)))
+    if not out:
+        m = read_current(db)  # a format-1 database: only its current version
+        out.append(VersionInfo(m.commit, m.updated, m.operation or "-", m.rows(), {s: m.rows(s) for s in sorted(m.splits)},
+                               True, _is_pinned(db, m.commit)))
+    return out
+
+
+def _is_pinned(db: Path, commit: int) -> bool:
+    path = db / PINS / f"commit-{commit:06d}"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class RestoreResult:
+    restored: int
+    commit: int
+    samples: int
+
+
+def restore(db: str | os.PathLike, commit: int, *, wait: bool = False) -> RestoreResult:
+    """Make the kept version ``commit`` current again, as a new commit (nothing is deleted)."""
+    db = Path(db)
+    with DatabaseWriter(db, wait=wait, operation=f"restore {commit}", recover=True) as w:
+        target = read_version(db, commit)
+        if target is None:
+            kept = list_versions(db)
+            raise DatabaseError(f"commit {commit} of '{db}' is not kept (kept: {_span(kept)}); "
+                                f"`saliencydb versions --db {db}` lists them")
+        for rel in sorted(target.listed_files()):
+            problem = shallow_problem(db, rel, target.files.get(rel))
+            if problem:
+                raise DatabaseError(f"commit {commit} cannot be restored: its file '{rel}' is damaged ({problem}); "
+                                    "choose another commit")
+        new = copy.deepcopy(target)
+        new.commit = w.manifest.commit
+        new.next_sample_id = max(w.manifest.next_sample_id, target.next_sample_id)  # ids are never reused
+        new.created = w.manifest.created or target.created
+        w.manifest = new
+        w.commit()
+        return RestoreResult(restored=commit, commit=new.commit, samples=new.rows())
+
+
+def _span(kept: list[int]) -> str:
+    return f"{kept[0]}..{kept[-1]}" if kept else "none"
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
+_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    m = DURATION.match(text or "")
+    if not m:
+        raise SpecError(f"--older-than {text!r} is not a duration; use e.g. 30s, 15m, 2h, 7d or 1w")
+    return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+
+
+@dataclass
+class VacuumResult:
+    removed_versions: list[int] = field(default_factory=list)
+    kept_versions: list[int] = field(default_factory=list)
+    pinned: list[int] = field(default_factory=list)  # would have gone, kept because a reader holds them
+    removed_files: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_than: timedelta | None = None,
+           dry_run: bool = False, wait: bool = False) -> VacuumResult:
+    """Delete the versions the policy lets go and every data file no remaining version lists.
+
+    Kept: the current version, versions a reader has pinned, the last ``keep_versions`` and
+    those newer than ``older_than``. Neither given: the last 5 and all of the last hour.
+    """
+    if keep_versions is not None and keep_versions < 1:
+        raise SpecError(f"--keep-versions must be at least 1 (the current version), got {keep_versions}")
+    if keep_versions is None and older_than is None:
+        keep_versions, older_than = DEFAULT_KEEP_VERSIONS, DEFAULT_OLDER_THAN
+    db = Path(db)
+    result = VacuumResult(dry_run=dry_run)
+    with DatabaseWriter(db, wait=wait, operation="vacuum") as w:
+        current = w.manifest.commit
+        versions = list_versions(db)
+        keep = {current} | set(versions[-(keep_versions or 1):])
+        if older_than is not None:
+            cutoff = datetime.now(timezone.utc) - older_than
+            for v in versions:
+                m = read_version(db, v)
+                if m is not None and _time(m.updated) > cutoff:
+                    keep.add(v)
+        held: list[tuple[int, int | None]] = []
+        try:
+            for v in versions:
+                if v in keep:
+                    continue
+                fd = _lock_pin(db, v)
+                if fd is False:
+                    result.pinned.append(v)
+                    continue
+                held.append((v, fd))
+            drop = [v for v, _ in held]
+            result.removed_versions = drop
+            result.kept_versions = [v for v in versions if v not in set(drop)]
+            if not dry_run:
+                for v in drop:  # the version file goes first: a reader pinning it now sees it gone and retries
+                    remove_quietly(db / version_rel(v))
+            listed = w.manifest.listed_files()
+            for v in result.kept_versions:
+                m = read_version(db, v)
+                if m is not None:
+                    listed |= m.listed_files()
+            for d in DATA_DIRS:
+                for dirpath, _, files in os.walk(db / d):
+                    for f in files:
+                        path = Path(dirpath, f)
+                        rel = path.relative_to(db).as_posix()
+                        if rel not in listed:
+                            result.removed_files.append(rel)
+                            result.bytes_freed += path.stat().st_size
+                            if not dry_run:
+                                remove_quietly(path)
+        finally:
+            for v, fd in held:
+                if not dry_run:
+                    remove_quietly(db / PINS / f"commit-{v:06d}")
+                if fd is not None:
+                    os.close(fd)
+    return result
+
+
+def _lock_pin(db: Path, commit: int):
+    """An exclusive lock on a version's pin file (its fd; None when no pin file exists), or False when a reader holds it."""
+    path = db / PINS / f"commit-{commit:06d}"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return False
+
+
+def _time(iso: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return datetime.now(timezone.utc)  # unknown age: treat as new (kept)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class Damage:
+    file: str
+    problem: str
+    fix: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyResult:
+    commit: int | None
+    files_checked: int
+    damage: list[Damage]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+    def to_dict(self) -> dict:
+        return {"commit": self.commit, "files_checked": self.files_checked, "ok": self.ok,
+                "damage": [d.to_dict() for d in self.damage]}
+
+
+def verify(db: str | os.PathLike, as_of: int | None = None) -> VerifyResult:
+    """Check every file of the current version (or ``as_of``): present, size and checksum as
+    recorded, readable, the schema and row count the manifest says; indexes hold ``ntotal`` rows."""
+    db = Path(db)
+    kept = list_versions(db)
+    try:
+        m = read_current(db) if as_of is None else read_version(db, as_of)
+    except DatabaseError as e:
+        if as_of is not None or not kept:
+            raise
+        newest = _restorable(db, kept, set())
+        return VerifyResult(None, 1, [Damage(MANIFEST, str(e).split("; make")[0].split("; restore")[0],
+                                             f"saliencydb restore --db {db} --commit {newest}" if newest is not None
+                                             else "restore the database from a backup")])
+    if m is None:
+        raise DatabaseError(f"commit {as_of} of '{db}' is not kept (kept: {_span(kept)})")
+    problems: list[tuple[str, str]] = []
+    files = sorted(m.listed_files())
+    for rel in files:
+        problem = _check_file(db, m, rel)
+        if problem:
+            problems.append((rel, problem))
+    if kept and m.commit not in kept:
+        problems.append((version_rel(m.commit), "missing (the kept copy of this version)"))
+    bad = {rel for rel, _ in problems}
+    damage = [Damage(rel, problem, _fix(db, m, rel, kept, bad)) for rel, problem in problems]
+    return VerifyResult(m.commit, len(files), damage)
+
+
+def _check_file(db: Path, m: Manifest, rel: str) -> str | None:
+    record = m.files.get(rel)
+    problem = shallow_problem(db, rel, record)
+    if problem:
+        return problem
+    if record is not None and file_record(db / rel)["sha256"] != record["sha256"]:
+        return "its checksum does not match the manifest's (the bytes changed)"
+    if rel.endswith(".faiss"):
+        return _check_index(db, m, rel)
+    expected, rows = _expected_table(m, rel)
+    try:
+        pf = pq.ParquetFile(db / rel)
+    except (OSError, pa.ArrowInvalid) as e:
+        return f"not a readable Parquet file ({str(e).splitlines()[0]})"
+    got = pf.schema_arrow
+    if expected is not None and [(f.name, f.type) for f in got] != [(f.name, f.type) for f in expected]:
+        return "its columns are not the table's schema"
+    if rows is not None and pf.metadata.num_rows != rows:
+        return f"{pf.metadata.num_rows} rows, the manifest says {rows}"
+    return None
+
+
+def _expected_table(m: Manifest, rel: str) -> tuple[pa.Schema | None, int | None]:
+    for p in m.parts + [p for v in m.pending.values() for p in v["parts"]]:
+        if p["file"] == rel:
+            return samples_schema(m.n_units, m.feature_dim), p["rows"]
+    if m.stats and m.stats["file"] == rel:
+        return UNITS_SCHEMA, m.n_units
+    for name, files in m.tables.items():
+        if rel in files:
+            return TABLE_SCHEMAS.get(name), None
+    return None, None
+
+
+def _check_index(db: Path, m: Manifest, rel: str) -> str | None:
+    import faiss
+
+    try:
+        index = faiss.read_index(str(db / rel))
+    except RuntimeError as e:
+        return f"not a readable FAISS index ({str(e).strip().splitlines()[0]})"
+    for space, e in m.indexes.items():
+        if e["file"] == rel:
+            dim = m.n_units if space == "saliency" else m.feature_dim
+            if index.ntotal != e["ntotal"]:
+                return f"holds {index.ntotal} vectors, the manifest says {e['ntotal']}"
+            if index.d != dim:
+                return f"holds {index.d}-dimensional vectors, the {space} space has {dim}"
+    return None
+
+
+def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = None) -> int | None:
+    """The newest kept version (before ``before``) that lists none of ``bad`` and whose files are all present."""
+    for v in reversed(kept):
+        if before is not None and v >= before:
+            continue
+        m = read_version(db, v)
+        if m is None or m.listed_files() & bad:
+            continue
+        if all(shallow_problem(db, rel, m.files.get(rel)) is None for rel in m.listed_files()):
+            return v
+    return None
+
+
+def _fix(db: Path, m: Manifest, rel: str, kept: list[int], bad: set[str]) -> str:
+    if rel.startswith("versions/"):
+        return "any command that writes (e.g. `saliencydb vacuum`) keeps the current version again"
+    if m.stats and rel == m.stats["file"] or rel.startswith("index/"):
+        splits = ",".join((m.stats or {}).get("splits", []))
+        return f"saliencydb restat --db {db}" + (f" --splits {splits}" if splits else "") + " (rebuilds statistics and indexes from the samples)"
+    older = _restorable(db, kept, bad, before=m.commit)
+    restore = f"saliencydb restore --db {db} --commit {older}" if older is not None else None
+    for p in m.parts:
+        if p["file"] == rel:
+            source = m.splits[p["split"]]["source"]
+            again = f"saliencydb ingest --db {db} --data {source} --split {p['split']} --replace"
+            return f"{restore} (or re-profile the split: {again})" if restore else again
+    for name, files in m.tables.items():
+        if rel in files:
+            rerun = {"knn": "saliencydb mistakes", "clusters": "saliencydb clusters", "blame": "saliencydb clusters",
+                     "triage": "saliencydb triage"}.get(name)
+            if rerun:
+                return f"{rerun} --db {db} (recomputes the {name} table)"
+    return restore or "restore the database from a backup"

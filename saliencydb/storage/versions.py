@@ -1,0 +1,161 @@
+"""Versions: every commit's manifest kept as an immutable file, the current pointer, and pins.
+
+``manifest.json`` is the current version. Each commit first writes its manifest to
+``versions/manifest-<commit>.json`` (never changed afterwards), then replaces
+``manifest.json`` atomically. A reader pins the version it opened with a shared ``flock``
+on ``pins/commit-<commit>``; ``vacuum`` drops only versions it can lock exclusively, so
+nothing a reader still reads is ever deleted (README "Database layout").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import DatabaseError
+from ..schemas import FORMAT_VERSION, MANIFEST, Manifest, manifest_problem, now_iso
+from .files import write_atomic
+
+VERSIONS = "versions"
+PINS = "pins"
+_VERSION_FILE = re.compile(r"^manifest-(\d{6,})\.json$")
+
+
+def version_rel(commit: int) -> str:
+    return f"{VERSIONS}/manifest-{commit:06d}.json"
+
+
+def parse_manifest(db: Path, text: bytes | str, where: str) -> Manifest:
+    """A manifest from its text, with one clear error for every way it can be wrong."""
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise DatabaseError(f"'{where}' is unreadable ({e}); {_restore_hint(db)}") from None
+    version = d.get("format_version") if isinstance(d, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DatabaseError(f"'{where}' has no format_version; it was not written by saliencydb ({_restore_hint(db)})")
+    if version > FORMAT_VERSION:
+        raise DatabaseError(
+            f"'{db}' was written in database format {version}, newer than this saliencydb reads "
+            f"(format {FORMAT_VERSION}); upgrade saliencydb"
+        )
+    problem = manifest_problem(d)
+    if problem:
+        raise DatabaseError(f"'{where}' is corrupt: {problem}; {_restore_hint(db)}")
+    return Manifest.from_dict(d)
+
+
+def _restore_hint(db: Path) -> str:
+    kept = list_versions(db)
+    if kept:
+        return (f"make a kept version current with `saliencydb restore --db {db} --commit {kept[-1]}` "
+                f"(`saliencydb versions --db {db}` lists them)")
+    return "restore it from a backup"
+
+
+def read_current(db: Path) -> Manifest:
+    """The current manifest (``manifest.json``)."""
+    db = Path(db)
+    path = db / MANIFEST
+    if not db.exists():
+        raise DatabaseError(f"no database at '{db}': create one with `saliencydb index --db {db} ...`")
+    if not path.is_file():
+        raise DatabaseError(f"'{db}' is not a saliencydb database (no {MANIFEST}); point --db at a database directory")
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise DatabaseError(f"'{path}' is unreadable ({e.strerror}); check its permissions") from None
+    return parse_manifest(db, text, str(path))
+
+
+def read_version(db: Path, commit: int) -> Manifest | None:
+    """The kept manifest of ``commit``, or None when it is not kept."""
+    path = Path(db) / version_rel(commit)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise DatabaseError(f"'{path}' is unreadable ({e.strerror})") from None
+    m = parse_manifest(Path(db), text, str(path))
+    if m.commit != commit:
+        raise DatabaseError(f"'{path}' holds commit {m.commit}, not {commit}; the versions directory was edited by hand")
+    return m
+
+
+def list_versions(db: Path) -> list[int]:
+    """Commits whose manifests are kept, oldest first."""
+    try:
+        names = os.listdir(Path(db) / VERSIONS)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(_VERSION_FILE.match, names) if m)
+
+
+def write_commit(db: Path, manifest: Manifest) -> None:
+    """Publish ``manifest`` (its commit number already set): the immutable version file, then the
+    current pointer. A crash between the two leaves the previous commit current; the next
+    writer deletes the version file that never became current."""
+    manifest.updated = now_iso()
+    manifest.format_version = FORMAT_VERSION
+    data = manifest.to_json().encode()
+    (Path(db) / VERSIONS).mkdir(exist_ok=True)
+    write_atomic(Path(db) / version_rel(manifest.commit), data)
+    write_atomic(Path(db) / MANIFEST, data)
+
+
+class Pin:
+    """A shared lock on one version: while held, ``vacuum`` keeps that version and its files.
+
+    On a medium the reader cannot write (a read-only mount), no pin can be taken and none is
+    needed: no writer can delete anything there either."""
+
+    def __init__(self, db: Path, commit: int):
+        self.commit = commit
+        self._fd: int | None = None
+        path = Path(db) / PINS / f"commit-{commit:06d}"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return  # read-only and never pinned: nothing can be vacuumed here
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def pin_version(db: Path, as_of: int | None = None) -> tuple[Manifest, Pin]:
+    """The current version (or ``as_of``), pinned. Pinning happens before the version's kept
+    manifest is read back, so a version that ``vacuum`` drops meanwhile is noticed (its
+    file is gone) and the current one is taken again."""
+    db = Path(db)
+    for _ in range(100):
+        current = read_current(db)
+        commit = current.commit if as_of is None else as_of
+        pin = Pin(db, commit)
+        kept = read_version(db, commit)
+        if kept is not None:
+            return kept, pin
+        if as_of is not None:
+            pin.release()
+            versions = list_versions(db)
+            span = f"{versions[0]}..{versions[-1]}" if versions else "none"
+            raise DatabaseError(f"commit {as_of} of '{db}' is not kept (kept commits: {span}); "
+                                f"`saliencydb versions --db {db}` lists them")
+        if read_current(db).commit == commit:
+            return current, pin  # a format-1 database, not yet written by this version: no kept versions yet
+        pin.release()  # the current version moved on and this one was vacuumed: take the new one
+    raise DatabaseError(f"could not pin a version of '{db}' (it changes faster than it can be read); retry")
