@@ -140,6 +140,10 @@ def _json_default(v):
         return v.tolist()
     if isinstance(v, (datetime.datetime, datetime.date)):
         return v.isoformat()
+    import decimal
+
+    if isinstance(v, decimal.Decimal):  # DuckDB's sum() of integers: a number, not a string
+        return int(v) if v == v.to_integral_value() else float(v)
     return str(v)
 
 

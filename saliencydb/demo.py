@@ -91,6 +91,7 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     db = Path(db)
+    _check_demo_db(db, None)  # another database is refused before minutes of training
     weights = train_demo_model(cache_dir or default_cache_dir(), progress)
     _check_demo_db(db, weights)
     Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, progress=progress,
@@ -113,7 +114,7 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
     return result
 
 
-def _check_demo_db(db: Path, weights: Path) -> None:
+def _check_demo_db(db: Path, weights: Path | None) -> None:
     """Refuse a directory that holds anything but this demo's own database."""
     from .errors import DatabaseError
     from .storage import read_current
@@ -128,7 +129,7 @@ def _check_demo_db(db: Path, weights: Path) -> None:
     if m.model["spec"] != MODEL_SPEC or (m.splits.get("val") or {}).get("source", VAL_DATA) != VAL_DATA:
         raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model['spec']}); "
                             "the demo never replaces it: pass another --db")
-    if load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model["weights_sha256"]:
+    if weights is not None and load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model["weights_sha256"]:
         raise DatabaseError(f"'{db}' holds a demo database made with other weights; remove it (`rm -r {db}`) "
                             "or pass another --db")
 

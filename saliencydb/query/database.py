@@ -116,7 +116,8 @@ class Database:
 
     def _query_error(self, what: str, e: Exception) -> Exception:
         text = _first_line(e)
-        if str(self.path) in text and ("Parquet" in text or "parquet" in text or "magic" in text):
+        refused = "Permission Error" in text or "disabled by configuration" in text
+        if not refused and str(self.path) in text and ("Parquet" in text or "parquet" in text or "magic" in text):
             return DamagedError(f"a committed file of database '{self.path}' is damaged ({text}); "
                                 f"run `saliencydb verify --db {self.path}` for the damage and the fix")
         return QueryError(f"{what}: {text}")
@@ -366,11 +367,14 @@ def check_read_only(con, query: str) -> None:
         raise QueryError(f"SQL does not parse: {_first_line(e)}") from None
     if len(statements) != 1:
         raise QueryError(f"give exactly one SQL statement (got {len(statements)})")
-    kind = str(statements[0].type)
+    try:
+        kind = str(statements[0].type)
+    except ValueError:  # a statement type this DuckDB's Python API cannot name (e.g. UPDATE EXTENSIONS)
+        kind = "StatementType.UNKNOWN"
     pivot = kind == "StatementType.MULTI" and _PIVOT.match(_strip_comments(query))
     if kind not in READ_ONLY_STATEMENTS and not pivot:
         raise QueryError(
-            f"only read-only queries are allowed (got a {kind.split('.')[-1]} statement); "
+            f"only read-only queries are allowed (this is a {kind.split('.')[-1]} statement); "
             "the database is changed only by saliencydb commands"
         )
     if kind == "StatementType.EXPLAIN" and _ANALYZE.search(_strip_comments(query)):
