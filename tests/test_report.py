@@ -80,7 +80,9 @@ class _Task:
 
 
 def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    # pins/ holds readers' shared locks on the version they read (touched by every reader)
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.relative_to(root).parts[0] != "pins"}
 
 
 def _check_self_contained(text: str, page: _Page) -> None:

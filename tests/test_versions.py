@@ -26,7 +26,7 @@ def cli(*args, expect=0, **kw):
     r = run_cli_subprocess(*args, timeout=kw.pop("timeout", 300), **kw)
     if expect is not None:
         assert r.returncode == expect, (args, r.stdout, r.stderr)
-    if r.returncode not in (0, 2):
+    if r.returncode not in (0, 2) and args[0] != "verify":  # verify reports one line per damaged file
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     return r
 

@@ -330,13 +330,14 @@ def _check_index(db: Path, m: Manifest, rel: str) -> str | None:
     return None
 
 
-def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = None) -> int | None:
-    """The newest kept version (before ``before``) that lists none of ``bad`` and whose files are all present."""
+def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = None, split: str | None = None) -> int | None:
+    """The newest kept version (before ``before``) that lists none of ``bad``, whose files are all
+    present, and that holds samples (of ``split``, when given)."""
     for v in reversed(kept):
         if before is not None and v >= before:
             continue
         m = read_version(db, v)
-        if m is None or m.listed_files() & bad:
+        if m is None or m.listed_files() & bad or m.rows(split) == 0:
             continue
         if all(shallow_problem(db, rel, m.files.get(rel)) is None for rel in m.listed_files()):
             return v
@@ -349,7 +350,8 @@ def _fix(db: Path, m: Manifest, rel: str, kept: list[int], bad: set[str]) -> str
     if m.stats and rel == m.stats["file"] or rel.startswith("index/"):
         splits = ",".join((m.stats or {}).get("splits", []))
         return f"saliencydb restat --db {db}" + (f" --splits {splits}" if splits else "") + " (rebuilds statistics and indexes from the samples)"
-    older = _restorable(db, kept, bad, before=m.commit)
+    split = next((p["split"] for p in m.parts if p["file"] == rel), None)
+    older = _restorable(db, kept, bad, before=m.commit, split=split)
     restore = f"saliencydb restore --db {db} --commit {older}" if older is not None else None
     for p in m.parts:
         if p["file"] == rel:

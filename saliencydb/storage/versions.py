@@ -148,7 +148,8 @@ def pin_version(db: Path, as_of: int | None = None) -> tuple[Manifest, Pin]:
         pin = Pin(db, commit)
         kept = read_version(db, commit)
         if kept is not None:
-            return kept, pin
+            # the current pointer is the authority for the current commit; the kept copy says it was not vacuumed
+            return (current if as_of is None or as_of == current.commit else kept), pin
         if as_of is not None:
             pin.release()
             versions = list_versions(db)
