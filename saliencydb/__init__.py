@@ -3,8 +3,9 @@
 __version__ = "0.1.0"
 
 
-def open(path):  # noqa: A001
-    """Open the database at ``path`` for reading; see :class:`saliencydb.query.Database`."""
+def open(path, *, as_of: int | None = None):  # noqa: A001
+    """Open the database at ``path`` for reading: its current version, or ``as_of`` a kept
+    commit, pinned until ``close()``; see :class:`saliencydb.query.Database`."""
     from .query import open as _open
 
-    return _open(path)
+    return _open(path, as_of=as_of)
