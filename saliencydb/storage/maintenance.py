@@ -19,7 +19,7 @@ from ..errors import DatabaseError, SpecError
 from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
                        MANIFEST, TRIAGE_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema)
 from .files import file_record, remove_quietly, shallow_problem
-from .versions import PINS, list_versions, read_current, read_version, version_rel
+from .versions import list_versions, pin_path, read_current, read_version, version_rel
 from .writer import DATA_DIRS, DatabaseWriter
 
 DEFAULT_KEEP_VERSIONS = 5
@@ -67,18 +67,12 @@ def history(db: str | os.PathLike) -> list[VersionInfo]:
 
 
 def _is_pinned(db: Path, commit: int) -> bool:
-    path = db / PINS / f"commit-{commit:06d}"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
+    fd = _lock_pin(db, commit)
+    if fd is False:
         return True
-    finally:
+    if fd is not None:
         os.close(fd)
+    return False
 
 
 @dataclass
@@ -196,18 +190,18 @@ def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_tha
         finally:
             for v, fd in held:
                 if not dry_run:
-                    remove_quietly(db / PINS / f"commit-{v:06d}")
+                    remove_quietly(pin_path(db, v))
                 if fd is not None:
                     os.close(fd)
     return result
 
 
 def _lock_pin(db: Path, commit: int):
-    """An exclusive lock on a version's pin file (its fd; None when no pin file exists), or False when a reader holds it."""
-    path = db / PINS / f"commit-{commit:06d}"
+    """An exclusive lock on a version's pin file (its fd; None when there is no readable pin file), or
+    False when a reader holds it. A read-only descriptor suffices for flock, also on read-only media."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+        fd = os.open(pin_path(db, commit), os.O_RDONLY)
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,6 +24,10 @@ PINS = "pins"
 _VERSION_FILE = re.compile(r"^manifest-(\d{6,})\.json$")
 
 
+def pin_path(db: Path, commit: int) -> Path:
+    return Path(db) / PINS / f"commit-{commit:06d}"
+
+
 def version_rel(commit: int) -> str:
     return f"{VERSIONS}/manifest-{commit:06d}.json"
 
@@ -116,7 +120,7 @@ class Pin:
     def __init__(self, db: Path, commit: int):
         self.commit = commit
         self._fd: int | None = None
-        path = Path(db) / PINS / f"commit-{commit:06d}"
+        path = pin_path(db, commit)
         try:
             path.parent.mkdir(exist_ok=True)
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

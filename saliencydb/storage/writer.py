@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..errors import DatabaseError, LockedError, StaleError
 from ..schemas import DERIVED_TABLES, MANIFEST, Manifest, now_iso
 from .files import (TMP_SUFFIX, damaged, file_record, is_disk_full, is_read_only, new_file, shallow_problem,
-                    write_error, write_parquet)
+                    write_atomic, write_error, write_parquet)
 from .versions import PINS, VERSIONS, list_versions, read_current, read_version, version_rel, write_commit
 
 LOCK = ".lock"
@@ -157,8 +157,6 @@ class DatabaseWriter:
         if self.committed is not None and read_version(self.path, current) is None:
             # a format-1 database (or one whose current version file is gone): keep its current version
             (self.path / VERSIONS).mkdir(exist_ok=True)
-            from .files import write_atomic
-
             write_atomic(self.path / version_rel(current), self.manifest.to_json().encode())
         kept = self.kept_files()
         for d in DATA_DIRS:
