@@ -618,7 +618,8 @@ def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: 
     progress = progress or NullProgress()
     with DatabaseWriter(db, wait=wait, operation="restat") as writer:
         # statistics and indexes are rebuilt from the samples: only the samples must be intact
-        writer.require_intact(ignore=lambda rel: rel.startswith(("units/", "index/")) or rel not in set(writer.manifest.part_files()))
+        parts = set(writer.manifest.part_files())
+        writer.require_intact(ignore=lambda rel: rel not in parts)
         m = writer.manifest
         chosen = sorted(m.splits) if not splits else list(dict.fromkeys(splits))
         unknown = [s for s in chosen if s not in m.splits]

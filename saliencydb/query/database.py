@@ -19,16 +19,13 @@ import pyarrow as pa
 from ..errors import DamagedError, QueryError
 from ..indexer.vectors import SPACES, build_index
 from ..saliency import l2_normalize, standardize
-from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, DERIVED_TABLES, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA,
-                       KNN_SCHEMA, TRIAGE_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema)
+from ..schemas import DERIVED_TABLES, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
 from ..storage import Snapshot, fixed_list_to_numpy
 
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (DESIGN §2: the top-k of s)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 _PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
 _ANALYZE = re.compile(r"\banaly[sz]e\b", re.I)
-TABLES = (("failures", FAILURES_SCHEMA), ("ingests", INGESTS_SCHEMA), ("knn", KNN_SCHEMA), ("clusters", CLUSTERS_SCHEMA),
-          ("blame", BLAME_SCHEMA), ("triage", TRIAGE_SCHEMA), ("interventions", INTERVENTIONS_SCHEMA))
 _SEAL = ("SET python_enable_replacements = false", "SET autoinstall_known_extensions = false",
          "SET autoload_known_extensions = false", "SET enable_external_access = false", "SET lock_configuration = true")
 
@@ -45,7 +42,6 @@ class Database:
         self.path = Path(path)
         self.snapshot = Snapshot(self.path, as_of)
         self.manifest: Manifest = self.snapshot.manifest
-        self.as_of = as_of
         self._indexes: dict = {}
         self.stale_indexes: dict[str, tuple[int, int]] = {}  # space -> (vectors in the index, committed rows)
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
@@ -73,7 +69,7 @@ class Database:
         self._view("samples", m.part_files(), samples_schema(m.n_units, m.feature_dim),
                    "*, label_name || ' -> ' || pred_name AS confusion")
         self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
-        for name, schema in TABLES:
+        for name, schema in TABLE_SCHEMAS.items():
             self._view(name, m.tables.get(name, []), schema)
         names = m.class_names
         self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))

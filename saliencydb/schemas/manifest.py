@@ -141,7 +141,7 @@ def manifest_problem(d) -> str | None:
     for key in ("files", "derived"):
         if not isinstance(d.get(key, {}), dict):
             return f"'{key}' is not an object"
-    for rel in _listed(d):
+    for rel in Manifest.from_dict(d).listed_files():
         if rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
             return f"it lists '{rel}', which is outside the database directory"
     return None
@@ -155,12 +155,3 @@ def _entry_problem(e, fields: dict) -> str | None:
         if v is None or not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             return f"has no {kind.__name__} '{key}'"
     return None
-
-
-def _listed(d: dict) -> list[str]:
-    out = [p["file"] for p in d["parts"]] + [e["file"] for e in d["indexes"].values()]
-    out += [p["file"] for pend in d.get("pending", {}).values() for p in pend["parts"]]
-    out += [f for files in d["tables"].values() for f in files]
-    if d.get("stats"):
-        out.append(d["stats"]["file"])
-    return out

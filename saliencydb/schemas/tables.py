@@ -140,3 +140,8 @@ INTERVENTIONS_SCHEMA = pa.schema(
         pa.field("weights_sha256", pa.string(), nullable=False),
     ]
 )
+
+
+# the tables listed under ``tables`` in the manifest, by name
+TABLE_SCHEMAS = {"failures": FAILURES_SCHEMA, "ingests": INGESTS_SCHEMA, "knn": KNN_SCHEMA, "clusters": CLUSTERS_SCHEMA,
+                 "blame": BLAME_SCHEMA, "triage": TRIAGE_SCHEMA, "interventions": INTERVENTIONS_SCHEMA}

@@ -129,6 +129,17 @@ def shallow_problem(db: Path, rel: str, record: dict | None) -> str | None:
     return None
 
 
+def find_damage(db: Path, manifest, files=None) -> list[tuple[str, str]]:
+    """(file, problem) for the files of ``manifest`` (all it lists, or ``files``) that are missing
+    or not the size it recorded, in file order."""
+    out = []
+    for rel in sorted(manifest.listed_files() if files is None else files):
+        problem = shallow_problem(db, rel, manifest.files.get(rel))
+        if problem:
+            out.append((rel, problem))
+    return out
+
+
 def damaged(db: Path, rel: str, problem: str) -> DamagedError:
     return DamagedError(f"committed file '{rel}' of database '{db}' is damaged ({problem}); "
                         f"run `saliencydb verify --db {db}` for the damage and the fix")

@@ -16,16 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DatabaseError, SpecError
-from ..schemas import (BLAME_SCHEMA, CLUSTERS_SCHEMA, FAILURES_SCHEMA, INGESTS_SCHEMA, INTERVENTIONS_SCHEMA, KNN_SCHEMA,
-                       MANIFEST, TRIAGE_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema)
-from .files import file_record, remove_quietly, shallow_problem
+from ..schemas import MANIFEST, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
+from .files import file_record, find_damage, remove_quietly, shallow_problem
 from .versions import list_versions, pin_path, read_current, read_version, version_rel
 from .writer import DATA_DIRS, DatabaseWriter
 
 DEFAULT_KEEP_VERSIONS = 5
 DEFAULT_OLDER_THAN = timedelta(hours=1)
-TABLE_SCHEMAS = {"failures": FAILURES_SCHEMA, "ingests": INGESTS_SCHEMA, "knn": KNN_SCHEMA, "clusters": CLUSTERS_SCHEMA,
-                 "blame": BLAME_SCHEMA, "triage": TRIAGE_SCHEMA, "interventions": INTERVENTIONS_SCHEMA}
 
 
 @dataclass
@@ -91,11 +88,9 @@ def restore(db: str | os.PathLike, commit: int, *, wait: bool = False) -> Restor
             kept = list_versions(db)
             raise DatabaseError(f"commit {commit} of '{db}' is not kept (kept: {_span(kept)}); "
                                 f"`saliencydb versions --db {db}` lists them")
-        for rel in sorted(target.listed_files()):
-            problem = shallow_problem(db, rel, target.files.get(rel))
-            if problem:
-                raise DatabaseError(f"commit {commit} cannot be restored: its file '{rel}' is damaged ({problem}); "
-                                    "choose another commit")
+        for rel, problem in find_damage(db, target)[:1]:
+            raise DatabaseError(f"commit {commit} cannot be restored: its file '{rel}' is damaged ({problem}); "
+                                "choose another commit")
         new = copy.deepcopy(target)
         new.commit = w.manifest.commit
         new.next_sample_id = max(w.manifest.next_sample_id, target.next_sample_id)  # ids are never reused
@@ -333,7 +328,7 @@ def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = N
         m = read_version(db, v)
         if m is None or m.listed_files() & bad or m.rows(split) == 0:
             continue
-        if all(shallow_problem(db, rel, m.files.get(rel)) is None for rel in m.listed_files()):
+        if not find_damage(db, m):
             return v
     return None
 

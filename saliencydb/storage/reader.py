@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DatabaseError
 from ..schemas import Manifest
-from .files import damaged, shallow_problem
+from .files import damaged, find_damage
 from .versions import pin_version
 
 
@@ -29,11 +29,10 @@ class Snapshot:
         self.path = Path(path)
         self.manifest, self._pin = pin_version(self.path, as_of)
         if check:
-            for rel in sorted(self.manifest.listed_files() - {p["file"] for v in self.manifest.pending.values() for p in v["parts"]}):
-                problem = shallow_problem(self.path, rel, self.manifest.files.get(rel))
-                if problem:
-                    self.close()
-                    raise damaged(self.path, rel, problem)
+            pending = {p["file"] for v in self.manifest.pending.values() for p in v["parts"]}  # unseen by readers
+            for rel, problem in find_damage(self.path, self.manifest, self.manifest.listed_files() - pending)[:1]:
+                self.close()
+                raise damaged(self.path, rel, problem)
 
     @property
     def commit(self) -> int:

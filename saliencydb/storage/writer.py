@@ -19,14 +19,14 @@ from typing import Callable
 import pyarrow as pa
 
 from ..errors import DatabaseError, LockedError, StaleError
-from ..schemas import DERIVED_TABLES, MANIFEST, Manifest, now_iso
-from .files import (TMP_SUFFIX, damaged, file_record, is_disk_full, is_read_only, new_file, shallow_problem,
+from ..schemas import DERIVED_TABLES, MANIFEST, TABLE_SCHEMAS, Manifest, now_iso
+from .files import (TMP_SUFFIX, damaged, file_record, find_damage, is_disk_full, is_read_only, new_file,
                     write_atomic, write_error, write_parquet)
 from .versions import PINS, VERSIONS, list_versions, read_current, read_version, version_rel, write_commit
 
 LOCK = ".lock"
 # the directories whose files are listed by versions; everything else in DB/ (report.html, pins) is not swept
-DATA_DIRS = ("samples", "units", "index", "failures", "ingests", "interventions") + DERIVED_TABLES
+DATA_DIRS = ("samples", "units", "index") + tuple(TABLE_SCHEMAS)
 
 
 class DatabaseWriter:
@@ -174,18 +174,9 @@ class DatabaseWriter:
     def remove_orphans(self) -> list[str]:
         return self._sweep()
 
-    def damage(self, files: set[str] | None = None) -> list[tuple[str, str]]:
-        """(file, problem) for listed files that are missing or not the size the manifest recorded."""
-        out = []
-        for rel in sorted(self.listed_files() if files is None else files):
-            problem = shallow_problem(self.path, rel, self.manifest.files.get(rel))
-            if problem:
-                out.append((rel, problem))
-        return out
-
     def require_intact(self, ignore: Callable[[str], bool] = lambda rel: False) -> None:
         """Refuse to build on a damaged version (files that ``ignore`` accepts are about to be replaced)."""
-        for rel, problem in self.damage():
+        for rel, problem in find_damage(self.path, self.manifest):
             if not ignore(rel):
                 raise damaged(self.path, rel, problem)
 
