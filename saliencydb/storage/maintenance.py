@@ -112,7 +112,10 @@ def parse_duration(text: str) -> timedelta:
     m = DURATION.match(text or "")
     if not m:
         raise SpecError(f"--older-than {text!r} is not a duration; use e.g. 30s, 15m, 2h, 7d or 1w")
-    return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds > 100 * 365 * 86400:
+        raise SpecError(f"--older-than {text!r} is more than 100 years; every version is younger than that")
+    return timedelta(seconds=seconds)
 
 
 @dataclass
