@@ -257,7 +257,8 @@ def _leave_job() -> None:
 def _job_summary(report) -> None:
     if report is None:  # a torchrun rank other than 0: rank 0 reports for the job
         return
-    acc = f", accuracy {report.accuracy:.2%}" if report.accuracy is not None else ""
+    acc = (f", split accuracy {report.split_accuracy:.2%} over its {report.split_samples} samples"
+           if report.split_accuracy is not None else "")
     click.echo(f"{report.split}: {report.added} samples added, {report.skipped} already there, {report.failed} failed{acc} "
                f"({report.seconds:.1f}s)")
     for key, reason in report.failures[:20]:
@@ -290,7 +291,8 @@ def triage(db, split, no_store, as_of, wait, fmt):
     if fmt == "csv":
         emit_rows(rows, "csv")
         return
-    click.echo(f"{result['new_mistakes']} new mistakes in '{split}' against the error groups of {result['run']}")
+    click.echo(f"{result['new_mistakes']} new mistakes in '{split}' against the error groups of {result['run']} "
+               f"(built on {', '.join(result['groups_built_on'])})")
     emit_rows(rows, "table")
     if result["layer_drift"]:
         click.echo(f"layers whose mean standardised saliency moved most (vs {', '.join(result['reference_splits'])}):")
@@ -336,6 +338,8 @@ def info(db, as_of, fmt):
     if fmt == "csv":
         emit_rows(rows, fmt)
         return
+    for r in rows:  # a percentage, as `index` and `ingest` print it (JSON and CSV keep the fraction)
+        r["accuracy"] = None if r["accuracy"] is None else f"{r['accuracy']:.2%}"
     behind = (f"; the latest is {summary['latest_commit']}" if summary["latest_commit"] not in (None, summary["commit"]) else "")
     click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']}{behind}, "
                f"{summary['versions']} versions kept)")

@@ -213,9 +213,10 @@ def test_json_shapes_are_the_documented_ones(digits_copy):
     cl = json.loads(run_cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--format", "json").output)
     assert set(cl) == {"run", "n_clusters", "samples", "clusters", "base_commit", "stored"}
     assert set(cl["clusters"][0]) == {"cluster", "size", "top_confusions", "top_layers", "top_units", "exemplars"}
+    run_cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--split", "val")  # triage compares with groups built without train
     tri = json.loads(run_cli("triage", "--db", digits_copy, "--split", "train", "--format", "json").output)
     assert set(tri) == {"split", "run", "new_mistakes", "known_groups", "new_failure_mode", "reference_splits", "layer_drift",
-                        "base_commit", "stored"}
+                        "base_commit", "stored", "groups_built_on"}
     rows = json.loads(run_cli("sql", "--db", digits_copy, "SELECT 1 AS one", "--format", "json").output)
     assert rows == [{"one": 1}]
 

@@ -236,6 +236,38 @@ def _finish(
     return LoadedModel(module, spec, weights, state_dict_sha256(module), n, class_names, transform, scripted)
 
 
+def model_file(spec: str) -> Path | None:
+    """The code file a spec names (a ``python:FILE.py:FACTORY`` module, or a TorchScript file), absolute; else None."""
+    kind, _, rest = spec.partition(":")
+    if kind == "python":
+        target = rest.rpartition(":")[0]
+        return Path(target).expanduser().resolve() if target.endswith(".py") or "/" in target else None
+    if kind == "torchscript":
+        return Path(rest).expanduser().resolve()
+    if kind not in ("torchvision",) and Path(spec).is_file():
+        return Path(spec).resolve()
+    return None
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its file made absolute, so that it loads from any working directory."""
+    path = model_file(spec)
+    if path is None:
+        return spec
+    kind, _, rest = spec.partition(":")
+    if kind == "python":
+        return f"python:{path}:{rest.rpartition(':')[2]}"
+    return f"torchscript:{path}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None) -> LoadedModel:
     """Build the model a spec names, in eval mode on the CPU (see ``MODEL_SPEC_HELP``).
 

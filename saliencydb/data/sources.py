@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import inspect
 import os
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
@@ -61,6 +62,10 @@ class Source(ABC):
     #: whether loading a sample decodes a file (worth DataLoader worker processes); False for
     #: sources held in memory
     decodes_files: bool = True
+    #: whether ``label(i)`` indexes ``class_names``, the names this source gives its labels (folder
+    #: names, CSV names), rather than being the model's class index: the indexer then matches the
+    #: names to the database's classes
+    labels_are_names: bool = False
 
     def __init__(self, spec: str, class_names: list[str] | None, default_transform: Transform | None) -> None:
         self.spec = spec
@@ -88,7 +93,12 @@ class Source(ABC):
 
 
 class ImageFolderSource(Source):
-    """``imagefolder:PATH``: one sub-folder per class (sorted by name), images found recursively inside."""
+    """``imagefolder:PATH``: one sub-folder per class (sorted by name), images found recursively inside.
+
+    Symbolic links are followed, but a real directory is visited once and a file reached
+    twice is listed once (a link loop cannot multiply samples)."""
+
+    labels_are_names = True
 
     def __init__(self, spec: str, root: Path) -> None:
         if not root.is_dir():
@@ -99,12 +109,27 @@ class ImageFolderSource(Source):
         self.root = root
         self._files: list[str] = []
         self._labels: list[int] = []
+        # real file -> (depth, walk order, path, label) of its most direct path
+        best: dict[str, tuple[int, int, str, int]] = {}
         for label, name in enumerate(classes):
-            for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
-                for fname in sorted(files):
-                    if fname.lower().endswith(IMAGE_EXTENSIONS):
-                        self._files.append(Path(folder, fname).relative_to(root).as_posix())
-                        self._labels.append(label)
+            seen_dirs: set[str] = set()
+            for folder, dirs, files in os.walk(root / name, followlinks=True):  # top-down, sorted: a stable order
+                real = os.path.realpath(folder)
+                if real in seen_dirs:  # a link back to a visited directory: do not descend again
+                    dirs[:] = []
+                    continue
+                seen_dirs.add(real)
+                dirs.sort()
+                for f in sorted(files):
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        rel = Path(folder, f).relative_to(root).as_posix()
+                        cand = (rel.count("/"), len(best), rel, label)
+                        target = os.path.realpath(os.path.join(folder, f))
+                        if target not in best or cand[0] < best[target][0]:
+                            best[target] = cand
+        for _, _, rel, label in sorted(best.values(), key=lambda c: (c[3], c[1])):
+            self._files.append(rel)
+            self._labels.append(label)
         if not self._files:
             raise SpecError(
                 f"data spec '{spec}': no image files under {root}/*/; expected extensions {' '.join(IMAGE_EXTENSIONS)}"
@@ -124,10 +149,22 @@ class ImageFolderSource(Source):
         return open_image(self.root / self._files[i], self._files[i])
 
 
+def _label_kind(text: str) -> str:
+    """'index' (a whole number), 'number' (any other number: 7.0, 1e3) or 'name'."""
+    if re.fullmatch(r"[+-]?\d+", text):
+        return "index"
+    try:
+        float(text)
+        return "number"
+    except ValueError:
+        return "name"
+
+
 class CsvSource(Source):
     """``csv:PATH``: a CSV with ``path`` and ``label`` columns; relative paths resolve against its folder.
 
-    Integer labels are class indices; otherwise labels are class names, indexed in sorted order.
+    Labels are all class indices (whole numbers) or all class names, which the indexer matches to
+    the database's classes; a file that mixes them, or a number that is not whole, is refused.
     Image files are not checked here: a missing one fails at ``load``.
     """
 
@@ -159,13 +196,24 @@ class CsvSource(Source):
             self._paths.append(text)
             raw_labels.append(row[il].strip())
         class_names: list[str] | None
-        try:
+        kinds = [_label_kind(v) for v in raw_labels]
+        lines = [line for line, _ in rows]
+        if "number" in kinds:
+            j = kinds.index("number")
+            raise SpecError(f"data spec '{spec}': label '{raw_labels[j]}' on line {lines[j]} of {path} is not a whole class "
+                            "index; write class indices as 0, 1, 2, ... or use class names")
+        if "index" in kinds and "name" in kinds:
+            i, j = kinds.index("index"), kinds.index("name")
+            raise SpecError(f"data spec '{spec}': {path} mixes class indices ('{raw_labels[i]}', line {lines[i]}) and class "
+                            f"names ('{raw_labels[j]}', line {lines[j]}); use one kind of label throughout")
+        if kinds[0] == "index":
             self._labels = [int(v) for v in raw_labels]
             class_names = None
-        except ValueError:
+        else:
             class_names = sorted(set(raw_labels))
             index = {name: k for k, name in enumerate(class_names)}
             self._labels = [index[v] for v in raw_labels]
+            self.labels_are_names = True
         if min(self._labels) < 0:
             raise SpecError(f"data spec '{spec}': {path} has a negative label {min(self._labels)}; class indices start at 0")
         self.folder = path.parent

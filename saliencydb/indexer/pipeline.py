@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from ..data import Transform, load_model, parse_data_spec
-from ..data.models import LoadedModel
+from ..data.models import LoadedModel, absolute_spec, file_sha256, model_file
 from ..data.sources import SampleDataset, Source, collate_samples
 from ..errors import DatabaseError, ModelError, SaliencyDBError, SpecError
 from ..faults import crash_point
@@ -32,8 +32,8 @@ from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, re
 from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
 from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, samples_schema
-from ..storage import (DatabaseWriter, committed_keys, iter_profiles, read_current, read_index, read_stats, write_index,
-                       write_parquet)
+from ..storage import (DatabaseWriter, committed_keys, iter_part_batches, iter_profiles, read_current, read_index,
+                       read_stats, write_index, write_parquet)
 from .vectors import INDEX_KINDS, build_index, kind_of
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -50,10 +50,18 @@ class JobReport:
     correct: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    split_samples: int = 0  # the split's committed samples after the job (this run's and earlier runs')
+    split_correct: int = 0
 
     @property
     def accuracy(self) -> float | None:
+        """Accuracy over the samples this run added."""
         return self.correct / self.added if self.added else None
+
+    @property
+    def split_accuracy(self) -> float | None:
+        """Accuracy over every committed sample of the split: what `info` reports."""
+        return self.split_correct / self.split_samples if self.split_samples else None
 
 
 def _world() -> tuple[int, int]:
@@ -84,8 +92,10 @@ def check_split_name(split: str) -> str:
 
 def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None,
                  aggregate: str = DEFAULT_AGGREGATE) -> dict:
+    code = model_file(model.spec) if model.spec.startswith("python:") else None
     return {
-        "spec": model.spec,
+        "spec": absolute_spec(model.spec),
+        "code_sha256": file_sha256(code) if code is not None and code.is_file() else None,  # a python: model's file
         "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
         "weights_sha256": model.weights_sha256,
         "num_classes": model.num_classes,
@@ -100,6 +110,15 @@ def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int 
 def load_stored_model(manifest: Manifest) -> LoadedModel:
     """The database's model, checked against the stored weights hash."""
     rec = manifest.model
+    code = model_file(rec["spec"]) if rec.get("code_sha256") else None
+    if code is not None:
+        if not code.is_file():
+            raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec['code_sha256'][:12]}), "
+                             "or index into a new database")
+        if file_sha256(code) != rec["code_sha256"]:
+            raise ModelError(f"the database's model file {code} changed since the database was made (sha256 "
+                             f"{rec['code_sha256'][:12]}, now {file_sha256(code)[:12]}); restore the original file, "
+                             "or index into a new database")
     model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
     if model.weights_sha256 != rec["weights_sha256"]:
         raise ModelError(
@@ -184,6 +203,12 @@ class Indexer:
                             units=layout.to_dict(), feature_dim=feature_dim)
         if manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
             manifest.model["class_names"] = list(source.class_names)
+        elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
+              and not set(source.class_names) <= set(manifest.class_names)):
+            # one folder (or CSV name) per class of a model with names of its own (ImageNet's wnid
+            # folders for torchvision's categories): sorted names are the class indices, as
+            # documented; kept so that later sources are matched by these names too
+            manifest.model["label_names"] = list(source.class_names)
         return DatabaseWriter(self.db, manifest, wait=self._wait, operation=operation), loaded, transform
 
     @staticmethod
@@ -263,6 +288,7 @@ class Indexer:
         engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
         layout = UnitLayout.from_dict(m.units)
         class_names = m.class_names
+        self._label_map = label_mapping(source, m)
         schema = samples_schema(m.n_units, m.feature_dim)
         is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
         run_stats: dict[str, RunningStats] = {}
@@ -323,6 +349,10 @@ class Indexer:
         elif not replace:
             m.splits[split]["complete"] = complete
         self._finish(writer, layout, split, run_stats, is_reference, rebuild)
+        files = [p["file"] for p in m.pending[split]["parts"]] if split in m.pending else m.part_files(split)
+        for batch in iter_part_batches(writer.path, files, ["correct"], 65536):
+            report.split_samples += len(batch)
+            report.split_correct += int(batch.column(0).to_numpy(zero_copy_only=False).sum())
         report.seconds = time.perf_counter() - t0
         writer.write_parquet_table("ingests", _job_table(report, command, started, complete))
         writer.commit()
@@ -362,6 +392,7 @@ class Indexer:
         module = model.module.to(self.device)
         engine = None if model.scripted else ProfileEngine(module, aggregate=m.aggregate)
         class_names = m.class_names
+        self._label_map = label_mapping(source, m)
         self._profile_shards(None, m, source, Transform.from_dict(m.model["transform"]), plan["todo"], split, engine, module,
                              UnitLayout.from_dict(m.units), class_names, samples_schema(m.n_units, m.feature_dim),
                              plan["is_reference"], {}, None, plan["replace"])
@@ -432,6 +463,13 @@ class Indexer:
         """Profile one loaded batch; the rows to store (None if none), failures appended to ``failures``."""
         failures += [(source.key(i), reason) for i, reason in batch.failed]
         x, y, idx = batch.x, batch.y, batch.indices
+        if self._label_map is not None:  # the source names its labels: the database's index of each name
+            mapping, reasons = self._label_map
+            local = y.numpy()
+            y = torch.from_numpy(mapping[local])
+            unknown = y < 0
+            failures += [(source.key(i), reasons[l]) for i, l in zip(idx[unknown].tolist(), local[unknown.numpy()].tolist())]
+            x, y, idx = x[~unknown], y[~unknown], idx[~unknown]
         bad_label = (y < 0) | (y >= m.model["num_classes"])
         for i, label in zip(idx[bad_label].tolist(), y[bad_label].tolist()):
             failures.append((source.key(i), f"label {label} is outside the model's {m.model['num_classes']} classes"))
@@ -542,6 +580,23 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         crash_point("index-written")
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
+
+
+def label_mapping(source: Source, m: Manifest) -> tuple[np.ndarray, dict[int, str]] | None:
+    """For a source that names its labels: the database class index of each of its names (-1 for
+    a name the database does not know) and the failure reason of each unknown name. Names are
+    matched to the names the database was created with (``label_names``) or to its classes."""
+    if not source.labels_are_names:
+        return None
+    names = list(source.class_names or [])
+    lookup: dict[str, int] = {}
+    for vocab in (m.class_names, m.model.get("label_names") or []):
+        lookup.update({n: i for i, n in enumerate(vocab)})
+    known = m.model.get("label_names") or m.class_names
+    shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+    mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
+    reasons = {i: f"label '{n}' is not one of the database's classes ({shown})" for i, n in enumerate(names) if n not in lookup}
+    return mapping, reasons
 
 
 def _list_part(m: Manifest, entry: dict, pending: bool) -> None:

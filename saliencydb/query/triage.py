@@ -36,6 +36,14 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: boo
     if assigned.num_rows == 0:
         raise QueryError("no error groups yet: run `saliencydb clusters` on the reference data first")
     run = assigned.column("run")[0].as_py()
+    built_on = [r[0] for r in db._execute(
+        "SELECT DISTINCT s.split FROM clusters c JOIN samples s USING (sample_id) ORDER BY 1").fetchall()]
+    if split in built_on:
+        others = [s for s in sorted(m.splits) if s != split]
+        hint = (f"build them without it first: `saliencydb clusters --db {db.path} --split {others[0]}`" if others
+                else "ingest a reference split and cluster it first")
+        raise QueryError(f"the error groups ({run}) were built on split(s) {', '.join(built_on)}, which include '{split}': "
+                         f"its mistakes are already in them, so triage would find nothing new; {hint}")
     members = assigned.column("sample_id").to_numpy()
     labels = assigned.column("cluster").to_numpy()
     new_ids = db.ids_where("NOT correct AND sample_id NOT IN (SELECT sample_id FROM clusters)", split)
@@ -74,6 +82,7 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: boo
         "known_groups": [{"cluster": c, "new_mistakes": n} for c, n in counts.items()],
         "new_failure_mode": int((cluster == NEW).sum()),
         "reference_splits": reference,
+        "groups_built_on": built_on,
         "layer_drift": drift,
         "base_commit": db.commit,
         "stored": False,

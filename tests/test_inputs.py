@@ -1,0 +1,178 @@
+"""The way in (issue 13, first part): labels matched to the database's classes by name, link
+loops, triage against groups built without the split, the split's accuracy everywhere, and
+python: model files stored absolutely with their hash. The real CLI in subprocesses."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from saliencydb.data import parse_data_spec
+
+from helpers import ROOT, run_cli_subprocess
+
+CNN = "python:saliencydb.data.zoo:small_cnn"
+
+
+def cli(*args, expect=0, cwd=ROOT):
+    r = run_cli_subprocess(*args, cwd=cwd, timeout=300)
+    assert r.returncode == expect, (args, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def jcli(*args, cwd=ROOT):
+    return json.loads(cli(*args, "--format", "json", cwd=cwd).stdout)
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    """Real digits as PNG files in folders d0..d9 (6 each), and the same images' labels by key."""
+    root = tmp_path_factory.mktemp("digits") / "imgs"
+    source = parse_data_spec("builtin:mnist5k:val")
+    per_class: dict[int, int] = {}
+    for i in range(len(source)):
+        label = source.label(i)
+        if per_class.get(label, 0) >= 6:
+            continue
+        per_class[label] = per_class.get(label, 0) + 1
+        (root / f"d{label}").mkdir(parents=True, exist_ok=True)
+        source.load(i).save(root / f"d{label}" / f"{i}.png")
+        if len(per_class) == 10 and min(per_class.values()) == 6:
+            break
+    return root
+
+
+@pytest.fixture
+def folder_db(tmp_path, digit_folders, trained_weights):
+    db = tmp_path / "db"
+    cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--data", f"imagefolder:{digit_folders}", "--transform", "mnist",
+        "--quiet", "--workers", 0)
+    return db
+
+
+def _labels(db, split):
+    rows = jcli("sql", "--db", db, f"SELECT key, label, label_name, correct FROM samples WHERE split = '{split}'")
+    return {r["key"]: (r["label"], r["label_name"], r["correct"]) for r in rows}
+
+
+def test_names_are_matched_to_the_database_classes(folder_db, digit_folders, tmp_path):
+    base = _labels(folder_db, "val")
+    assert {name for _, name, _ in base.values()} == {f"d{k}" for k in range(10)}
+    assert all(name == f"d{label}" for label, name, _ in base.values())
+    # a folder holding only d3 and d7: d3 is class 3, not the folder's first class
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in ("d3", "d7"):
+        os.symlink(digit_folders / name, sub / name, target_is_directory=True)
+    cli("ingest", "--db", folder_db, "--data", f"imagefolder:{sub}", "--split", "sub", "--quiet", "--workers", 0)
+    got = _labels(folder_db, "sub")
+    assert len(got) == 12 and {n for _, n, _ in got.values()} == {"d3", "d7"}
+    assert all(got[k] == base[k] for k in got)  # same label, name and correctness as in the full folder
+    # a CSV of names: the same
+    csv_path = tmp_path / "names.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for key in sorted(got):
+            w.writerow([str(digit_folders / key), key.split("/")[0]])
+    cli("ingest", "--db", folder_db, "--data", f"csv:{csv_path}", "--split", "bycsv", "--quiet", "--workers", 0)
+    by_csv = _labels(folder_db, "bycsv")
+    assert sorted((base[os.path.relpath(k, digit_folders)]) for k in by_csv) == sorted(by_csv.values())
+    # the split's accuracy is the one the model earns on those images, not 0%
+    info = jcli("info", "--db", folder_db)
+    want = sum(c for _, _, c in got.values()) / len(got)
+    assert info["splits"]["sub"]["accuracy"] == pytest.approx(want, abs=1e-6)
+
+
+def test_unknown_names_are_per_sample_failures(folder_db, digit_folders, tmp_path):
+    csv_path = tmp_path / "odd.csv"
+    one = next(iter(sorted((digit_folders / "d1").iterdir())))
+    two = next(iter(sorted((digit_folders / "d2").iterdir())))
+    csv_path.write_text(f"path,label\n{one},d1\n{two},zebra\n")
+    r = cli("ingest", "--db", folder_db, "--data", f"csv:{csv_path}", "--split", "odd", "--quiet", "--workers", 0, expect=2)
+    assert "1 samples added" in r.stdout and "1 failed" in r.stdout
+    fail = jcli("sql", "--db", folder_db, "SELECT key, reason FROM failures WHERE split = 'odd'")
+    assert fail == [{"key": str(two), "reason": fail[0]["reason"]}]
+    assert "'zebra' is not one of the database's classes (d0, d1, d2" in fail[0]["reason"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a.png,7\nb.png,three\n", "mixes class indices ('7', line 2) and class names ('three', line 3)"),
+    ("a.png,7.0\nb.png,3\n", "label '7.0' on line 2"),
+])
+def test_mixed_or_fractional_labels_are_refused_in_one_line(folder_db, tmp_path, rows, message):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("path,label\n" + rows)
+    r = cli("ingest", "--db", folder_db, "--data", f"csv:{csv_path}", "--split", "bad", "--quiet", expect=1)
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_integer_labels_are_checked_against_the_classes(folder_db, digit_folders, tmp_path):
+    one = next(iter(sorted((digit_folders / "d1").iterdir())))
+    csv_path = tmp_path / "ints.csv"
+    csv_path.write_text(f"path,label\n{one},1\n{digit_folders / 'd2' / next(iter(sorted(os.listdir(digit_folders / 'd2'))))},12\n")
+    r = cli("ingest", "--db", folder_db, "--data", f"csv:{csv_path}", "--split", "ints", "--quiet", "--workers", 0, expect=2)
+    assert "label 12 is outside the model's 10 classes" in r.stderr
+    assert _labels(folder_db, "ints")[str(one)][1] == "d1"
+
+
+def test_a_link_loop_does_not_multiply_samples(tmp_path, digit_folders, trained_weights):
+    imgs = tmp_path / "imgs"
+    for name in ("0", "1"):  # the model has no class names: its classes are "0".."9"
+        (imgs / name).mkdir(parents=True)
+        for f in sorted(os.listdir(digit_folders / f"d{name}")):
+            (imgs / name / f).write_bytes((digit_folders / f"d{name}" / f).read_bytes())
+    os.symlink(".", imgs / "0" / "loop")  # a loop
+    os.symlink(imgs / "1", imgs / "0" / "also-1")  # class 1's files reached from class 0 as well
+    db = tmp_path / "db"
+    r = cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--data", f"imagefolder:{imgs}", "--transform", "mnist",
+            "--quiet", "--workers", 0)
+    assert "12 samples added" in r.stdout
+    rows = jcli("sql", "--db", db, "SELECT key, label FROM samples ORDER BY key")
+    assert len({r["key"] for r in rows}) == 12
+    assert all(r["label"] == int(r["key"].split("/")[0]) and "loop" not in r["key"] and "also" not in r["key"] for r in rows)
+
+
+def test_triage_compares_only_with_groups_built_without_the_split(digits_copy):
+    cli("clusters", "--db", digits_copy, "--n-clusters", 3)  # over val and train
+    r = cli("triage", "--db", digits_copy, "--split", "train", expect=1)
+    assert "built on split(s) train, val, which include 'train'" in r.stderr and "--split val" in r.stderr
+    cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--split", "val")
+    out = jcli("triage", "--db", digits_copy, "--split", "train")
+    assert out["groups_built_on"] == ["val"] and out["new_mistakes"] > 0
+    assert out["new_mistakes"] == jcli("sql", "--db", digits_copy,
+                                       "SELECT count(*) AS n FROM samples WHERE split = 'train' AND NOT correct")[0]["n"]
+    assert "(built on val)" in cli("triage", "--db", digits_copy, "--split", "train").stdout
+
+
+def test_the_split_accuracy_is_reported_after_a_resume(tmp_path, trained_weights):
+    db = tmp_path / "db"
+    args = ["index", "--db", db, "--model", CNN, "--weights", trained_weights, "--data", "builtin:mnist5k:val",
+            "--quiet", "--workers", 0]
+    cli(*args, "--limit", 40)
+    r = cli(*args, "--limit", 100)
+    info = jcli("info", "--db", db)["splits"]["val"]
+    assert info["samples"] == 100
+    assert f"split accuracy {info['accuracy']:.2%} over its 100 samples" in r.stdout
+    assert f"{info['accuracy']:.2%}" in cli("info", "--db", db).stdout  # the same form in info's table
+
+
+def test_python_model_files_are_stored_absolutely_and_checked(tmp_path, trained_weights):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mymodel.py").write_text("from saliencydb.data.zoo import small_cnn\n\n\ndef factory():\n    return small_cnn()\n")
+    db = tmp_path / "db"
+    cli("index", "--db", db, "--model", "python:mymodel.py:factory", "--weights", trained_weights,
+        "--data", "builtin:mnist5k:val", "--limit", 20, "--quiet", "--workers", 0, cwd=work)
+    m = json.loads((db / "manifest.json").read_text())
+    assert m["model"]["spec"] == f"python:{work / 'mymodel.py'}:factory" and len(m["model"]["code_sha256"]) == 64
+    # from another working directory
+    cli("ingest", "--db", db, "--data", "builtin:mnist5k:train", "--split", "train", "--limit", 10, "--quiet", "--workers", 0,
+        cwd=tmp_path)
+    with open(work / "mymodel.py", "a") as f:
+        f.write("# edited\n")
+    r = cli("ingest", "--db", db, "--data", "builtin:mnist5k:train", "--split", "train", "--limit", 20, "--quiet",
+            "--workers", 0, cwd=tmp_path, expect=1)
+    assert "mymodel.py changed since the database was made" in r.stderr
