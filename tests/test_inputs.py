@@ -176,3 +176,49 @@ def test_python_model_files_are_stored_absolutely_and_checked(tmp_path, trained_
     r = cli("ingest", "--db", db, "--data", "builtin:mnist5k:train", "--split", "train", "--limit", 20, "--quiet",
             "--workers", 0, cwd=tmp_path, expect=1)
     assert "mymodel.py changed since the database was made" in r.stderr
+
+
+def test_a_wrong_transform_is_refused_before_anything_is_written(tmp_path, trained_weights):
+    db = tmp_path / "db"
+    args = ["index", "--db", db, "--model", CNN, "--weights", trained_weights, "--data", "builtin:mnist5k:val",
+            "--limit", 20, "--quiet", "--workers", 0]
+    r = cli(*args, "--transform", "imagenet", expect=1)
+    assert "fails on this data's first sample" in r.stderr and "(3, 224, 224)" in r.stderr and "--transform" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (db / "manifest.json").exists()
+    cli(*args, "--transform", "mnist")
+    assert jcli("info", "--db", db)["samples"] == 20
+
+
+def test_a_database_without_samples_can_start_over(tmp_path, digit_folders, trained_weights):
+    imgs = tmp_path / "imgs"
+    for name in ("x", "y"):  # names the model (classes "0".."9") does not know: every sample fails
+        (imgs / name).mkdir(parents=True)
+        (imgs / name / "a.png").write_bytes((digit_folders / "d1" / sorted(os.listdir(digit_folders / "d1"))[0]).read_bytes())
+    db = tmp_path / "db"
+    r = cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--transform", "mnist",
+            "--data", f"imagefolder:{imgs}", "--quiet", "--workers", 0, expect=2)
+    assert "2 failed" in r.stdout and "'x' is not one of the database's classes" in r.stderr
+    r = cli("index", "--db", db, "--transform", "mode=L,size=28,mean=0.5,std=0.5", "--data", "builtin:mnist5k:val",
+            "--quiet", expect=1)
+    assert "has no samples yet: to start over" in r.stderr
+    cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--transform", "mode=L,size=28,mean=0.5,std=0.5",
+        "--data", "builtin:mnist5k:val", "--limit", 10, "--quiet", "--workers", 0)
+    assert jcli("info", "--db", db)["model"]["transform"]["mean"] == [0.5]
+
+
+def test_undecodable_file_names_and_csv_files(tmp_path, digit_folders, trained_weights):
+    imgs = tmp_path / "imgs"
+    (imgs / "3").mkdir(parents=True)
+    png = (digit_folders / "d3" / sorted(os.listdir(digit_folders / "d3"))[0]).read_bytes()
+    with open(os.fsencode(imgs / "3") + b"/caf\xe9.png", "wb") as f:  # a Latin-1 name: not UTF-8
+        f.write(png)
+    (imgs / "3" / "ok.png").write_bytes(png)
+    db = tmp_path / "db"
+    cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--num-classes", 10, "--transform", "mnist",
+        "--data", f"imagefolder:{imgs}", "--quiet", "--workers", 0)
+    keys = [r["key"] for r in jcli("sql", "--db", db, "SELECT key FROM samples ORDER BY key")]
+    assert keys == ["3/caf\\xe9.png", "3/ok.png"]
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"path,label\ncaf\xe9.png,3\n")
+    r = cli("ingest", "--db", db, "--data", f"csv:{bad}", "--split", "x", "--quiet", expect=1)
+    assert "is not UTF-8 text" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -123,12 +123,14 @@ class ImageFolderSource(Source):
                 for f in sorted(files):
                     if f.lower().endswith(IMAGE_EXTENSIONS):
                         rel = Path(folder, f).relative_to(root).as_posix()
-                        cand = (rel.count("/"), len(best), rel, label)
+                        cand = (rel.count("/"), len(best), rel, label)  # rel may hold undecodable bytes (surrogates)
                         target = os.path.realpath(os.path.join(folder, f))
                         if target not in best or cand[0] < best[target][0]:
                             best[target] = cand
+        self._paths: list[str] = []
         for _, _, rel, label in sorted(best.values(), key=lambda c: (c[3], c[1])):
-            self._files.append(rel)
+            self._paths.append(rel)
+            self._files.append(printable_key(rel))
             self._labels.append(label)
         if not self._files:
             raise SpecError(
@@ -146,7 +148,13 @@ class ImageFolderSource(Source):
         return self._labels[i]
 
     def load(self, i: int) -> Image.Image:
-        return open_image(self.root / self._files[i], self._files[i])
+        return open_image(self.root / self._paths[i], self._files[i])
+
+
+def printable_key(name: str) -> str:
+    """A file name as valid UTF-8: bytes that are not (kept by Python as surrogates) become
+    ``\\xNN`` escapes, so keys can be stored and the file is still found by its real name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _label_kind(text: str) -> str:
@@ -171,10 +179,16 @@ class CsvSource(Source):
     def __init__(self, spec: str, path: Path) -> None:
         if not path.is_file():
             raise SpecError(f"data spec '{spec}': CSV file {path} does not exist; give the path of a CSV with path,label columns")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(n, row) for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                header = [h.strip() for h in next(reader, [])]
+                rows = [(n, row) for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+        except UnicodeDecodeError as e:
+            raise SpecError(f"data spec '{spec}': {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            "save it as UTF-8") from None
+        except csv.Error as e:
+            raise SpecError(f"data spec '{spec}': {path} is not a readable CSV ({e}); fix the file") from None
         if not header:
             raise SpecError(f"data spec '{spec}': {path} is empty; its first line must name the columns path,label")
         missing = [c for c in ("path", "label") if c not in header]

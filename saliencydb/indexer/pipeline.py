@@ -25,7 +25,7 @@ import torch
 from ..data import Transform, load_model, parse_data_spec
 from ..data.models import LoadedModel, absolute_spec, file_sha256, model_file
 from ..data.sources import SampleDataset, Source, collate_samples
-from ..errors import DatabaseError, ModelError, SaliencyDBError, SpecError
+from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
@@ -172,8 +172,12 @@ class Indexer:
     # -- opening ---------------------------------------------------------------------------
     def _open(self, source: Source, operation: str) -> tuple[DatabaseWriter, LoadedModel, Transform]:
         model_spec, weights, transform_spec, num_classes = self._model_args
-        if (self.db / MANIFEST).exists():
-            manifest = read_current(self.db)
+        existing = read_current(self.db) if (self.db / MANIFEST).exists() else None
+        # a database that never committed a sample (its first job was refused, or every sample
+        # failed) is made again with the settings given now: nothing in it can be lost
+        fresh = existing is not None and model_spec is not None and existing.rows() == 0 and not existing.pending
+        if existing is not None and not fresh:
+            manifest = existing
             stored = load_stored_model(manifest)
             if model_spec is not None:
                 given = load_model(model_spec, weights, num_classes)
@@ -186,6 +190,9 @@ class Indexer:
             if self.aggregate is not None and self.aggregate != manifest.aggregate:
                 raise SpecError(f"database '{self.db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
             if transform_spec is not None and Transform.parse(transform_spec).to_dict() != manifest.model["transform"]:
+                if manifest.rows() == 0 and not manifest.pending:
+                    raise SpecError(f"database '{self.db}' has no samples yet: to start over with this transform, pass "
+                                    "--model (and --weights) again and it is made anew")
                 raise SpecError(f"database '{self.db}' was made with transform {manifest.model['transform']}; omit --transform")
             return DatabaseWriter(self.db, wait=self._wait, operation=operation), stored, Transform.from_dict(manifest.model["transform"])
         if model_spec is None:
@@ -197,6 +204,7 @@ class Indexer:
             transform = loaded.default_transform or source.default_transform
         if transform is None:
             raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
+        probe(loaded, transform, source)  # before anything is written
         layout = UnitLayout.from_module(loaded.module)
         feature_dim = self._feature_dim(loaded, transform)
         manifest = Manifest(model=model_record(loaded, transform, num_classes, self.aggregate or DEFAULT_AGGREGATE),
@@ -209,6 +217,15 @@ class Indexer:
             # folders for torchvision's categories): sorted names are the class indices, as
             # documented; kept so that later sources are matched by these names too
             manifest.model["label_names"] = list(source.class_names)
+        if fresh:
+            writer = DatabaseWriter(self.db, wait=self._wait, operation=operation)
+            if writer.manifest.rows() or writer.manifest.pending:  # another job committed samples meanwhile
+                writer.close()
+                raise DatabaseError(f"database '{self.db}' received samples while this job started; rerun it")
+            manifest.commit, manifest.created = writer.manifest.commit, writer.manifest.created
+            manifest.next_sample_id = writer.manifest.next_sample_id
+            writer.manifest = manifest
+            return writer, loaded, transform
         return DatabaseWriter(self.db, manifest, wait=self._wait, operation=operation), loaded, transform
 
     @staticmethod
@@ -477,7 +494,13 @@ class Indexer:
         x, y, idx = x[keep], y[keep], idx[keep]
         if not len(idx):
             return None
-        rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device), m.aggregate)
+        try:
+            rows = self._profile(engine, module, layout, x.to(self.device, non_blocking=True), y.to(self.device), m.aggregate)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's own error on this input
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ModelError(f"profiling a batch of inputs of shape {tuple(x.shape)} failed ({type(e).__name__}: {text}); "
+                             "committed samples are kept. Check the model and its --transform, or lower --batch-size "
+                             "if memory ran out") from None
         finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
         for i in idx.numpy()[~finite].tolist():
             failures.append((source.key(i), "non-finite loss, profile or feature"))
@@ -580,6 +603,32 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         crash_point("index-written")
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
+
+
+def probe(model: LoadedModel, transform: Transform, source: Source, tries: int = 8) -> None:
+    """Run the model on the first readable sample, so that a model and data that cannot work
+    together are refused in one line before a database is created."""
+    x = None
+    for i in range(min(tries, len(source))):
+        try:
+            x = transform(source.load(i))
+            break
+        except (DataError, SaliencyDBError, OSError, ValueError):
+            continue
+    if x is None:
+        return  # the first samples are unreadable: they will be failures, with their reasons
+    try:
+        with torch.no_grad():
+            logits = model.module(x[None])
+    except Exception as e:  # the user's model may raise anything on the wrong input
+        raise ModelError(
+            f"the model fails on this data's first sample (input of shape {tuple(x.shape)} after the transform "
+            f"{transform.to_dict()}): {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+            "pass the --transform the model expects (its size and channels: e.g. mnist, imagenet, or mode=L,size=28,...)"
+        ) from None
+    if logits.ndim != 2 or logits.shape[1] != model.num_classes:
+        raise ModelError(f"the model returns outputs of shape {tuple(logits.shape)} for one sample, not (1, {model.num_classes}) "
+                         "class scores; pass --num-classes or a classifier")
 
 
 def label_mapping(source: Source, m: Manifest) -> tuple[np.ndarray, dict[int, str]] | None:
