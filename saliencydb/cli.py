@@ -13,6 +13,7 @@ import click
 from .errors import SaliencyDBError
 
 FORMATS = ("table", "json", "csv")
+TINY_PER_GROUP = 3  # fewer samples than this per cluster (or per neighbour asked for): a warning, not a silent answer
 
 
 def _handle_errors(fn):
@@ -558,6 +559,10 @@ def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
             progress.close()
     if note:
         _notes([f"note: {note}"])
+    for name, e in report["splits"].items():
+        if e["samples"] < TINY_PER_GROUP * k:
+            _notes([f"warning: split '{name}' has {e['samples']} samples for k={k} neighbours each; "
+                    "the neighbourhoods cover much of the split and the shares say little (lower -k)"])
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
         return
@@ -596,6 +601,9 @@ def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fm
                                                     write=w is not None, writer=w))
     if note:
         _notes([f"note: {note}"])
+    if result["samples"] < TINY_PER_GROUP * n_clusters:
+        _notes([f"warning: {result['samples']} samples in {n_clusters} clusters is fewer than {TINY_PER_GROUP} per group; "
+                "the groups say little (lower --n-clusters)"])
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
@@ -937,7 +945,7 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
 @db_option
 @click.option("--split", required=True, help="The split whose samples are intervened on.")
 @_method_option(("prune", "perturb", "finetune"))
-@click.option("--ks", default="1,5,10,25,50", show_default=True, help="Comma-separated numbers of filters to edit.")
+@click.option("--ks", help="Comma-separated numbers of filters to edit (default: those of 1,5,10,25,50 that fit the model).")
 @click.option("--limit", type=int, help="A seeded random subset of this many samples (default: all).")
 @click.option("--correct", is_flag=True, help="Correctly classified samples instead of mistakes (appendix A.2).")
 @click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")

@@ -165,7 +165,7 @@ def story(result: DemoResult) -> str:
         "",
         "Try next:",
         f"  saliencydb neighbors --db {result.db} --id {worst} -k 5",
-        f"  saliencydb sql --db {result.db} \"SELECT cluster, count(*) AS n, mode(confusion) AS typical FROM clusters JOIN samples USING (sample_id) GROUP BY cluster ORDER BY n DESC\"",
+        f"  saliencydb sql --db {result.db} \"SELECT cluster, sum(k) AS n, first(confusion ORDER BY k DESC, confusion) AS typical FROM (SELECT cluster, confusion, count(*) AS k FROM clusters JOIN samples USING (sample_id) GROUP BY ALL) GROUP BY cluster ORDER BY n DESC, cluster\"",
         f"  saliencydb explain --db {result.db} --id {worst} --out mistake-{worst}.png",
     ]
     if result.report:

@@ -222,3 +222,26 @@ def test_undecodable_file_names_and_csv_files(tmp_path, digit_folders, trained_w
     bad.write_bytes(b"path,label\ncaf\xe9.png,3\n")
     r = cli("ingest", "--db", db, "--data", f"csv:{bad}", "--split", "x", "--quiet", expect=1)
     assert "is not UTF-8 text" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tiny_data_gets_a_warning_and_defaults_fit_the_model(digits_copy, tmp_path, trained_weights):
+    r = cli("clusters", "--db", digits_copy, "--n-clusters", 3)
+    assert "warning" not in r.stderr
+    n_err = jcli("sql", "--db", digits_copy, "SELECT count(*) AS n FROM samples WHERE NOT correct")[0]["n"]
+    r = cli("clusters", "--db", digits_copy, "--n-clusters", n_err // 2)
+    assert f"warning: {n_err} samples in {n_err // 2} clusters" in r.stderr
+    db = tmp_path / "tiny"
+    cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--data", "builtin:mnist5k:val", "--limit", 13,
+        "--quiet", "--workers", 0)
+    r = cli("mistakes", "--db", db, "-k", 10, "--bootstrap", 10, "--quiet")
+    assert "warning: split 'val' has 13 samples for k=10" in r.stderr
+
+
+def test_validate_defaults_to_the_ks_that_fit_the_model(digits_copy):
+    from saliencydb.interventions.filters import max_k, parse_ks
+
+    top = max_k(112)
+    assert parse_ks(None, 112) == [k for k in (1, 5, 10, 25, 50) if k <= top]
+    assert parse_ks(None, 48) == [k for k in (1, 5, 10, 25, 50) if k <= max_k(48)] and max(parse_ks(None, 48)) <= max_k(48)
+    out = jcli("validate", "--db", digits_copy, "--split", "val", "--method", "prune", "--limit", 2, "--bootstrap", 10)
+    assert sorted({r["k"] for r in out["rows"] if r["k"] is not None}) == parse_ks(None, 112)

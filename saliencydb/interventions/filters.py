@@ -32,8 +32,14 @@ def check_k(k: int, n_units: int, option: str = "--top-k") -> int:
     return int(k)
 
 
-def parse_ks(text: str, n_units: int) -> list[int]:
-    """'1,5,10' -> [1, 5, 10] (sorted, distinct), each checked against the model's filter count."""
+DEFAULT_KS = (1, 5, 10, 25, 50)
+
+
+def parse_ks(text: str | None, n_units: int) -> list[int]:
+    """'1,5,10' -> [1, 5, 10] (sorted, distinct), each checked against the model's filter count;
+    None: the default values that fit the model (1, 5, 10, 25, 50 up to its largest k)."""
+    if text is None:
+        return [k for k in DEFAULT_KS if k <= max_k(n_units)] or [1]
     items = [s.strip() for s in str(text).split(",")]
     if not items or any(not s for s in items) or not all(s.lstrip("+").isdigit() for s in items):
         raise QueryError(f"--ks {text!r} is not a comma-separated list of positive integers such as 1,5,10,25,50")
