@@ -100,7 +100,7 @@ def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
         w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _cell(v) for k, v in r.items()})
+            w.writerow({k: _cell(v, digits=None) for k, v in r.items()})
         click.echo(buf.getvalue(), nl=False)
         return
     from rich.console import Console
@@ -111,18 +111,40 @@ def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[_cell(r[c]) for c in columns])
-    Console(width=max(100, min(200, _terminal_width()))).print(table)
+    Console(width=_terminal_width()).print(table)
+
+
+def _pylist(table) -> list[dict]:
+    """Rows of an Arrow table; float32 values as the shortest decimal that is that float32
+    (``round(x, 2)`` gives 3.92, not 3.9200000762939453)."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = {}
+    for name, col in zip(table.column_names, table.columns):
+        if pa.types.is_float32(col.type):
+            columns[name] = [None if v is None else float(str(np.float32(v))) for v in col.to_pylist()]
+        else:
+            columns[name] = col.to_pylist()
+    return [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
 
 
 def _terminal_width() -> int:
+    """The terminal's width; written to a file or a pipe, a wide page (no terminal to fit)."""
     import shutil
 
-    return shutil.get_terminal_size((120, 20)).columns
+    if sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size((120, 20)).columns)
+    return max(100, min(200, shutil.get_terminal_size((120, 20)).columns))
 
 
-def _cell(v) -> str:
+def _cell(v, digits: int | None = 6) -> str:
+    """A value as text: floats with ``digits`` significant digits (enough for similarities such
+    as 0.999989 and 0.999984 to differ), or all of them (CSV); -0 as 0."""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        if v == 0:
+            v = 0.0
+        return repr(v) if digits is None else f"{v:.{digits}g}"
     if isinstance(v, (list, dict)):
         return json.dumps(v, default=_json_default)
     return "" if v is None else str(v)
@@ -163,11 +185,11 @@ def cli():
 
 @cli.command()
 @db_option
-@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, torchscript:PATH or python:MODULE:FACTORY. Needed to create a database.")
+@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
 @click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
 @click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
 @click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
-@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val].")
+@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all].")
 @click.option("--split", default="val", show_default=True, help="Name of the split the samples go into.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
@@ -209,7 +231,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
 @click.option("--split", required=True, help="Split the new samples go into (a new name, or an existing one to add to).")
 @click.option("--replace", is_flag=True, help="Re-profile an existing split on purpose: the new profiles replace the old ones in one commit.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
 @click.option("--limit", type=int, help="Ingest at most this many samples of the source (a later run continues).")
 @click.option("--workers", type=int, help="Image-decoding worker processes (default: none on 2 cores or fewer, else cores - 1, at most 8).")
 @click.option("--commit-every", "part_rows", default=1024, show_default=True, type=int, help="Samples per committed Parquet part.")
@@ -455,7 +477,7 @@ def verify(db, as_of, fmt):
 @cli.command()
 @click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (an existing demo database is brought up to date; any other is refused).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
-@click.option("--n-clusters", default=8, show_default=True, type=int)
+@click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @wait_option
@@ -484,13 +506,19 @@ def demo(db, cache_dir, n_clusters, no_report, quiet, wait):
 @format_option
 @_handle_errors
 def sql(db, query, as_of, fmt):
-    """Run a read-only SQL query over the database's views (samples, units, knn, clusters, ingests, failures)."""
+    """Run one read-only SQL query (DuckDB) over the database.
+
+    \b
+    Tables: samples, units, knn, clusters, blame, triage, failures, ingests, interventions.
+    Views: classes, zscores, salient_units.
+    Macros: profile(id), top_units(id, k).
+    Columns: README "Database layout". The query cannot write or read files."""
     from .query import open as open_db
 
     with open_db(db, as_of=as_of) as d:
         table = d.sql(query)
         _notes(d.notices(query))
-    rows = table.to_pylist()
+    rows = _pylist(table)
     emit_rows(rows, fmt)
 
 
@@ -500,7 +528,8 @@ def sql(db, query, as_of, fmt):
 @click.option("--image", type=click.Path(dir_okay=False), help="A new image file (profiled with the stored model, not stored).")
 @click.option("--label", help="True label of --image: a class index or name.")
 @click.option("-k", default=10, show_default=True, type=int, help="Number of neighbours.")
-@click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True)
+@click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True,
+              help="Search by saliency profile, or by the penultimate-layer features (the baseline).")
 @click.option("--where", help="SQL predicate over samples restricting the candidates before the search, e.g. \"NOT correct\".")
 @click.option("--split", help="Only neighbours from this split.")
 @as_of_option
@@ -537,7 +566,7 @@ def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
 @db_option
 @click.option("-k", default=10, show_default=True, type=int, help="Neighbours per sample.")
 @click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @click.option("--no-store", is_flag=True, help="Print the report without storing the neighbour graph (knn table).")
 @as_of_option
 @wait_option
@@ -585,10 +614,10 @@ def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
 
 @cli.command()
 @db_option
-@click.option("--n-clusters", default=8, show_default=True, type=int)
+@click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
 @click.option("--errors-only/--all", default=True, show_default=True, help="Cluster misclassified samples only, or all.")
 @click.option("--split", help="Only samples of this split.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @click.option("--no-store", is_flag=True, help="Print the groups without storing the clusters and blame tables.")
 @as_of_option
 @wait_option
@@ -752,7 +781,7 @@ def profile_plot(db, split, cluster, out, fmt, as_of):
 @click.option("--n-noise", default=32, show_default=True, type=int, help="smoothgrad: noisy copies per level.")
 @click.option("--stats-samples", default=256, show_default=True, type=int,
               help="randomization: samples used to re-standardise each randomised model (0: the database's statistics).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @text_format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @as_of_option
@@ -953,7 +982,7 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="finetune: step size.")
 @click.option("--sigma", default=1e-3, show_default=True, type=float, help="perturb: noise standard deviation.")
 @click.option("--neighbors", "n_neighbors", default=10, show_default=True, type=int, help="finetune: saliency neighbours scored per sample.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @_device_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -1012,7 +1041,7 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
 @click.option("--limit", default=100, show_default=True, type=int, help="A seeded random subset of this many samples.")
 @click.option("--eps", default="0.001,0.01,0.1", show_default=True, help="Comma-separated radii of the L2 ball around the conv weights.")
 @click.option("--steps", default=10, show_default=True, type=int, help="Projected gradient steps.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @_device_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

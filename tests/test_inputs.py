@@ -245,3 +245,33 @@ def test_validate_defaults_to_the_ks_that_fit_the_model(digits_copy):
     assert parse_ks(None, 48) == [k for k in (1, 5, 10, 25, 50) if k <= max_k(48)] and max(parse_ks(None, 48)) <= max_k(48)
     out = jcli("validate", "--db", digits_copy, "--split", "val", "--method", "prune", "--limit", 2, "--bootstrap", 10)
     assert sorted({r["k"] for r in out["rows"] if r["k"] is not None}) == parse_ks(None, 112)
+
+
+def test_sql_help_lists_every_table_view_and_macro(digits_db):
+    import re
+
+    import saliencydb
+
+    text = cli("sql", "--help").stdout
+    listed = set()
+    for label in ("Tables", "Views", "Macros"):
+        line = re.search(rf"{label}: ([^\n]*)\.", text).group(1)
+        listed |= {re.sub(r"\(.*", "", name).strip() for name in re.split(r",\s*(?![^()]*\))", line)}
+    with saliencydb.open(digits_db) as db:
+        views = {r[0] for r in db.con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        macros = {r[0] for r in db.con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'table_macro' AND NOT internal").fetchall()}
+    assert listed == {v for v in views | macros if not v.startswith("_")}
+
+
+def test_every_option_is_described():
+    import click
+
+    from saliencydb.cli import cli as group
+
+    for name, command in group.commands.items():
+        for p in command.params:
+            if isinstance(p, click.Option):
+                assert p.help, (name, p.opts)
+                if "--quiet" in p.opts:
+                    assert "-q" in p.opts, name
