@@ -222,7 +222,7 @@ def test_json_shapes_are_the_documented_ones(digits_copy):
 
 
 def test_query_commands_start_without_torch(digits_copy):
-    """sql, info, neighbors by id, mistakes and clusters never import torch (interactive start-up);
+    """sql, info, neighbors by id, mistakes, clusters and profile-plot never import torch (interactive start-up);
     the engine is loaded only for a new image."""
     import subprocess
     import sys
@@ -234,7 +234,8 @@ from saliencydb.cli import cli
 db = {str(digits_copy)!r}
 for args in (["sql", "--db", db, "SELECT count(*) FROM samples"], ["info", "--db", db],
              ["neighbors", "--db", db, "--id", "5", "-k", "3"], ["mistakes", "--db", db],
-             ["clusters", "--db", db, "--n-clusters", "3"]):
+             ["clusters", "--db", db, "--n-clusters", "3"],
+             ["profile-plot", "--db", db, "--split", "val", "--out", db + "/../profiles.png"]):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, (args, result.output)
 print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))

@@ -1,12 +1,16 @@
-"""Explanations over a database: input-space maps, GradCAM, profile figures, checks, a gallery."""
+"""Explanations over a database: input-space maps, GradCAM, profile figures, checks, a gallery.
 
-from .checks import find_corrections, mask_pixels, masking, randomization, randomized_copy, smoothgrad
-from .context import Explainer, StoredSample
-from .explanation import Explanation, check_out_file, explain_sample
-from .gallery import gallery
-from .groups import group_profiles, mean_profile
-from .maps import display_map, gradcam, spearman
+Names are imported on first use: plotting stored profiles (``group_profiles``, the figures)
+needs no torch; the explainers load it.
+"""
 
-__all__ = ["Explainer", "StoredSample", "Explanation", "explain_sample", "check_out_file", "gallery", "group_profiles",
-           "mean_profile", "masking", "find_corrections", "smoothgrad", "randomization", "randomized_copy",
-           "mask_pixels", "display_map", "gradcam", "spearman"]
+from ..lazy import lazy_attributes
+
+_WHERE = {
+    "find_corrections": ".checks", "mask_pixels": ".checks", "masking": ".checks", "randomization": ".checks",
+    "randomized_copy": ".checks", "smoothgrad": ".checks", "Explainer": ".context", "StoredSample": ".context",
+    "Explanation": ".explanation", "explain_sample": ".explanation", "check_out_file": ".outputs", "gallery": ".gallery",
+    "group_profiles": ".groups", "mean_profile": ".groups", "display_map": ".maps", "gradcam": ".maps", "spearman": ".maps",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -12,20 +12,7 @@ from ..errors import QueryError
 from .context import Explainer
 from .figures import explain_figure
 from .maps import gradcam, last_conv, map_stats, spearman
-
-IMAGE_SUFFIXES = (".png",)
-
-
-def check_out_file(path: str | Path, suffixes=IMAGE_SUFFIXES) -> Path:
-    """The output file path, refused early (before any model work) when it cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise QueryError(f"--out {str(path)!r} must end with {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise QueryError(f"--out {str(path)!r} is a directory; give a file name such as {path / 'explain.png'}")
-    if not path.parent.is_dir():
-        raise QueryError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist; create it first")
-    return path
+from .outputs import IMAGE_SUFFIXES, check_out_file  # noqa: F401 - re-exported
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: plotting stored maps does not
+    import torch
+    from torch import nn
 
 # OpenCV's 3x3 Gaussian (sigma = 0.3 * ((3 - 1) / 2 - 1) + 0.8 = 0.8), as GaussianBlur(m, (3, 3), 0) uses
 _G = np.exp(-np.array([1.0, 0.0, 1.0]) / (2 * 0.8**2))
@@ -71,6 +74,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    from torch import nn
+
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ModelError("the model has no nn.Conv2d layer; GradCAM needs one")
@@ -83,6 +88,9 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: nn.M
 
     Eval mode; the model's flags are restored and the temporary hook removed.
     """
+    import torch
+    import torch.nn.functional as F
+
     layer = layer if layer is not None else last_conv(model)[1]
     store = {}
     handle = layer.register_forward_hook(lambda mod, inp, out: store.__setitem__("a", out))
