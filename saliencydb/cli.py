@@ -205,9 +205,11 @@ def cli():
                    "and speed: README, 'Approximate profiles').")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--random-weights", is_flag=True,
+              help="Profile a model whose weights are random (no --weights) on purpose; refused otherwise.")
 @_handle_errors
 def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, wait, quiet):
+          aggregate, wait, quiet, random_weights):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from .indexer import Indexer
     from .progress import NullProgress, RichProgress
@@ -217,7 +219,8 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
     try:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
-                         aggregate=aggregate, progress=progress, wait=wait).run(data_spec, split=split, limit=limit)
+                         aggregate=aggregate, progress=progress, wait=wait,
+                         random_weights=random_weights).run(data_spec, split=split, limit=limit)
     finally:
         if not quiet:
             progress.close()

@@ -275,3 +275,17 @@ def test_every_option_is_described():
                 assert p.help, (name, p.opts)
                 if "--quiet" in p.opts:
                     assert "-q" in p.opts, name
+
+
+def test_random_weights_are_refused_unless_asked_for(tmp_path, trained_weights):
+    args = ["index", "--db", tmp_path / "db", "--data", "builtin:mnist5k:val", "--limit", 5, "--quiet", "--workers", 0]
+    r = cli(*args, "--model", CNN, expect=1)
+    assert "would be profiled with random weights" in r.stderr and "--random-weights" in r.stderr
+    assert not (tmp_path / "db" / "manifest.json").exists()
+    cli(*args, "--model", CNN, "--random-weights")
+    # a factory that builds the same weights every time (it loads them itself) is not refused
+    (tmp_path / "fixed.py").write_text(
+        "import torch\nfrom saliencydb.data.zoo import small_cnn\n\n\ndef factory():\n"
+        f"    m = small_cnn()\n    m.load_state_dict(torch.load({str(trained_weights)!r}, weights_only=True))\n    return m\n")
+    cli("index", "--db", tmp_path / "db2", "--model", f"python:{tmp_path / 'fixed.py'}:factory", "--data", "builtin:mnist5k:val",
+        "--limit", 5, "--quiet", "--workers", 0)

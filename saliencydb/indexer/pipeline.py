@@ -148,6 +148,7 @@ class Indexer:
         aggregate: str | None = None,
         progress: Progress | None = None,
         wait: bool = False,
+        random_weights: bool = False,
     ):
         if batch_size < 1:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
@@ -168,6 +169,7 @@ class Indexer:
         self.progress = progress or NullProgress()
         self._model_args = (model, weights, transform, num_classes)
         self._wait = wait
+        self._random_weights = random_weights
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, source: Source, operation: str) -> tuple[DatabaseWriter, LoadedModel, Transform]:
@@ -198,6 +200,12 @@ class Indexer:
         if model_spec is None:
             raise SpecError(f"no database at '{self.db}' yet: pass --model (and --weights) to create it")
         loaded = load_model(model_spec, weights, num_classes)
+        if not self._random_weights and initialised_at_random(loaded, num_classes):
+            raise SpecError(
+                f"model {model_spec} would be profiled with random weights (no --weights given, and the model is "
+                "initialised differently on every build); pass --weights FILE (a state dict) or a torchvision weights "
+                "name such as DEFAULT, or --random-weights to profile an untrained model on purpose"
+            )
         if transform_spec is not None:
             transform = Transform.parse(transform_spec)
         else:
@@ -603,6 +611,20 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         crash_point("index-written")
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
+
+
+def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
+    """Whether a model given without weights gets random ones: a torchvision architecture, or a
+    python: factory whose weights differ between two builds under different seeds (a factory
+    that loads its own weights builds the same model every time)."""
+    if model.weights is not None or model.scripted:
+        return False
+    if model.spec.startswith("torchvision:"):
+        return True
+    with torch.random.fork_rng():
+        torch.manual_seed(int(model.weights_sha256[:8], 16))
+        again = load_model(model.spec, None, num_classes)
+    return again.weights_sha256 != model.weights_sha256
 
 
 def probe(model: LoadedModel, transform: Transform, source: Source, tries: int = 8) -> None:
