@@ -44,6 +44,8 @@ class RichProgress:
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:  # a log file or a pipe: wide enough that no column is cut off
+            self.console = Console(stderr=True, width=160)
         self._progress = _P(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -57,7 +59,9 @@ class RichProgress:
         )
         self._started = False
 
-    def task(self, description: str, total: int | None, unit: str = "samples") -> "_RichTask":
+    def task(self, description: str, total: int | None, unit: str = "samples"):
+        if total == 0:  # nothing to do: no empty bar
+            return _NullTask()
         if not self._started:  # nothing is drawn (not even a blank line) until there is a task
             self._progress.start()
             self._started = True
