@@ -6,6 +6,9 @@ import io
 import json
 import re
 
+import matplotlib
+import matplotlib.pyplot
+import matplotlib.text
 import numpy as np
 import pytest
 import torch
@@ -436,3 +439,35 @@ def test_file_writing_commands_print_their_main_table_as_csv(digits_db, mistake,
     args = ("check", "--db", digits_db, "--id", mistake["sample_id"], "--what", "smoothgrad", "--levels", "0.01,0.1", "--n-noise", "4")
     got, want = rows(*args), doc(*args)["levels"]
     assert [float(r["level"]) for r in got] == [0.01, 0.1] and list(got[0]) == list(want[0])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_explain_figure_text_stays_inside_and_labels_do_not_overlap(arch):
+    import torchvision
+
+    from saliencydb.explain.figures import build_explain_figure
+
+    layout = UnitLayout.from_module(torchvision.models.get_model(arch, weights=None, num_classes=10))
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=layout.n_units)
+    top = [{"layer": layout.layers[-1].name, "channel": c} for c in range(8)]
+    meta = {"sample_id": 123456, "split": "validation-2026", "key": "some/rather/long/path/to/an/image/file_000123456.JPEG",
+            "label_name": "a long class name, with commas", "pred_name": "another long class name", "correct": False,
+            "true_conf": 0.12345, "pred_conf": 0.87654}
+    img = rng.random((32, 32, 3))
+    fig = build_explain_figure(image=img, input_map=rng.random((32, 32)), cam=rng.random((32, 32)), z=z, layout=layout,
+                               boosted=[0, 5, layout.n_units - 1], meta=meta, top_rows=top)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) > 10
+    for t in texts:
+        b = t.get_window_extent(renderer)
+        assert b.x0 >= box.x0 - 1 and b.x1 <= box.x1 + 1 and b.y0 >= box.y0 - 1 and b.y1 <= box.y1 + 1, t.get_text()
+    profile_ax = fig.axes[-1]
+    labels = [t.get_window_extent(renderer) for t in profile_ax.get_xticklabels() if t.get_text()]
+    assert len(labels) >= 10
+    for a, b in zip(labels, labels[1:]):
+        assert not a.overlaps(b)
+    matplotlib.pyplot.close(fig)

@@ -8,6 +8,16 @@ from ..saliency import UnitLayout
 from .maps import display_map, overlay
 
 
+def _wrap(text: str, width: int = 48) -> str:
+    """Each line of a panel title wrapped to fit a third of the figure's width."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+MAX_LAYER_LABELS = 28  # layer names under a profile, at most (every k-th layer beyond)
+
+
 def _pyplot():
     import matplotlib
 
@@ -45,28 +55,39 @@ def plot_profile(ax, z: np.ndarray, layout: UnitLayout, marks=None, color: str =
         ax.axvline(i, color="0.8", linewidth=0.8, zorder=0)
     ax.axhline(0, color="0.5", linewidth=0.6)
     ax.set_xlim(0, n)
-    step = max(1, int(np.ceil(n / 24)))
+    step = max(1, int(np.ceil(n / MAX_LAYER_LABELS)))
     ticks = list(range(0, n, step))
     ax.set_xticks([i + 0.5 for i in ticks])
-    ax.set_xticklabels([layout.layers[i].name for i in ticks], rotation=30 if n > 6 else 0, ha="right" if n > 6 else "center",
-                       fontsize=8)
+    # many layers: vertical labels, which cannot run into each other
+    ax.set_xticklabels([layout.layers[i].name for i in ticks], rotation=90 if n > 6 else 0, ha="center", fontsize=7)
     ax.set_ylabel("standardised saliency z")
     ax.grid(axis="y", color="0.92")
 
 
-def explain_figure(path, *, image: np.ndarray, input_map: np.ndarray, cam: np.ndarray | None, z: np.ndarray,
-                   layout: UnitLayout, boosted, meta: dict, top_rows: list[dict], cam_layer: str = "the last conv layer") -> None:
+def explain_figure(path, **parts) -> None:
     """Image with label/prediction, input-space map, GradCAM, and the profile with the boosted units marked."""
     plt = _pyplot()
-    fig = plt.figure(figsize=(12, 7.6), dpi=110)
-    grid = fig.add_gridspec(2, 3, height_ratios=[1.2, 1], hspace=0.3, wspace=0.12, left=0.06, right=0.98, top=0.88, bottom=0.07)
+    fig = build_explain_figure(**parts)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_explain_figure(*, image: np.ndarray, input_map: np.ndarray, cam: np.ndarray | None, z: np.ndarray,
+                         layout: UnitLayout, boosted, meta: dict, top_rows: list[dict], cam_layer: str = "the last conv layer"):
+    """The figure of ``explain_figure``, laid out by matplotlib's constrained layout so that no
+    title or label is clipped, whatever the number of layers (ResNet-50: 53)."""
+    import textwrap
+
+    plt = _pyplot()
+    fig = plt.figure(figsize=(12, 7.6), dpi=110, layout="constrained")
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.2, 1])
     ok = "correct" if meta["correct"] else "WRONG"
-    fig.suptitle(f"sample {meta['sample_id']} ({meta['split']}, {meta['key']}): label {meta['label_name']}, "
-                 f"predicted {meta['pred_name']} ({ok})", fontsize=13, fontweight="bold")
+    fig.suptitle(textwrap.fill(f"sample {meta['sample_id']} ({meta['split']}, {meta['key']}): label {meta['label_name']}, "
+                               f"predicted {meta['pred_name']} ({ok})", 100), fontsize=13, fontweight="bold")
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(f"input\np(true={meta['label_name']}) = {meta['true_conf']:.3f}   "
-                 f"p(pred={meta['pred_name']}) = {meta['pred_conf']:.3f}", fontsize=10)
+    ax.set_title(_wrap(f"input\np(true={meta['label_name']}) = {meta['true_conf']:.3f}\n"
+                       f"p(pred={meta['pred_name']}) = {meta['pred_conf']:.3f}"), fontsize=10)
     ax.axis("off")
     ax = fig.add_subplot(grid[0, 1])
     ax.imshow(overlay(image, display_map(input_map)), interpolation="nearest")
@@ -77,17 +98,16 @@ def explain_figure(path, *, image: np.ndarray, input_map: np.ndarray, cam: np.nd
     if cam is not None:
         c = cam / cam.max() if cam.max() > 0 else cam
         ax.imshow(overlay(image, c, cmap="jet", max_alpha=0.6), interpolation="nearest")
-        ax.set_title(f"GradCAM for the prediction ({meta['pred_name']})\nat {cam_layer}", fontsize=10)
+        ax.set_title(_wrap(f"GradCAM for the prediction ({meta['pred_name']})\nat {cam_layer}"), fontsize=10)
     else:
         ax.text(0.5, 0.5, "GradCAM unavailable\n(TorchScript model)", ha="center", va="center")
     ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
     plot_profile(ax, z, layout, marks=boosted)
     names = ", ".join(f"{r['layer']}[{r['channel']}]" for r in top_rows[:5])
-    ax.set_title(f"standardised profile, each layer sorted descending; red = boosted units (top: {names}"
-                 f"{', ...' if len(top_rows) > 5 else ''})", fontsize=10)
-    fig.savefig(path)
-    plt.close(fig)
+    ax.set_title(textwrap.fill(f"standardised profile, each layer sorted descending; red = boosted units (top: {names}"
+                               f"{', ...' if len(top_rows) > 5 else ''})", 150), fontsize=10)
+    return fig
 
 
 def group_profile_figure(path, *, groups: list[tuple[str, np.ndarray | None, int]], layout: UnitLayout, title: str) -> None:
