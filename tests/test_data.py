@@ -218,7 +218,7 @@ def test_csv_with_integer_labels(tmp_path: Path, folder: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "path,label\n", "file,label\na.png,1\n", "path,class\na.png,1\n", "path,label\na.png,\n", "path,label\na.png,1\na.png,2\n", "path,label\na.png,-1\n"],
+    ["", "path,label\n", "file,label\na.png,1\n", "path,class\na.png,1\n", "path,label\na.png,1\na.png,2\n", "path,label\na.png,-1\n"],
 )
 def test_csv_spec_errors(tmp_path: Path, text: str) -> None:
     csv_path = tmp_path / "bad.csv"

@@ -289,3 +289,15 @@ def test_random_weights_are_refused_unless_asked_for(tmp_path, trained_weights):
         f"    m = small_cnn()\n    m.load_state_dict(torch.load({str(trained_weights)!r}, weights_only=True))\n    return m\n")
     cli("index", "--db", tmp_path / "db2", "--model", f"python:{tmp_path / 'fixed.py'}:factory", "--data", "builtin:mnist5k:val",
         "--limit", 5, "--quiet", "--workers", 0)
+
+
+def test_an_incomplete_csv_row_is_a_per_sample_failure(folder_db, digit_folders, tmp_path):
+    files = [digit_folders / "d4" / f for f in sorted(os.listdir(digit_folders / "d4"))[:2]]
+    csv_path = tmp_path / "gaps.csv"
+    csv_path.write_text(f"path,label\n{files[0]},d4\n{files[1]},\n,d4\n")
+    r = cli("ingest", "--db", folder_db, "--data", f"csv:{csv_path}", "--split", "gaps", "--quiet", "--workers", 0, expect=2)
+    assert "1 samples added" in r.stdout and "2 failed" in r.stdout
+    reasons = sorted(f["reason"] for f in jcli("sql", "--db", folder_db, "SELECT reason FROM failures WHERE split = 'gaps'"))
+    assert reasons == ["line 3 of gaps.csv lacks a label; fill both columns", "line 4 of gaps.csv lacks a path; fill both columns"] or \
+        all("lacks a" in x for x in reasons)
+    assert _labels(folder_db, "gaps")[str(files[0])][1] == "d4"

@@ -200,33 +200,43 @@ class CsvSource(Source):
         self._paths: list[str] = []
         raw_labels: list[str] = []
         first_line: dict[str, int] = {}
+        self._bad: dict[int, str] = {}  # rows that cannot be a sample: per-sample failures, the rest is read
         for line, row in rows:
-            if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
-                raise SpecError(f"data spec '{spec}': line {line} of {path} lacks a path or a label; fill both columns")
-            text = row[ip].strip()
+            text = row[ip].strip() if len(row) > ip else ""
+            label = row[il].strip() if len(row) > il else ""
+            if not text or not label:
+                lacks = "a path" if not text else "a label"
+                self._bad[len(self._paths)] = f"line {line} of {path.name} lacks {lacks}; fill both columns"
+                self._paths.append(f"{text or '<no path>'} (line {line})")
+                raw_labels.append("")
+                continue
             if text in first_line:
                 raise SpecError(f"data spec '{spec}': line {line} of {path} repeats path '{text}' (line {first_line[text]}); list each image once")
             first_line[text] = line
             self._paths.append(text)
             raw_labels.append(row[il].strip())
         class_names: list[str] | None
-        kinds = [_label_kind(v) for v in raw_labels]
+        good = [j for j in range(len(raw_labels)) if j not in self._bad]
+        kinds = {j: _label_kind(raw_labels[j]) for j in good}
         lines = [line for line, _ in rows]
-        if "number" in kinds:
-            j = kinds.index("number")
+        number = [j for j in good if kinds[j] == "number"]
+        if number:
+            j = number[0]
             raise SpecError(f"data spec '{spec}': label '{raw_labels[j]}' on line {lines[j]} of {path} is not a whole class "
                             "index; write class indices as 0, 1, 2, ... or use class names")
-        if "index" in kinds and "name" in kinds:
-            i, j = kinds.index("index"), kinds.index("name")
+        indices, names = [j for j in good if kinds[j] == "index"], [j for j in good if kinds[j] == "name"]
+        if indices and names:
+            i, j = indices[0], names[0]
             raise SpecError(f"data spec '{spec}': {path} mixes class indices ('{raw_labels[i]}', line {lines[i]}) and class "
                             f"names ('{raw_labels[j]}', line {lines[j]}); use one kind of label throughout")
-        if kinds[0] == "index":
-            self._labels = [int(v) for v in raw_labels]
+        if not names:
+            self._labels = [int(raw_labels[j]) if j in kinds else 0 for j in range(len(raw_labels))]
             class_names = None
         else:
-            class_names = sorted(set(raw_labels))
+            class_names = sorted({raw_labels[j] for j in names})
             index = {name: k for k, name in enumerate(class_names)}
-            self._labels = [index[v] for v in raw_labels]
+            # a bad row fails when it is loaded: its stand-in label is never used
+            self._labels = [index[raw_labels[j]] if j in kinds else 0 for j in range(len(raw_labels))]
             self.labels_are_names = True
         if min(self._labels) < 0:
             raise SpecError(f"data spec '{spec}': {path} has a negative label {min(self._labels)}; class indices start at 0")
@@ -243,6 +253,8 @@ class CsvSource(Source):
         return self._labels[i]
 
     def load(self, i: int) -> Image.Image:
+        if i in self._bad:
+            raise DataError(f"sample '{self._paths[i]}': {self._bad[i]}")
         return open_image(self.folder / self._paths[i], self._paths[i])
 
 
