@@ -207,9 +207,12 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--random-weights", is_flag=True,
               help="Profile a model whose weights are random (no --weights) on purpose; refused otherwise.")
+@click.option("--classes", "classes", type=click.Path(dir_okay=False),
+              help="A text file naming the model's classes, one per line in its class order; labels given as names "
+                   "(folders, CSV) are matched to them.")
 @_handle_errors
 def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, wait, quiet, random_weights):
+          aggregate, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from .indexer import Indexer
     from .progress import NullProgress, RichProgress
@@ -220,7 +223,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
                          aggregate=aggregate, progress=progress, wait=wait,
-                         random_weights=random_weights).run(data_spec, split=split, limit=limit)
+                         random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
     finally:
         if not quiet:
             progress.close()

@@ -301,3 +301,22 @@ def test_an_incomplete_csv_row_is_a_per_sample_failure(folder_db, digit_folders,
     assert reasons == ["line 3 of gaps.csv lacks a label; fill both columns", "line 4 of gaps.csv lacks a path; fill both columns"] or \
         all("lacks a" in x for x in reasons)
     assert _labels(folder_db, "gaps")[str(files[0])][1] == "d4"
+
+
+def test_index_with_classes_matches_folder_names_to_them(tmp_path, digit_folders, trained_weights):
+    names = tmp_path / "classes.txt"
+    names.write_text("".join(f"d{k}\n" for k in range(10)))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in ("d3", "d7"):
+        os.symlink(digit_folders / name, sub / name, target_is_directory=True)
+    db = tmp_path / "db"
+    args = ["index", "--db", db, "--model", CNN, "--weights", trained_weights, "--transform", "mnist",
+            "--data", f"imagefolder:{sub}", "--quiet", "--workers", 0]
+    cli(*args, "--classes", names)
+    rows = jcli("sql", "--db", db, "SELECT DISTINCT label, label_name FROM samples ORDER BY label")
+    assert rows == [{"label": 3, "label_name": "d3"}, {"label": 7, "label_name": "d7"}]
+    short = tmp_path / "short.txt"
+    short.write_text("a\nb\n")
+    r = cli("index", "--db", tmp_path / "db2", *args[3:], "--classes", short, expect=1)
+    assert "--classes names 2 classes, but the model has 10" in r.stderr

@@ -85,7 +85,8 @@ class Transform:
             suggestion = dataclasses.replace(self, size=None, resize=self.size, crop=self.size).to_spec()
             raise DataError(
                 f"image is {img.width}x{img.height} but the transform expects exactly {self.size}x{self.size}; "
-                f"let it resize with --transform {suggestion}"
+                f"resize the file, or create the database with --transform {suggestion} (a database keeps the "
+                "transform it was made with, so its profiles stay comparable)"
             )
         mode = InterpolationMode(self.interpolation)
         if self.resize is not None:

@@ -149,6 +149,7 @@ class Indexer:
         progress: Progress | None = None,
         wait: bool = False,
         random_weights: bool = False,
+        classes: str | os.PathLike | None = None,
     ):
         if batch_size < 1:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
@@ -170,6 +171,7 @@ class Indexer:
         self._model_args = (model, weights, transform, num_classes)
         self._wait = wait
         self._random_weights = random_weights
+        self._classes = read_class_names(classes) if classes is not None else None
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, source: Source, operation: str) -> tuple[DatabaseWriter, LoadedModel, Transform]:
@@ -180,6 +182,9 @@ class Indexer:
         fresh = existing is not None and model_spec is not None and existing.rows() == 0 and not existing.pending
         if existing is not None and not fresh:
             manifest = existing
+            if self._classes is not None and self._classes != manifest.class_names:
+                raise SpecError(f"database '{self.db}' already names its classes ({', '.join(manifest.class_names[:5])}, ...); "
+                                "omit --classes")
             stored = load_stored_model(manifest)
             if model_spec is not None:
                 given = load_model(model_spec, weights, num_classes)
@@ -217,7 +222,12 @@ class Indexer:
         feature_dim = self._feature_dim(loaded, transform)
         manifest = Manifest(model=model_record(loaded, transform, num_classes, self.aggregate or DEFAULT_AGGREGATE),
                             units=layout.to_dict(), feature_dim=feature_dim)
-        if manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
+        if self._classes is not None:
+            if len(self._classes) != loaded.num_classes:
+                raise SpecError(f"--classes names {len(self._classes)} classes, but the model has {loaded.num_classes}; "
+                                "give one name per class, in the model's order")
+            manifest.model["class_names"] = list(self._classes)
+        elif manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
             manifest.model["class_names"] = list(source.class_names)
         elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
               and not set(source.class_names) <= set(manifest.class_names)):
@@ -611,6 +621,22 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
         crash_point("index-written")
         m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
                             "next_id": m.next_sample_id}
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """``--classes FILE``: one class name per line, in the model's class order (blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"--classes {path}: cannot read it ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file "
+                        "with one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise SpecError(f"--classes {path} is empty; give one class name per line, in the model's class order")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise SpecError(f"--classes {path} names '{dup}' twice; class names must be distinct")
+    return names
 
 
 def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
