@@ -320,3 +320,34 @@ def test_index_with_classes_matches_folder_names_to_them(tmp_path, digit_folders
     short.write_text("a\nb\n")
     r = cli("index", "--db", tmp_path / "db2", *args[3:], "--classes", short, expect=1)
     assert "--classes names 2 classes, but the model has 10" in r.stderr
+
+
+def test_numbers_print_with_enough_digits(digits_db):
+    sims = [n["similarity"] for n in jcli("neighbors", "--db", digits_db, "--id", 5, "-k", 5)["neighbors"]]
+    table = cli("neighbors", "--db", digits_db, "--id", 5, "-k", 5).stdout
+    for s in sims:
+        assert f"{s:.6g}" in table  # six significant digits: neighbours with close similarities differ
+    rows = jcli("sql", "--db", digits_db, "SELECT round(loss, 2) AS r, (-0.0)::FLOAT AS z FROM samples ORDER BY sample_id LIMIT 3")
+    for row in rows:
+        assert row["r"] == round(row["r"], 2) and len(repr(row["r"])) <= 5 and str(row["z"]) in ("0.0", "-0.0")
+    text = cli("sql", "--db", digits_db, "SELECT (-0.0)::DOUBLE AS z").stdout
+    assert "-0" not in text
+
+
+def test_the_typical_confusion_query_breaks_ties_by_name(digits_copy):
+    import re
+
+    import saliencydb.demo as demo  # the query is the one the demo prints
+
+    src = open(demo.__file__).read()
+    query = re.search(r'sql --db \{result.db\} \\"(.*?)\\""', src).group(1)
+    cli("clusters", "--db", digits_copy, "--n-clusters", 3)
+    first = jcli("sql", "--db", digits_copy, query)
+    again = jcli("sql", "--db", digits_copy, query)
+    assert first == again and first
+    pairs = jcli("sql", "--db", digits_copy, "SELECT cluster, confusion, count(*) AS k FROM clusters JOIN samples "
+                                             "USING (sample_id) GROUP BY ALL")
+    for row in first:
+        mine = [p for p in pairs if p["cluster"] == row["cluster"]]
+        top = max(p["k"] for p in mine)
+        assert row["typical"] == min(p["confusion"] for p in mine if p["k"] == top)
