@@ -1,0 +1,44 @@
+"""A database written before the refactor into one package per job opens and answers the same
+read queries, byte for byte (``fixtures/make_format2_db.py`` wrote both the database and the
+answers with that version)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import saliencydb
+from helpers import run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WRITTEN_AT = str(FIXTURES / "format2-db")  # the path the old version printed
+ANSWERS = json.loads((FIXTURES / "format2-answers.json").read_text())["answers"]
+
+
+@pytest.fixture(scope="module")
+def old_db(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("compat") / "format2-db"
+    shutil.copytree(FIXTURES / "format2-db", dst)
+    return dst
+
+
+def _args(query: list[str], db: Path) -> list[str]:
+    args = ["--id" if a == "--db-id" else a for a in query]
+    return args[:1] + ["--db", str(db)] + args[1:]
+
+
+@pytest.mark.parametrize("n", range(len(ANSWERS)), ids=[" ".join(a["args"][:2])[:40] for a in ANSWERS])
+def test_old_database_gives_the_same_answers(old_db, n):
+    query = ANSWERS[n]["args"]
+    out = run_cli(*_args(query, old_db)).stdout
+    assert out.replace(str(old_db), WRITTEN_AT) == ANSWERS[n]["output"]
+
+
+def test_old_database_through_the_python_api(old_db):
+    want = json.loads(next(a["output"] for a in ANSWERS if a["args"][0] == "info"))
+    with saliencydb.open(old_db) as db:
+        assert db.commit == want["commit"] and db.manifest.rows() == want["samples"]
+        assert db.info()["splits"] == want["splits"]
+        mistakes = db.sql("SELECT count(*) AS n FROM samples WHERE NOT correct").column("n")[0].as_py()
+    assert mistakes == sum(s["mistakes"] for s in want["splits"].values())
