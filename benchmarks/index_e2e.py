@@ -29,7 +29,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from saliencydb.data import load_model, parse_data_spec
+from saliencydb.data import parse_data_spec
+from saliencydb.models import load_model
 from saliencydb.memory import keep_freed_memory
 from saliencydb.saliency import reference_profiles
 

@@ -863,7 +863,7 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
 
 
 def _bench(d, device: str):
-    from .indexer.pipeline import resolve_device
+    from .models.device import resolve_device
     from .interventions import Bench
 
     return Bench(d, device=resolve_device(device))

@@ -124,7 +124,7 @@ def _check_demo_db(db: Path, weights: Path | None) -> None:
     if not (db / "manifest.json").exists():
         raise DatabaseError(f"'{db}' exists and is not a saliencydb database; remove it or pass another --db")
     m = read_current(db)
-    from .data import load_model
+    from .models import load_model
 
     if m.model["spec"] != MODEL_SPEC or (m.splits.get("val") or {}).get("source", VAL_DATA) != VAL_DATA:
         raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model['spec']}); "

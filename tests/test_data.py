@@ -19,15 +19,13 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from saliencydb.models import LoadedModel, load_model, state_dict_sha256
 from saliencydb.data import (
     Batch,
-    LoadedModel,
     SampleDataset,
     Transform,
     collate_samples,
-    load_model,
     parse_data_spec,
-    state_dict_sha256,
 )
 from saliencydb.data.zoo import SmallCNN, small_cnn
 from saliencydb.errors import DataError, ModelError, SpecError, WeightsUnavailableError

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles
-from saliencydb.saliency.engine import outputs_from_logits
+from saliencydb.models.inference import outputs_from_logits
 
 
 class SharedConv(nn.Module):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from saliencydb.data import load_model, parse_data_spec
+from saliencydb.data import parse_data_spec
+from saliencydb.models import load_model
 from saliencydb.errors import LockedError
 from saliencydb.indexer import DatabaseWriter, Indexer
 from saliencydb.saliency import reference_profiles

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data import Transform
 from ..data.sources import SourceCatalog
 from ..errors import QueryError
-from ..indexer.pipeline import load_stored_model
+from ..models.inference import predict
+from ..models.stored import load_stored_model
 from ..saliency import UnitLayout, standardize
 from ..saliency.input_space import input_saliency
 
@@ -129,20 +129,11 @@ class Explainer:
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
                               self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate).numpy()
 
-    @torch.no_grad()
     def confidences(self, x: torch.Tensor, y: torch.Tensor, model=None) -> dict[str, np.ndarray]:
         """Predicted label, true-class and predicted-class softmax probability per row of ``x``."""
-        model = model or self.model
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            prob = F.softmax(model(x).float(), dim=1)
-        finally:
-            for m, training in modes:
-                m.training = training
-        conf, pred = prob.max(1)
-        return {"pred": pred.numpy(), "pred_conf": conf.numpy(), "true_conf": prob.gather(1, y.view(-1, 1))[:, 0].numpy(),
-                "prob": prob.numpy()}
+        p = predict(model or self.model, x, y)
+        return {"pred": p.pred.numpy(), "pred_conf": p.pred_conf.numpy(), "true_conf": p.true_conf.numpy(),
+                "prob": p.prob.numpy()}
 
 
 def _layer_list(layers) -> str:

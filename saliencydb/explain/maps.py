@@ -91,13 +91,13 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: nn.M
     import torch
     import torch.nn.functional as F
 
+    from ..models.modes import evaluating
+
     layer = layer if layer is not None else last_conv(model)[1]
     store = {}
     handle = layer.register_forward_hook(lambda mod, inp, out: store.__setitem__("a", out))
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.enable_grad():
+        with evaluating(model, grad=True):
             xin = x.detach().clone().requires_grad_(True)
             logits = model(xin)
             a = store["a"]
@@ -105,8 +105,6 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: nn.M
             (g,) = torch.autograd.grad(score, a)
     finally:
         handle.remove()
-        for m, training in modes:
-            m.training = training
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return cam[:, 0].numpy()

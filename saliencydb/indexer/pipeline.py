@@ -22,15 +22,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..data import Transform, load_model, parse_data_spec
-from ..data.models import LoadedModel, absolute_spec, file_sha256, model_file
+from ..data import Transform, parse_data_spec
 from ..data.sources import SampleDataset, Source, collate_samples
 from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
 from ..faults import crash_point
+from ..models.device import resolve_device
+from ..models.inference import outputs_from_logits
+from ..models.loading import LoadedModel, load_model
+from ..models.stored import initialised_at_random, load_stored_model, model_record
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
 from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
-from ..saliency.engine import outputs_from_logits
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, samples_schema
 from ..storage import (DatabaseWriter, committed_keys, iter_part_batches, iter_profiles, read_current, read_index,
                        read_stats, write_index, write_parquet)
@@ -73,60 +75,10 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpecError(f"--device {device}: no CUDA device is visible here; use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SpecError(f"--device '{device}' is not a device; use auto, cpu or cuda[:N]") from None
-
-
 def check_split_name(split: str) -> str:
     if not SPLIT_NAME.match(split):
         raise SpecError(f"split name '{split}' is invalid; use letters, digits, '_', '.', '-' (up to 64 characters)")
     return split
-
-
-def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None,
-                 aggregate: str = DEFAULT_AGGREGATE) -> dict:
-    code = model_file(model.spec) if model.spec.startswith("python:") else None
-    return {
-        "spec": absolute_spec(model.spec),
-        "code_sha256": file_sha256(code) if code is not None and code.is_file() else None,  # a python: model's file
-        "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
-        "weights_sha256": model.weights_sha256,
-        "num_classes": model.num_classes,
-        "num_classes_arg": num_classes_arg,
-        "class_names": model.class_names,
-        "transform": transform.to_dict(),
-        "scripted": model.scripted,
-        "aggregate": aggregate,
-    }
-
-
-def load_stored_model(manifest: Manifest) -> LoadedModel:
-    """The database's model, checked against the stored weights hash."""
-    rec = manifest.model
-    code = model_file(rec["spec"]) if rec.get("code_sha256") else None
-    if code is not None:
-        if not code.is_file():
-            raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec['code_sha256'][:12]}), "
-                             "or index into a new database")
-        if file_sha256(code) != rec["code_sha256"]:
-            raise ModelError(f"the database's model file {code} changed since the database was made (sha256 "
-                             f"{rec['code_sha256'][:12]}, now {file_sha256(code)[:12]}); restore the original file, "
-                             "or index into a new database")
-    model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
-    if model.weights_sha256 != rec["weights_sha256"]:
-        raise ModelError(
-            f"the database holds model {rec['spec']} with weights {rec.get('weights') or 'default'} "
-            f"(sha256 {rec['weights_sha256'][:12]}), but those weights now hash to {model.weights_sha256[:12]}; "
-            "restore the original weights file, or index into a new database"
-        )
-    return model
 
 
 class Indexer:
@@ -637,20 +589,6 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     if dup is not None:
         raise SpecError(f"--classes {path} names '{dup}' twice; class names must be distinct")
     return names
-
-
-def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
-    """Whether a model given without weights gets random ones: a torchvision architecture, or a
-    python: factory whose weights differ between two builds under different seeds (a factory
-    that loads its own weights builds the same model every time)."""
-    if model.weights is not None or model.scripted:
-        return False
-    if model.spec.startswith("torchvision:"):
-        return True
-    with torch.random.fork_rng():
-        torch.manual_seed(int(model.weights_sha256[:8], 16))
-        again = load_model(model.spec, None, num_classes)
-    return again.weights_sha256 != model.weights_sha256
 
 
 def probe(model: LoadedModel, transform: Transform, source: Source, tries: int = 8) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import QueryError
 from ..progress import NullProgress
 from ..saliency import UnitLayout, standardize
-from ..saliency.modes import evaluating
+from ..models.modes import evaluating
 from ..saliency.variants import agreement
 from .editor import FilterEditor
 

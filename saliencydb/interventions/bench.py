@@ -11,7 +11,6 @@ neighbours, or a whole split) in batched forward passes.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -19,6 +18,8 @@ import torch.nn.functional as F
 
 from ..errors import QueryError
 from ..explain.context import Explainer
+from ..models.inference import logits_of, predict
+from ..models.modes import evaluating
 from ..query.neighbors import search
 from ..saliency import standardize
 from .editor import FilterEditor
@@ -118,19 +119,18 @@ class Bench:
                 "pred_conf": out["class_conf"], "delta_true_conf": out["true_conf"] - base["true_conf"],
                 "delta_pred_conf": out["class_conf"] - base["pred_conf"], "correct_before": base["correct"]}
 
-    @torch.no_grad()
     def _forward(self, ids: np.ndarray, classes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         labels = torch.as_tensor(self.labels(ids))
         outs = {"pred": [], "true_conf": [], "prob_max": [], "class_conf": []}
         for s in range(0, len(ids), self.batch_size):
             chunk = ids[s : s + self.batch_size]
-            prob = F.softmax(_logits(self.model(self.inputs(chunk).to(self.device))).float(), dim=1).cpu().double()
-            conf, pred = prob.max(dim=1)
-            outs["pred"].append(pred)
-            outs["prob_max"].append(conf)
-            outs["true_conf"].append(prob.gather(1, labels[s : s + len(chunk), None])[:, 0])
-            if classes is not None:
-                outs["class_conf"].append(prob.gather(1, torch.as_tensor(classes[s : s + len(chunk)])[:, None])[:, 0])
+            p = predict(self.model, self.inputs(chunk).to(self.device), labels[s : s + len(chunk)],
+                        None if classes is None else classes[s : s + len(chunk)])
+            outs["pred"].append(p.pred)
+            outs["prob_max"].append(p.pred_conf.double())
+            outs["true_conf"].append(p.true_conf.double())
+            if p.class_conf is not None:
+                outs["class_conf"].append(p.class_conf.double())
         return {k: torch.cat(v).numpy() for k, v in outs.items() if v}
 
     def gradient(self, ids) -> dict[str, torch.Tensor]:
@@ -141,10 +141,10 @@ class Bench:
         names = list(self.editor.params)
         params = [self.editor.params[n] for n in names]
         total = [torch.zeros_like(p) for p in params]
-        with _grad_on(self.model):
+        with evaluating(self.model, params, grad=True):
             for s in range(0, len(ids), self.batch_size):
                 chunk = ids[s : s + self.batch_size]
-                logits = _logits(self.model(self.inputs(chunk).to(self.device)))
+                logits = logits_of(self.model(self.inputs(chunk).to(self.device)))
                 loss = F.cross_entropy(logits.float(), labels[s : s + len(chunk)].to(self.device), reduction="sum")
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for t, g in zip(total, grads):
@@ -183,24 +183,6 @@ class Bench:
                     row = [int(v) for v in row if v >= 0 and v != sid][:n]
                     out[r] = row
         return out
-
-
-@contextmanager
-def _grad_on(model):
-    """Gradients enabled on every parameter (the model stays in eval mode); flags restored on exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _logits(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def _ids(ids) -> np.ndarray:

@@ -120,7 +120,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarra
 
     from ..data import Transform
     from ..data.sources import open_image
-    from ..indexer.pipeline import load_stored_model
+    from ..models.stored import load_stored_model
     from ..saliency import ProfileEngine
 
     m = db.manifest

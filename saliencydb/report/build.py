@@ -354,7 +354,7 @@ class _Report:
         import torch
 
         from ..data import Transform
-        from ..indexer.pipeline import load_stored_model
+        from ..models.stored import load_stored_model
 
         task = self.progress.task("report: input-space maps", len(queries))
         try:

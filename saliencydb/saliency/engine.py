@@ -30,7 +30,8 @@ from torch import nn
 from ..errors import ModelError
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import Layer, UnitLayout
-from .modes import evaluating
+from ..models.inference import outputs_from_logits
+from ..models.modes import evaluating
 
 _DEFAULT_BLOCK_BYTES = 8 * 2**20  # bound on each temporary (patches of a sample block; one gradient block)
 
@@ -47,16 +48,6 @@ class Profiles:
     pred_conf: torch.Tensor  # (B,) softmax probability of the predicted label
     feature: torch.Tensor  # (B, F) input of the last linear layer
 
-
-
-def outputs_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Loss, prediction and confidences per sample, from logits."""
-    logits = logits.detach()
-    loss = F.cross_entropy(logits.float(), y, reduction="none")
-    prob = logits.float().softmax(dim=1)
-    pred_conf, pred = prob.max(dim=1)
-    true_conf = prob.gather(1, y[:, None])[:, 0]
-    return {"loss": loss, "pred": pred, "true_conf": true_conf, "pred_conf": pred_conf}
 
 
 def _explicit_padding(module: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

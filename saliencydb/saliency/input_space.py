@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ModelError
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows
 from .layout import UnitLayout
-from .modes import evaluating
+from ..models.modes import evaluating
 
 
 def random_units(n_units: int, k: int, seed: int | Sequence[int] = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ from torch import nn
 
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import UnitLayout
-from .modes import evaluating
+from ..models.modes import evaluating
 
 
 def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: UnitLayout | None = None,

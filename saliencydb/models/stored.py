@@ -1,0 +1,66 @@
+"""A database's model: what the manifest records of it, and loading it back checked against
+those records (its weights hash, and for a ``python:`` model the hash of its code file)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..data.transforms import Transform
+from ..errors import ModelError
+from ..schemas import Manifest
+from .loading import LoadedModel, absolute_spec, file_sha256, load_model, model_file
+
+
+def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str) -> dict:
+    """The manifest's ``model`` entry for a model loaded from its spec (README "Database layout")."""
+    code = model_file(model.spec) if model.spec.startswith("python:") else None
+    return {
+        "spec": absolute_spec(model.spec),
+        "code_sha256": file_sha256(code) if code is not None and code.is_file() else None,  # a python: model's file
+        "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
+        "weights_sha256": model.weights_sha256,
+        "num_classes": model.num_classes,
+        "num_classes_arg": num_classes_arg,
+        "class_names": model.class_names,
+        "transform": transform.to_dict(),
+        "scripted": model.scripted,
+        "aggregate": aggregate,
+    }
+
+
+def load_stored_model(manifest: Manifest) -> LoadedModel:
+    """The database's model, checked against the stored weights hash."""
+    rec = manifest.model
+    code = model_file(rec["spec"]) if rec.get("code_sha256") else None
+    if code is not None:
+        if not code.is_file():
+            raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec['code_sha256'][:12]}), "
+                             "or index into a new database")
+        if file_sha256(code) != rec["code_sha256"]:
+            raise ModelError(f"the database's model file {code} changed since the database was made (sha256 "
+                             f"{rec['code_sha256'][:12]}, now {file_sha256(code)[:12]}); restore the original file, "
+                             "or index into a new database")
+    model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
+    if model.weights_sha256 != rec["weights_sha256"]:
+        raise ModelError(
+            f"the database holds model {rec['spec']} with weights {rec.get('weights') or 'default'} "
+            f"(sha256 {rec['weights_sha256'][:12]}), but those weights now hash to {model.weights_sha256[:12]}; "
+            "restore the original weights file, or index into a new database"
+        )
+    return model
+
+
+def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
+    """Whether a model given without weights gets random ones: a torchvision architecture, or a
+    python: factory whose weights differ between two builds under different seeds (a factory
+    that loads its own weights builds the same model every time)."""
+    if model.weights is not None or model.scripted:
+        return False
+    if model.spec.startswith("torchvision:"):
+        return True
+    with torch.random.fork_rng():
+        torch.manual_seed(int(model.weights_sha256[:8], 16))
+        again = load_model(model.spec, None, num_classes)
+    return again.weights_sha256 != model.weights_sha256
