@@ -1,0 +1,33 @@
+"""The ``saliencydb`` command line: a thin layer that parses flags, calls the library and formats
+the answer (docs/architecture.md). ``output`` holds what every command shares; each other
+module holds one family of commands."""
+
+from __future__ import annotations
+
+import click
+
+from . import explaining, indexing, interventions, queries, versions
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="saliencydb")
+def cli():
+    """saliencydb: a database of parameter-space saliency profiles.
+
+    Index a dataset once, then ask which samples break the same filters of your
+    model, and whether they make the same mistakes.
+    """
+    from ..memory import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
+
+
+for _module in (indexing, queries, versions, explaining, interventions):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="saliencydb")

@@ -1,0 +1,5 @@
+"""``python -m saliencydb.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,173 @@
+"""Commands that profile samples into a database: index, ingest, restat, demo."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .output import handle_errors, db_option, wait_option
+
+
+@click.command()
+@db_option
+@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
+@click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
+@click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
+@click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
+@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all].")
+@click.option("--split", default="val", show_default=True, help="Name of the split the samples go into.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
+@click.option("--limit", type=int, help="Profile at most this many samples of the split (a later run without it continues).")
+@click.option("--workers", type=int, help="Image-decoding worker processes (default: none on 2 cores or fewer, else cores - 1, at most 8).")
+@click.option("--index", "index_kind", type=click.Choice(["flat", "ivf", "ivfpq"]), default="flat", show_default=True,
+              help="FAISS index kind: exact flat; IVF for large databases; IVF-PQ (compressed codes, approximate "
+                   "similarities) for millions of samples. Too few samples to train one: flat.")
+@click.option("--commit-every", "part_rows", default=1024, show_default=True, type=int, help="Samples per committed Parquet part (the unit of resumption).")
+@click.option("--aggregate", type=click.Choice(["mean_abs", "rms"]),
+              help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "
+                   "(default), or rms, an approximation that is faster at small feature maps (its measured agreement "
+                   "and speed: README, 'Approximate profiles').")
+@click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--random-weights", is_flag=True,
+              help="Profile a model whose weights are random (no --weights) on purpose; refused otherwise.")
+@click.option("--classes", "classes", type=click.Path(dir_okay=False),
+              help="A text file naming the model's classes, one per line in its class order; labels given as names "
+                   "(folders, CSV) are matched to them.")
+@handle_errors
+def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
+          aggregate, wait, quiet, random_weights, classes):
+    """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
+    from ..indexer import Indexer
+    from ..progress import NullProgress, RichProgress
+
+    rank = _rank()
+    progress = NullProgress() if quiet or rank > 0 else RichProgress()
+    try:
+        report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
+                         device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
+                         aggregate=aggregate, progress=progress, wait=wait,
+                         random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
+    finally:
+        if not quiet:
+            progress.close()
+        _leave_job()
+    _job_summary(report)
+
+
+@click.command()
+@db_option
+@click.option("--data", "data_spec", required=True, help="Data spec of the new samples (as for `index`).")
+@click.option("--split", required=True, help="Split the new samples go into (a new name, or an existing one to add to).")
+@click.option("--replace", is_flag=True, help="Re-profile an existing split on purpose: the new profiles replace the old ones in one commit.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
+@click.option("--limit", type=int, help="Ingest at most this many samples of the source (a later run continues).")
+@click.option("--workers", type=int, help="Image-decoding worker processes (default: none on 2 cores or fewer, else cores - 1, at most 8).")
+@click.option("--commit-every", "part_rows", default=1024, show_default=True, type=int, help="Samples per committed Parquet part.")
+@click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
+    """Add a new set to an existing database with its model and frozen statistics (idempotent, resumable)."""
+    from ..indexer import Indexer
+    from ..progress import NullProgress, RichProgress
+
+    rank = _rank()
+    progress = NullProgress() if quiet or rank > 0 else RichProgress()
+    try:
+        report = Indexer(db, device=device, batch_size=batch_size, workers=workers, part_rows=part_rows,
+                         progress=progress, wait=wait).run(data_spec, split=split, limit=limit, command="ingest",
+                                                           replace=replace, require_existing=True)
+    finally:
+        if not quiet:
+            progress.close()
+        _leave_job()
+    _job_summary(report)
+
+
+def _rank() -> int:
+    """Under torchrun (WORLD_SIZE > 1), join the job's process group (gloo carries the few
+    messages between ranks; profiling stays on each rank's device) and return this rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank()
+
+
+def _leave_job() -> None:
+    """Leave a torchrun job's process group (its threads must not outlive the interpreter)."""
+    dist = sys.modules.get("torch.distributed")  # only a job that imported it can have joined one
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _job_summary(report) -> None:
+    if report is None:  # a torchrun rank other than 0: rank 0 reports for the job
+        return
+    acc = (f", split accuracy {report.split_accuracy:.2%} over its {report.split_samples} samples"
+           if report.split_accuracy is not None else "")
+    click.echo(f"{report.split}: {report.added} samples added, {report.skipped} already there, {report.failed} failed{acc} "
+               f"({report.seconds:.1f}s)")
+    for key, reason in report.failures[:20]:
+        click.echo(f"  failed: {key}: {reason}", err=True)
+    if len(report.failures) > 20:
+        click.echo(f"  ... and {len(report.failures) - 20} more: saliencydb sql --db DB \"SELECT * FROM failures\"", err=True)
+    if report.failed:
+        sys.exit(2)
+
+
+@click.command()
+@db_option
+@click.option("--splits", help="Comma-separated splits to compute the statistics over (default: all).")
+@click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def restat(db, splits, wait, quiet):
+    """Recompute the standardisation statistics and rebuild the indexes, atomically."""
+    from ..indexer import restat as do_restat
+    from ..progress import NullProgress, RichProgress
+
+    progress = NullProgress() if quiet else RichProgress()
+    try:
+        result = do_restat(db, splits.split(",") if splits else None, progress=progress, wait=wait)
+    finally:
+        if not quiet:
+            progress.close()
+    click.echo(f"statistics over {', '.join(result['splits'])} ({result['count']} samples), frozen; indexes rebuilt "
+               f"({', '.join(f'{k}: {v}' for k, v in result['indexes'].items())}); knn, clusters and triage tables dropped")
+
+
+@click.command()
+@click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (an existing demo database is brought up to date; any other is refused).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
+@click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
+@click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@wait_option
+@handle_errors
+def demo(db, cache_dir, n_clusters, no_report, quiet, wait):
+    """Train a small CNN on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
+    from pathlib import Path
+
+    from ..demo import run_demo, story
+    from ..progress import NullProgress, RichProgress
+
+    progress = NullProgress() if quiet else RichProgress()
+    try:
+        result = run_demo(db, cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
+                          progress=progress, report=not no_report, wait=wait)
+    finally:
+        if not quiet:
+            progress.close()
+    click.echo(story(result))
+
+
+COMMANDS = [index, ingest, restat, demo]

@@ -1,0 +1,164 @@
+"""What every command shares: the options, one-line errors, output formats (table, JSON, CSV) and progress bars."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from functools import wraps
+
+import click
+
+from ..errors import SaliencyDBError
+
+FORMATS = ("table", "json", "csv")
+
+
+def handle_errors(fn):
+    """Library errors become one line on stderr and exit code 1; no traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SaliencyDBError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; committed work is kept and a rerun resumes") from None
+        except OSError as e:  # a file outside the database (an --out path, an image, the weights), or the disk
+            from ..storage.files import is_disk_full
+
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            if is_disk_full(e):
+                raise click.ClickException(f"no space left on the device{where}; free some space and rerun") from None
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+        except Exception as e:  # DuckDB / Arrow errors that name a file: never a traceback for a damaged file
+            module = type(e).__module__ or ""
+            if module.startswith(("duckdb", "_duckdb", "pyarrow")):
+                text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise click.ClickException(f"{text}; if it names a database file, run `saliencydb verify --db DB`") from None
+            raise
+
+    return wrapper
+
+
+def format_option(fn):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="Output format.")(fn)
+
+
+def db_option(fn):
+    return click.option("--db", required=True, type=click.Path(file_okay=False), help="Database directory.")(fn)
+
+
+def as_of_option(fn):
+    return click.option("--as-of", "as_of", type=click.IntRange(min=0), metavar="COMMIT",
+                        help="Read a kept earlier version (its commit number, from `saliencydb versions`).")(fn)
+
+
+def wait_option(fn):
+    return click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")(fn)
+
+
+def notes(lines) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
+    """Print a list of flat dicts as a table, JSON (a list of objects) or CSV."""
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=json_default))
+        return
+    columns = list(rows[0]) if rows else []
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: cell(v, digits=None) for k, v in r.items()})
+        click.echo(buf.getvalue(), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[cell(r[c]) for c in columns])
+    Console(width=terminal_width()).print(table)
+
+
+def pylist(table) -> list[dict]:
+    """Rows of an Arrow table; float32 values as the shortest decimal that is that float32
+    (``round(x, 2)`` gives 3.92, not 3.9200000762939453)."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = {}
+    for name, col in zip(table.column_names, table.columns):
+        if pa.types.is_float32(col.type):
+            columns[name] = [None if v is None else float(str(np.float32(v))) for v in col.to_pylist()]
+        else:
+            columns[name] = col.to_pylist()
+    return [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
+
+
+def terminal_width() -> int:
+    """The terminal's width; written to a file or a pipe, a wide page (no terminal to fit)."""
+    import shutil
+
+    if sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size((120, 20)).columns)
+    return max(100, min(200, shutil.get_terminal_size((120, 20)).columns))
+
+
+def cell(v, digits: int | None = 6) -> str:
+    """A value as text: floats with ``digits`` significant digits (enough for similarities such
+    as 0.999989 and 0.999984 to differ), or all of them (CSV); -0 as 0."""
+    if isinstance(v, float):
+        if v == 0:
+            v = 0.0
+        return repr(v) if digits is None else f"{v:.{digits}g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, default=json_default)
+    return "" if v is None else str(v)
+
+
+def json_default(v):
+    import datetime
+
+    import numpy as np
+
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (datetime.datetime, datetime.date)):
+        return v.isoformat()
+    import decimal
+
+    if isinstance(v, decimal.Decimal):  # DuckDB's sum() of integers: a number, not a string
+        return int(v) if v == v.to_integral_value() else float(v)
+    return str(v)
+
+
+def text_format_option(fn):
+    """--format for commands that write a file: csv prints their main table's rows."""
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="Output format (csv: the rows of the main table).")(fn)
+
+
+def progress_for(fmt: str, quiet: bool):
+    from ..progress import NullProgress, RichProgress
+
+    return NullProgress() if quiet or fmt != "table" else RichProgress()
+
+
+def close_progress(progress) -> None:
+    if hasattr(progress, "close"):
+        progress.close()

@@ -1,0 +1,255 @@
+"""Commands that read a database (and store the derived tables they compute): info, sql, neighbors, mistakes, clusters, triage."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .output import handle_errors, format_option, db_option, as_of_option, wait_option, notes, emit_rows, pylist, json_default
+
+TINY_PER_GROUP = 3  # fewer samples than this per cluster (or per neighbour asked for): a warning, not a silent answer
+
+
+def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: str, compute):
+    """Run a command that computes a derived table: ``compute(d, writer)``. The writer lock is
+    taken before the version is read (so the result is stored on the version it was computed
+    from, and a busy database is refused before any work); on a read-only database, with
+    --no-store or --as-of, the result is computed and printed and nothing is stored."""
+    from ..errors import ReadOnlyError
+    from ..query import open as open_db
+    from ..storage import DatabaseWriter
+
+    if no_store or as_of is not None:
+        with open_db(db, as_of=as_of) as d:
+            return compute(d, None), "nothing was stored (" + ("--no-store" if no_store else f"--as-of {as_of}") + ")"
+    try:
+        writer = DatabaseWriter(db, wait=wait, operation=operation)
+    except ReadOnlyError:
+        with open_db(db) as d:
+            return compute(d, None), f"database '{db}' is read-only: the results are printed, nothing was stored"
+    with writer:
+        with open_db(db) as d:
+            return compute(d, writer), None
+
+
+@click.command()
+@db_option
+@as_of_option
+@format_option
+@handle_errors
+def info(db, as_of, fmt):
+    """Summarise a database: model, units, splits, accuracy, index state, versions."""
+    from ..query import open as open_db
+
+    with open_db(db, as_of=as_of) as d:
+        summary = d.info()
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2, default=json_default))
+        return
+    rows = [{"split": name, **{k: v for k, v in s.items()}} for name, s in summary["splits"].items()]
+    if fmt == "csv":
+        emit_rows(rows, fmt)
+        return
+    for r in rows:  # a percentage, as `index` and `ingest` print it (JSON and CSV keep the fraction)
+        r["accuracy"] = None if r["accuracy"] is None else f"{r['accuracy']:.2%}"
+    behind = (f"; the latest is {summary['latest_commit']}" if summary["latest_commit"] not in (None, summary["commit"]) else "")
+    click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']}{behind}, "
+               f"{summary['versions']} versions kept)")
+    click.echo(f"model      {summary['model']['spec']}  weights {summary['model']['weights'] or '-'}  "
+               f"sha256 {summary['model']['weights_sha256'][:12]}  classes {summary['model']['num_classes']}")
+    click.echo(f"units      {summary['units']['count']} {summary['units']['kind']} units in {summary['units']['layers']} layers "
+               f"({summary['units']['aggregate']} of dL/dw); features {summary['feature_dim']}")
+    st = summary["statistics"]
+    click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st['splits'])} ({st['count']} samples)"
+                                + (", frozen" if st["frozen"] else "")))
+    idx = ", ".join(f"{k}: {v['kind']} {v['ntotal']}" + (" (stale)" if v["stale"] else "") for k, v in summary["indexes"].items())
+    click.echo(f"indexes    {idx or 'none'}")
+    derived = ", ".join(f"{k} (commit {v['base_commit']}" + (", stale" if v["stale"] else "") + ")"
+                        for k, v in summary["derived"].items())
+    click.echo(f"derived    {derived or 'none'}")
+    emit_rows(rows, "table")
+    stale = [k for k, v in summary["derived"].items() if v["stale"]]
+    if stale:
+        notes([f"note: {', '.join(stale)} were computed from other samples or statistics than this version's; "
+                "rerun `saliencydb mistakes` / `clusters` / `triage` to refresh them"])
+
+
+@click.command()
+@db_option
+@click.argument("query")
+@as_of_option
+@format_option
+@handle_errors
+def sql(db, query, as_of, fmt):
+    """Run one read-only SQL query (DuckDB) over the database.
+
+    \b
+    Tables: samples, units, knn, clusters, blame, triage, failures, ingests, interventions.
+    Views: classes, zscores, salient_units.
+    Macros: profile(id), top_units(id, k).
+    Columns: README "Database layout". The query cannot write or read files."""
+    from ..query import open as open_db
+
+    with open_db(db, as_of=as_of) as d:
+        table = d.sql(query)
+        notes(d.notices(query))
+    rows = pylist(table)
+    emit_rows(rows, fmt)
+
+
+@click.command()
+@db_option
+@click.option("--id", "sample_id", type=int, help="Id of a stored sample.")
+@click.option("--image", type=click.Path(dir_okay=False), help="A new image file (profiled with the stored model, not stored).")
+@click.option("--label", help="True label of --image: a class index or name.")
+@click.option("-k", default=10, show_default=True, type=int, help="Number of neighbours.")
+@click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True,
+              help="Search by saliency profile, or by the penultimate-layer features (the baseline).")
+@click.option("--where", help="SQL predicate over samples restricting the candidates before the search, e.g. \"NOT correct\".")
+@click.option("--split", help="Only neighbours from this split.")
+@as_of_option
+@format_option
+@handle_errors
+def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
+    """Nearest neighbours of a sample by saliency profile (or feature), with their labels and predictions."""
+    from ..query import open as open_db
+
+    with open_db(db, as_of=as_of) as d:
+        result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+    if result.note:
+        notes([f"note: {result.note}"])
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=json_default))
+        return
+    if fmt == "csv":
+        emit_rows(result.neighbors, "csv")
+        return
+    q = result.query
+    who = f"sample {q['sample_id']}" if q["sample_id"] is not None else f"image {q['key']}"
+    click.echo(f"{who}: label {q['label_name']}, predicted {q['pred_name']} "
+               f"({'correct' if q['correct'] else 'wrong'}, confidence {q['pred_conf']:.2f}); {space} space")
+    emit_rows(result.neighbors, "table")
+    s = result.summary
+    line = (f"{s['share_misclassified']:.0%} of the {s['neighbors']} neighbours are misclassified, "
+            f"{s['share_same_prediction']:.0%} share the prediction '{q['pred_name']}'")
+    if s["share_same_confusion"] is not None:
+        line += f", {s['share_same_confusion']:.0%} make the same mistake ({q['label_name']} -> {q['pred_name']})"
+    click.echo(line)
+
+
+@click.command()
+@db_option
+@click.option("-k", default=10, show_default=True, type=int, help="Neighbours per sample.")
+@click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
+@click.option("--no-store", is_flag=True, help="Print the report without storing the neighbour graph (knn table).")
+@as_of_option
+@wait_option
+@format_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
+    """Do saliency neighbours share mistakes? Per split, saliency vs feature space; stores the knn table."""
+    from ..progress import NullProgress, RichProgress
+    from ..query.knn import report_rows
+
+    progress = NullProgress() if quiet or fmt != "table" else RichProgress()
+    try:
+        report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
+                                lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
+                                                        write=w is not None, writer=w))
+    finally:
+        if isinstance(progress, RichProgress):
+            progress.close()
+    if note:
+        notes([f"note: {note}"])
+    for name, e in report["splits"].items():
+        if e["samples"] < TINY_PER_GROUP * k:
+            notes([f"warning: split '{name}' has {e['samples']} samples for k={k} neighbours each; "
+                    "the neighbourhoods cover much of the split and the shares say little (lower -k)"])
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
+    rows = report_rows(report)
+    if fmt == "csv":
+        emit_rows(rows, "csv")
+        return
+    for r in rows:
+        for c in ("correct_neighbors", "ci95_low", "ci95_high", "same_confusion"):
+            r[c] = None if r[c] is None else f"{r[c]:.1%}"
+    emit_rows(rows, "table", title=f"share of correctly classified samples among the {k} nearest neighbours")
+    for split, e in report["splits"].items():
+        if "feature" in e and e["incorrect"]:
+            sal = 1 - e["saliency"]["correct_neighbors_of_incorrect"]["mean"]
+            feat = 1 - e["feature"]["correct_neighbors_of_incorrect"]["mean"]
+            ratio = f"{sal / feat:.1f}x" if feat > 0 else "infinitely"
+            click.echo(f"{split}: neighbours of a mistake are mistakes {sal:.0%} of the time in saliency space, "
+                       f"{feat:.0%} in feature space ({ratio} as often)")
+
+
+@click.command()
+@db_option
+@click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
+@click.option("--errors-only/--all", default=True, show_default=True, help="Cluster misclassified samples only, or all.")
+@click.option("--split", help="Only samples of this split.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
+@click.option("--no-store", is_flag=True, help="Print the groups without storing the clusters and blame tables.")
+@as_of_option
+@wait_option
+@format_option
+@handle_errors
+def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fmt):
+    """Group mistakes by saliency profile (k-means); stores the clusters and blame tables."""
+    result, note = _derived(db, as_of, no_store, wait, f"clusters -n {n_clusters}",
+                            lambda d, w: d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed,
+                                                    write=w is not None, writer=w))
+    if note:
+        notes([f"note: {note}"])
+    if result["samples"] < TINY_PER_GROUP * n_clusters:
+        notes([f"warning: {result['samples']} samples in {n_clusters} clusters is fewer than {TINY_PER_GROUP} per group; "
+                "the groups say little (lower --n-clusters)"])
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [{
+        "cluster": g["cluster"], "size": g["size"],
+        "top_confusions": ", ".join(f"{p['pair']} ({p['purity']:.0%})" for p in g["top_confusions"]),
+        "top_layers": ", ".join(l["layer"] for l in g["top_layers"]),
+        "top_units": ", ".join(f"{u['layer']}[{u['channel']}]" for u in g["top_units"]),
+        "exemplars": ", ".join(str(e["sample_id"]) for e in g["exemplars"]),
+    } for g in result["clusters"]]
+    emit_rows(rows, fmt, title=f"{result['samples']} samples in {result['n_clusters']} clusters ({result['run']})")
+
+
+@click.command()
+@db_option
+@click.option("--split", required=True, help="The newly ingested split to triage.")
+@click.option("--no-store", is_flag=True, help="Print the triage without storing it in the triage table.")
+@as_of_option
+@wait_option
+@format_option
+@handle_errors
+def triage(db, split, no_store, as_of, wait, fmt):
+    """Assign a new split's mistakes to known error groups (or mark them new) and show which layers moved."""
+    result, note = _derived(db, as_of, no_store, wait, f"triage {split}",
+                            lambda d, w: d.triage(split, write=w is not None, writer=w))
+    if note:
+        notes([f"note: {note}"])
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [{"group": g["cluster"], "new_mistakes": g["new_mistakes"]} for g in result["known_groups"]]
+    rows.append({"group": "new failure mode", "new_mistakes": result["new_failure_mode"]})
+    if fmt == "csv":
+        emit_rows(rows, "csv")
+        return
+    click.echo(f"{result['new_mistakes']} new mistakes in '{split}' against the error groups of {result['run']} "
+               f"(built on {', '.join(result['groups_built_on'])})")
+    emit_rows(rows, "table")
+    if result["layer_drift"]:
+        click.echo(f"layers whose mean standardised saliency moved most (vs {', '.join(result['reference_splits'])}):")
+        emit_rows(result["layer_drift"], "table")
+
+
+COMMANDS = [info, sql, neighbors, mistakes, clusters, triage]
