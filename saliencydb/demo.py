@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .data import Transform, parse_data_spec
 from .data.zoo import small_cnn
 from .indexer import Indexer
-from .storage import DatabaseWriter
+from .storage.derived import DerivedWriter
 from .progress import NullProgress, Progress
 from .query import open as open_db
 
@@ -97,12 +97,12 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
     Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, progress=progress,
             wait=wait).run(VAL_DATA, split="val")
     # the lock is taken before reading, so the tables are computed from the version they are stored on
-    with DatabaseWriter(db, wait=wait, operation="demo") as w:
+    with DerivedWriter(db, wait=wait, operation="demo") as w:
         with open_db(db) as d:
-            mistakes = d.mistakes(10, progress=progress, writer=w)
-    with DatabaseWriter(db, wait=wait, operation="demo") as w:
+            mistakes = d.mistakes(10, progress=progress, store=w)
+    with DerivedWriter(db, wait=wait, operation="demo") as w:
         with open_db(db) as d:
-            clusters = d.clusters(n_clusters, writer=w)
+            clusters = d.clusters(n_clusters, store=w)
     with open_db(db) as d:
         info = d.info()
     result = DemoResult(db=db, weights=weights, info=info, mistakes=mistakes, clusters=clusters, seconds=0.0)
@@ -117,11 +117,11 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
 def _check_demo_db(db: Path, weights: Path | None) -> None:
     """Refuse a directory that holds anything but this demo's own database."""
     from .errors import DatabaseError
-    from .storage import read_current
+    from .storage import is_database, read_current
 
     if not db.exists() or not any(db.iterdir()):
         return
-    if not (db / "manifest.json").exists():
+    if not is_database(db):
         raise DatabaseError(f"'{db}' exists and is not a saliencydb database; remove it or pass another --db")
     m = read_current(db)
     from .models import load_model

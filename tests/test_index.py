@@ -15,7 +15,8 @@ import torch
 from saliencydb.data import parse_data_spec
 from saliencydb.models import load_model
 from saliencydb.errors import LockedError
-from saliencydb.indexer import DatabaseWriter, Indexer
+from saliencydb.indexer import Indexer
+from saliencydb.storage import DatabaseWriter
 from saliencydb.saliency import reference_profiles
 from saliencydb.schemas import FORMAT_VERSION
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import saliencydb
 from saliencydb.data import parse_data_spec
-from saliencydb.indexer import DatabaseWriter
+from saliencydb.storage import DatabaseWriter
 from saliencydb.schemas import FORMAT_VERSION
 
 from helpers import run_cli, run_cli_subprocess

@@ -18,13 +18,13 @@ def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: 
     --no-store or --as-of, the result is computed and printed and nothing is stored."""
     from ..errors import ReadOnlyError
     from ..query import open as open_db
-    from ..storage import DatabaseWriter
+    from ..storage.derived import DerivedWriter
 
     if no_store or as_of is not None:
         with open_db(db, as_of=as_of) as d:
             return compute(d, None), "nothing was stored (" + ("--no-store" if no_store else f"--as-of {as_of}") + ")"
     try:
-        writer = DatabaseWriter(db, wait=wait, operation=operation)
+        writer = DerivedWriter(db, wait=wait, operation=operation)
     except ReadOnlyError:
         with open_db(db) as d:
             return compute(d, None), f"database '{db}' is read-only: the results are printed, nothing was stored"
@@ -158,7 +158,7 @@ def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
     try:
         report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
                                 lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
-                                                        write=w is not None, writer=w))
+                                                        write=w is not None, store=w))
     finally:
         if isinstance(progress, RichProgress):
             progress.close()
@@ -203,7 +203,7 @@ def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fm
     """Group mistakes by saliency profile (k-means); stores the clusters and blame tables."""
     result, note = _derived(db, as_of, no_store, wait, f"clusters -n {n_clusters}",
                             lambda d, w: d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed,
-                                                    write=w is not None, writer=w))
+                                                    write=w is not None, store=w))
     if note:
         notes([f"note: {note}"])
     if result["samples"] < TINY_PER_GROUP * n_clusters:
@@ -233,7 +233,7 @@ def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fm
 def triage(db, split, no_store, as_of, wait, fmt):
     """Assign a new split's mistakes to known error groups (or mark them new) and show which layers moved."""
     result, note = _derived(db, as_of, no_store, wait, f"triage {split}",
-                            lambda d, w: d.triage(split, write=w is not None, writer=w))
+                            lambda d, w: d.triage(split, write=w is not None, store=w))
     if note:
         notes([f"note: {note}"])
     if fmt == "json":

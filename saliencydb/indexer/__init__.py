@@ -1,11 +1,11 @@
-"""The pipeline: batches -> profiles -> Parquet parts + statistics -> FAISS indexes.
+"""The indexing job: a data source -> batched profiles -> Parquet parts, statistics and FAISS
+indexes, written through ``storage.DatabaseWriter`` (docs/architecture.md).
 
-The pipeline imports torch and is loaded on first use: the query layer needs only the
-storage readers (``store``, ``vectors``) and starts without it.
+The job imports torch and is loaded on first use.
 """
 
 from ..lazy import lazy_attributes
 
-__all__ = ["Indexer", "JobReport", "DatabaseWriter", "restat", "update_indexes"]
+__all__ = ["Indexer", "JobReport", "restat", "update_indexes"]
 __getattr__ = lazy_attributes(__name__, {"Indexer": ".pipeline", "JobReport": ".pipeline", "restat": ".pipeline",
-                                         "update_indexes": ".pipeline", "DatabaseWriter": "..storage"})
+                                         "update_indexes": ".pipeline"})

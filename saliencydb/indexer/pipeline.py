@@ -33,10 +33,10 @@ from ..models.stored import initialised_at_random, load_stored_model, model_reco
 from ..progress import NullProgress, Progress
 from ..saliency import ProfileEngine, RunningStats, UnitLayout, l2_normalize, reference_profiles, standardize
 from ..saliency.aggregates import DEFAULT_AGGREGATE, check_aggregate
-from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, MANIFEST, UNITS_SCHEMA, Manifest, samples_schema
-from ..storage import (DatabaseWriter, committed_keys, iter_part_batches, iter_profiles, read_current, read_index,
+from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
+from ..storage import (DatabaseWriter, committed_keys, is_database, iter_part_batches, iter_profiles, read_current, read_index,
                        read_stats, write_index, write_parquet)
-from .vectors import INDEX_KINDS, build_index, kind_of
+from ..storage.indexes import INDEX_KINDS, build_index, kind_of
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -128,7 +128,7 @@ class Indexer:
     # -- opening ---------------------------------------------------------------------------
     def _open(self, source: Source, operation: str) -> tuple[DatabaseWriter, LoadedModel, Transform]:
         model_spec, weights, transform_spec, num_classes = self._model_args
-        existing = read_current(self.db) if (self.db / MANIFEST).exists() else None
+        existing = read_current(self.db) if is_database(self.db) else None
         # a database that never committed a sample (its first job was refused, or every sample
         # failed) is made again with the settings given now: nothing in it can be lost
         fresh = existing is not None and model_spec is not None and existing.rows() == 0 and not existing.pending

@@ -1,4 +1,4 @@
-"""Interventions that test whether a sample's salient filters are responsible for its mistake (DESIGN §2):
+"""Interventions that test whether a sample's salient filters are responsible for its mistake (docs/architecture.md, "The method"):
 pruning, perturbing or fine-tuning them against random and least-salient controls, on one sample, over a
 split (with bootstrap intervals), on a whole error group (with side effects), and adversarial parameter
 saliency. Every edit is made on a private copy of the model and undone in place after each attempt."""

@@ -20,7 +20,7 @@ from ..errors import QueryError
 from ..explain.context import Explainer
 from ..models.inference import logits_of, predict
 from ..models.modes import evaluating
-from ..query.neighbors import search
+from ..query.lists import neighbor_lists
 from ..saliency import standardize
 from .editor import FilterEditor
 
@@ -159,29 +159,17 @@ class Bench:
         ids = _ids(ids)
         if n < 1:
             raise QueryError(f"--neighbors must be at least 1, got {n}")
+
+        def splits(todo: np.ndarray) -> list[str]:
+            self.prepare(todo)  # the samples to search: their metadata (an unknown id is one line) and baselines
+            return self.splits(todo)
+
+        found = neighbor_lists(self.db, ids, n, ("saliency",), complete=True, split_of=splits)
         out = np.full((len(ids), n), -1, dtype=np.int64)
-        pos = {i: p for p, i in enumerate(ids.tolist())}
-        rows = self.db.con.execute(
-            "SELECT sample_id, rank, neighbor_id FROM knn WHERE space = 'saliency' AND rank <= ? "
-            "AND sample_id IN (SELECT unnest(?::BIGINT[]))", [n, ids.tolist()]).fetchall()
-        for sid, rank, nb in rows:
-            out[pos[int(sid)], int(rank) - 1] = int(nb)
-        todo = np.flatnonzero((out < 0).any(axis=1))
-        if len(todo):
-            self.prepare(ids[todo])
-            by_split: dict[str, list[int]] = {}
-            for p in todo.tolist():
-                by_split.setdefault(self._meta[int(ids[p])][0], []).append(p)
-            index = self.db.index("saliency")
-            for split, rows_ in by_split.items():
-                pool = self.db.ids_where(split=split)
-                if len(pool) <= n:
-                    raise QueryError(f"split '{split}' has {len(pool)} samples, too few for {n} neighbours; lower --neighbors")
-                q = ids[rows_]
-                _, nbs = search(index, self.db.vectors("saliency", q), n + 1, pool)
-                for r, sid, row in zip(rows_, q.tolist(), nbs):
-                    row = [int(v) for v in row if v >= 0 and v != sid][:n]
-                    out[r] = row
+        for p, sid in enumerate(ids.tolist()):
+            row = found.get(sid, "saliency")
+            if row is not None:
+                out[p] = [nb for nb, _ in row]
         return out
 
 

@@ -1,4 +1,4 @@
-"""The three interventions (DESIGN §2; paper sections 3.1, 3.3, A.5, A.6) as edits of a model copy.
+"""The three interventions (docs/architecture.md, "The method"; paper sections 3.1, 3.3, A.5, A.6) as edits of a model copy.
 
 - prune: the weights of the chosen filters become 0 (biases kept);
 - perturb: i.i.d. Gaussian noise of standard deviation ``sigma`` (0.001) is added to their weights;

@@ -47,10 +47,7 @@ def write_attempts(db_path, records: list[dict], *, wait: bool = False) -> str |
     """Append the rows to the database's interventions table in one commit; returns the part's file."""
     if not records:
         return None
-    from ..storage import DatabaseWriter
+    from ..storage.derived import DerivedWriter
 
-    table = attempts_table(records)
-    with DatabaseWriter(db_path, wait=wait, operation=f"{records[0]['command']} (interventions)") as w:
-        rel = w.write_parquet_table(TABLE, table)
-        w.commit()
-    return rel
+    with DerivedWriter(db_path, wait=wait, operation=f"{records[0]['command']} (interventions)") as w:
+        return w.append(TABLE, attempts_table(records))

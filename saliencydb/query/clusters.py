@@ -11,7 +11,7 @@ import pyarrow as pa
 from ..errors import QueryError
 from ..saliency import UnitLayout, l2_normalize, standardize
 from ..schemas import BLAME_SCHEMA, CLUSTERS_SCHEMA
-from .derived import store_derived
+from ..storage.derived import store_derived
 
 TOP_PAIRS = 3
 TOP_UNITS = 5
@@ -20,7 +20,7 @@ EXEMPLARS = 3
 
 
 def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None, seed: int = 0,
-             write: bool = True, niter: int = 50, wait: bool = False, writer=None) -> dict:
+             write: bool = True, niter: int = 50, wait: bool = False, store=None) -> dict:
     """Cluster the (misclassified, by default) samples; write clusters + blame tables; return a summary."""
     if n_clusters < 1:
         raise QueryError(f"--n-clusters must be at least 1, got {n_clusters}")
@@ -77,9 +77,8 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
               "base_commit": db.commit, "stored": False}
     if write:
         tables = _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel)
-        store_derived(db, lambda w: {name: [w.write_parquet(w.unique_name(name, "part", ".parquet"), t)]
-                                     for name, t in tables.items()},
-                      operation=f"clusters {run}", writer=writer, wait=wait)
+        store_derived(db, lambda w: {name: [w.write(name, t)] for name, t in tables.items()},
+                      operation=f"clusters {run}", store=store, wait=wait)
         result["stored"] = True
     return result
 

@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DamagedError, QueryError
-from ..indexer.vectors import SPACES, build_index
 from ..saliency import l2_normalize, standardize
 from ..schemas import DERIVED_TABLES, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
 from ..storage import Snapshot, fixed_list_to_numpy
+from ..storage.indexes import SPACES, build_index
 
-SALIENT_TOP_K = 10  # units per sample in the salient_units view (DESIGN §2: the top-k of s)
+SALIENT_TOP_K = 10  # units per sample in the salient_units view (the top-k of the standardised profile)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 _PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
 _ANALYZE = re.compile(r"\banaly[sz]e\b", re.I)
@@ -263,27 +263,27 @@ class Database:
         return neighbors(self, sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
 
     def mistakes(self, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
-                 wait: bool = False, writer=None):
+                 wait: bool = False, store=None):
         """The shared-mistake report (appendix A.2) per split, saliency vs feature space; with
         ``write``, the neighbour graph is stored as the knn table (refused, with nothing stored,
         when the database moved on from this version meanwhile)."""
         from .knn import mistakes
 
-        return mistakes(self, k=k, n_boot=n_boot, seed=seed, write=write, progress=progress, wait=wait, writer=writer)
+        return mistakes(self, k=k, n_boot=n_boot, seed=seed, write=write, progress=progress, wait=wait, store=store)
 
     def clusters(self, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None,
-                 seed: int = 0, write: bool = True, wait: bool = False, writer=None):
+                 seed: int = 0, write: bool = True, wait: bool = False, store=None):
         """k-means error groups over standardised profiles."""
         from .clusters import clusters
 
         return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write,
-                        wait=wait, writer=writer)
+                        wait=wait, store=store)
 
-    def triage(self, split: str, *, write: bool = True, wait: bool = False, writer=None) -> dict:
+    def triage(self, split: str, *, write: bool = True, wait: bool = False, store=None) -> dict:
         """New mistakes of ``split`` assigned to known error groups or marked new; layer drift."""
         from .triage import triage
 
-        return triage(self, split, write=write, wait=wait, writer=writer)
+        return triage(self, split, write=write, wait=wait, store=store)
 
     def reopen(self) -> "Database":
         """A fresh view at the latest commit."""

@@ -15,8 +15,8 @@ import pyarrow as pa
 from ..errors import QueryError
 from ..progress import NullProgress
 from ..schemas import KNN_SCHEMA
-from ..indexer.vectors import build_index, to_search_device
-from .derived import store_derived
+from ..storage.derived import store_derived
+from ..storage.indexes import build_index, to_search_device
 from .neighbors import search
 
 BLOCK_ROWS = 2048
@@ -96,7 +96,7 @@ def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) ->
 
 
 def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
-             wait: bool = False, writer=None) -> dict:
+             wait: bool = False, store=None) -> dict:
     """Per split and space: the share of correctly classified samples among the k nearest
     neighbours, for correct and for incorrect samples, and the share of an incorrect
     sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
@@ -128,9 +128,8 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     report["base_commit"] = db.commit
     report["stored"] = False
     if write:
-        store_derived(db, lambda w: {"knn": [w.write_parquet(w.unique_name("knn", "part", ".parquet"), graph_table(g))
-                                             for g in graphs]},
-                      operation=f"mistakes -k {k}", writer=writer, wait=wait)
+        store_derived(db, lambda w: {"knn": [w.write("knn", graph_table(g)) for g in graphs]},
+                      operation=f"mistakes -k {k}", store=store, wait=wait)
         report["stored"] = True
     return report
 

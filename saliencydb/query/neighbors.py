@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 from ..errors import QueryError
-from ..indexer.vectors import kind_of
+from ..storage.indexes import kind_of
 
 RERANK = 10  # an IVF-PQ search returns this many times k candidates, re-ranked exactly
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 from ..errors import QueryError
 from ..saliency import UnitLayout, standardize
 from ..schemas import TRIAGE_SCHEMA
-from .derived import store_derived
+from ..storage.derived import store_derived
 
 NEW = -1
 RADIUS_QUANTILE = 5  # a new mistake joins a group when it is closer than the group's farthest 5% of members
@@ -28,7 +28,7 @@ def layer_means(db, split: str) -> np.ndarray:
     return np.array([per_unit[l.offset : l.stop].mean() for l in layout.layers])
 
 
-def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: bool = False, writer=None) -> dict:
+def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: bool = False, store=None) -> dict:
     m = db.manifest
     if split not in m.splits:
         raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(m.splits))}")
@@ -95,10 +95,9 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: boo
             # one triage per split: this split's file is replaced; the other splits' are kept while
             # they were computed from these same samples and statistics
             same = (w.manifest.derived.get("triage") or {}).get("data") == db.manifest.data_version()
-            keep = [rel for rel in w.manifest.tables.get("triage", [])
-                    if same and f"/triage-{split}-" not in f"/{rel.split('/')[-1]}"]
-            return {"triage": keep + [w.write_parquet(w.unique_name("triage", f"triage-{split}", ".parquet"), table)]}
+            keep = [rel for rel in w.files("triage") if same and f"/triage-{split}-" not in f"/{rel.split('/')[-1]}"]
+            return {"triage": keep + [w.write("triage", table, stem=f"triage-{split}")]}
 
-        store_derived(db, build, operation=f"triage {split}", writer=writer, wait=wait)
+        store_derived(db, build, operation=f"triage {split}", store=store, wait=wait)
         result["stored"] = True
     return result

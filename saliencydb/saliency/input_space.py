@@ -1,4 +1,4 @@
-"""Input-space saliency: which pixels drive the sample's salient filters (DESIGN §2).
+"""Input-space saliency: which pixels drive the sample's salient filters (docs/architecture.md, "The method").
 
 For one sample the standardised profile ``s(x)`` is computed with a differentiable
 graph: the per-sample weight gradients of the convolutions are formed with

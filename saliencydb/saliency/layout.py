@@ -1,6 +1,6 @@
 """Unit layouts: which parameters are units, and in which order.
 
-A unit is one output filter of a convolution (DESIGN §2): the slice ``W[o]`` of a
+A unit is one output filter of a convolution (docs/architecture.md, "The method"): the slice ``W[o]`` of a
 4-D weight. Units are ordered by ``model.named_parameters()`` order of the 4-D
 weights, then by output channel. Biases are not units.
 """

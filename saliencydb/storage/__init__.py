@@ -11,12 +11,12 @@ from .maintenance import (Damage, RestoreResult, VacuumResult, VerifyResult, Ver
                           vacuum, verify)
 from .reader import (Snapshot, committed_keys, fixed_list_to_numpy, iter_part_batches, iter_profiles, read_index,
                      read_stats, write_index)
-from .versions import list_versions, read_current, read_version
+from .versions import is_database, list_versions, read_current, read_version
 from .writer import DATA_DIRS, LOCK, DatabaseWriter
 
 __all__ = [
     "TMP_SUFFIX", "new_file", "write_parquet", "Damage", "RestoreResult", "VacuumResult", "VerifyResult", "VersionInfo",
     "history", "parse_duration", "restore", "vacuum", "verify", "Snapshot", "committed_keys", "fixed_list_to_numpy",
-    "iter_part_batches", "iter_profiles", "read_index", "read_stats", "write_index", "list_versions", "read_current",
+    "iter_part_batches", "iter_profiles", "read_index", "read_stats", "write_index", "is_database", "list_versions", "read_current",
     "read_version", "DATA_DIRS", "LOCK", "DatabaseWriter",
 ]

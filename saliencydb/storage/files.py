@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -91,8 +92,9 @@ def write_parquet(db: Path, rel: str, table: pa.Table) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, whole."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    """Write ``data`` to ``path`` so that readers see either the old or the new file, whole. The
+    temporary file's name is this call's own, so two processes writing one path never share it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

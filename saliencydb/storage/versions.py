@@ -60,6 +60,11 @@ def _restore_hint(db: Path) -> str:
     return "restore it from a backup"
 
 
+def is_database(db: Path) -> bool:
+    """Whether ``db`` holds a current manifest (a database, possibly damaged)."""
+    return (Path(db) / MANIFEST).exists()
+
+
 def read_current(db: Path) -> Manifest:
     """The current manifest (``manifest.json``)."""
     db = Path(db)
