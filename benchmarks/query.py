@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 import saliencydb
-from saliencydb.indexer.pipeline import update_indexes
+from saliencydb.indexer import update_indexes
 from saliencydb.storage import DatabaseWriter
 from saliencydb.saliency import RunningStats, UnitLayout
 from saliencydb.saliency.layout import Layer

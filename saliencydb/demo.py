@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .data import Transform, parse_data_spec
 from .data.zoo import small_cnn
 from .indexer import Indexer
+from .query.results import ClustersResult, DatabaseInfo, MistakesReport
 from .storage.derived import DerivedWriter
 from .progress import NullProgress, Progress
 from .query import open as open_db
@@ -74,9 +75,9 @@ def train_demo_model(cache_dir: Path, progress: Progress | None = None, **recipe
 class DemoResult:
     db: Path
     weights: Path
-    info: dict
-    mistakes: dict
-    clusters: dict
+    info: DatabaseInfo
+    mistakes: MistakesReport
+    clusters: ClustersResult
     seconds: float
     report: Path | None = None
 
@@ -136,17 +137,17 @@ def _check_demo_db(db: Path, weights: Path | None) -> None:
 
 def story(result: DemoResult) -> str:
     """What the demo found, in a few lines with real numbers."""
-    val = result.info["splits"]["val"]
-    e = result.mistakes["splits"]["val"]
-    sal = 1 - e["saliency"]["correct_neighbors_of_incorrect"]["mean"]
-    feat = 1 - e["feature"]["correct_neighbors_of_incorrect"]["mean"]
-    sal_ok = e["saliency"]["correct_neighbors_of_correct"]["mean"]
-    pair = e["saliency"]["same_confusion_of_incorrect"]["mean"]
-    pair_f = e["feature"]["same_confusion_of_incorrect"]["mean"]
+    val = result.info.splits["val"]
+    sal_space, feat_space = result.mistakes.splits["val"].spaces["saliency"], result.mistakes.splits["val"].spaces["feature"]
+    sal = 1 - sal_space.correct_neighbors_of_incorrect.mean
+    feat = 1 - feat_space.correct_neighbors_of_incorrect.mean
+    sal_ok = sal_space.correct_neighbors_of_correct.mean
+    pair = sal_space.same_confusion_of_incorrect.mean
+    pair_f = feat_space.same_confusion_of_incorrect.mean
     ratio = f"{sal / feat:.1f}x as often" if feat > 0 else "where feature neighbours never are"
     lines = [
-        f"A small CNN trained on 3,000 real handwritten digits classifies {val['samples']:,} held-out digits "
-        f"with {val['accuracy']:.1%} accuracy: {val['mistakes']} mistakes.",
+        f"A small CNN trained on 3,000 real handwritten digits classifies {val.samples:,} held-out digits "
+        f"with {val.accuracy:.1%} accuracy: {val.mistakes} mistakes.",
         "",
         "For every digit, saliencydb stored which of the network's 112 filters its loss leans on abnormally hard,",
         "and found its 10 nearest neighbours by that profile (and, as a baseline, by the network's features).",
@@ -154,12 +155,12 @@ def story(result: DemoResult) -> str:
         f"  - {pair:.0%} of a mistake's saliency neighbours make the very same confusion (feature space: {pair_f:.0%});",
         f"  - the saliency neighbours of a correct digit are correct {sal_ok:.0%} of the time.",
         "",
-        f"The {result.clusters['samples']} mistakes fall into {len(result.clusters['clusters'])} error groups by profile; the largest:",
+        f"The {result.clusters.samples} mistakes fall into {len(result.clusters.clusters)} error groups by profile; the largest:",
     ]
-    for g in result.clusters["clusters"][:4]:
-        pairs = ", ".join(f"{p['pair']} x{p['count']}" for p in g["top_confusions"][:2])
-        unit = g["top_units"][0]
-        lines.append(f"  - group {g['cluster']}: {g['size']} mistakes ({pairs}); most blamed filter {unit['layer']}[{unit['channel']}]")
+    for g in result.clusters.clusters[:4]:
+        pairs = ", ".join(f"{p.pair} x{p.count}" for p in g.top_confusions[:2])
+        unit = g.top_units[0]
+        lines.append(f"  - group {g.cluster}: {g.size} mistakes ({pairs}); most blamed filter {unit.layer}[{unit.channel}]")
     worst = _first_confident_mistake(result)
     lines += [
         "",

@@ -16,7 +16,7 @@ from typing import Any
 
 def plain(value: Any) -> Any:
     """A value with every result (or other dataclass) in it turned into its JSON dict."""
-    if isinstance(value, Result):
+    if isinstance(value, Result) or (dataclasses.is_dataclass(value) and hasattr(value, "to_dict")):
         return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

@@ -50,7 +50,7 @@ def test_ingest_appends_with_frozen_statistics_and_extends_the_index(base_db, tm
     # the extended index answers exactly like a rebuilt one
     db = saliencydb.open(base_db)
     before = [db.neighbors(i, k=8).neighbors for i in (3, 250)]
-    from saliencydb.indexer.pipeline import update_indexes
+    from saliencydb.indexer import update_indexes
 
     with DatabaseWriter(base_db) as w:
         update_indexes(w, rebuild=True)

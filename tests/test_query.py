@@ -143,8 +143,8 @@ def test_mistakes_graph_and_statistic(digits_copy):
 
 
 def test_clusters_deterministic_and_joinable(digits_copy):
-    a = saliencydb.open(digits_copy).clusters(4, seed=3)
-    b = saliencydb.open(digits_copy).clusters(4, seed=3)
+    a = saliencydb.open(digits_copy).clusters(4, seed=3).to_dict()
+    b = saliencydb.open(digits_copy).clusters(4, seed=3).to_dict()
     assert a.pop("base_commit") < b.pop("base_commit")  # the second ran on the version the first stored
     assert a == b
     db = saliencydb.open(digits_copy)

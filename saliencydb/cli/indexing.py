@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .output import handle_errors, db_option, wait_option
+from .output import db_option, handle_errors, progress_bars, wait_option
 
 
 @click.command()
@@ -40,20 +40,13 @@ from .output import handle_errors, db_option, wait_option
 def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
           aggregate, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
-    from ..indexer import Indexer
-    from ..progress import NullProgress, RichProgress
+    from ..indexer import Indexer, torchrun_job
 
-    rank = _rank()
-    progress = NullProgress() if quiet or rank > 0 else RichProgress()
-    try:
+    with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
                          aggregate=aggregate, progress=progress, wait=wait,
                          random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
-    finally:
-        if not quiet:
-            progress.close()
-        _leave_job()
     _job_summary(report)
 
 
@@ -72,41 +65,13 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
 @handle_errors
 def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
     """Add a new set to an existing database with its model and frozen statistics (idempotent, resumable)."""
-    from ..indexer import Indexer
-    from ..progress import NullProgress, RichProgress
+    from ..indexer import Indexer, torchrun_job
 
-    rank = _rank()
-    progress = NullProgress() if quiet or rank > 0 else RichProgress()
-    try:
+    with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, device=device, batch_size=batch_size, workers=workers, part_rows=part_rows,
                          progress=progress, wait=wait).run(data_spec, split=split, limit=limit, command="ingest",
                                                            replace=replace, require_existing=True)
-    finally:
-        if not quiet:
-            progress.close()
-        _leave_job()
     _job_summary(report)
-
-
-def _rank() -> int:
-    """Under torchrun (WORLD_SIZE > 1), join the job's process group (gloo carries the few
-    messages between ranks; profiling stays on each rank's device) and return this rank."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank()
-
-
-def _leave_job() -> None:
-    """Leave a torchrun job's process group (its threads must not outlive the interpreter)."""
-    dist = sys.modules.get("torch.distributed")  # only a job that imported it can have joined one
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _job_summary(report) -> None:
@@ -133,16 +98,11 @@ def _job_summary(report) -> None:
 def restat(db, splits, wait, quiet):
     """Recompute the standardisation statistics and rebuild the indexes, atomically."""
     from ..indexer import restat as do_restat
-    from ..progress import NullProgress, RichProgress
 
-    progress = NullProgress() if quiet else RichProgress()
-    try:
+    with progress_bars(not quiet) as progress:
         result = do_restat(db, splits.split(",") if splits else None, progress=progress, wait=wait)
-    finally:
-        if not quiet:
-            progress.close()
-    click.echo(f"statistics over {', '.join(result['splits'])} ({result['count']} samples), frozen; indexes rebuilt "
-               f"({', '.join(f'{k}: {v}' for k, v in result['indexes'].items())}); knn, clusters and triage tables dropped")
+    click.echo(f"statistics over {', '.join(result.splits)} ({result.count} samples), frozen; indexes rebuilt "
+               f"({', '.join(f'{k}: {v}' for k, v in result.indexes.items())}); knn, clusters and triage tables dropped")
 
 
 @click.command()
@@ -158,15 +118,10 @@ def demo(db, cache_dir, n_clusters, no_report, quiet, wait):
     from pathlib import Path
 
     from ..demo import run_demo, story
-    from ..progress import NullProgress, RichProgress
 
-    progress = NullProgress() if quiet else RichProgress()
-    try:
+    with progress_bars(not quiet) as progress:
         result = run_demo(db, cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
                           progress=progress, report=not no_report, wait=wait)
-    finally:
-        if not quiet:
-            progress.close()
     click.echo(story(result))
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from contextlib import contextmanager
 from functools import wraps
 
 import click
@@ -64,6 +65,28 @@ def wait_option(fn):
 def notes(lines) -> None:
     for line in lines:
         click.echo(line, err=True)
+
+
+def emit(result, fmt: str) -> None:
+    """A typed result (``saliencydb.results.Result``) as its JSON document or its rows as CSV."""
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=json_default))
+    else:
+        emit_rows(result.rows(), fmt)
+
+
+@contextmanager
+def progress_bars(enabled: bool):
+    """The one way commands show progress: bars on the terminal when ``enabled``, nothing otherwise;
+    the bars are closed however the command ends."""
+    from ..progress import NullProgress, RichProgress
+
+    progress = RichProgress() if enabled else NullProgress()
+    try:
+        yield progress
+    finally:
+        if enabled:
+            progress.close()
 
 
 def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from .output import handle_errors, format_option, db_option, as_of_option, wait_option, notes, emit_rows, pylist, json_default
+from .output import as_of_option, db_option, emit, emit_rows, format_option, handle_errors, notes, progress_bars, pylist, wait_option
 
 TINY_PER_GROUP = 3  # fewer samples than this per cluster (or per neighbour asked for): a warning, not a silent answer
 
@@ -43,33 +42,28 @@ def info(db, as_of, fmt):
     from ..query import open as open_db
 
     with open_db(db, as_of=as_of) as d:
-        summary = d.info()
-    if fmt == "json":
-        click.echo(json.dumps(summary, indent=2, default=json_default))
+        s = d.info()
+    if fmt != "table":
+        emit(s, fmt)
         return
-    rows = [{"split": name, **{k: v for k, v in s.items()}} for name, s in summary["splits"].items()]
-    if fmt == "csv":
-        emit_rows(rows, fmt)
-        return
+    rows = s.rows()
     for r in rows:  # a percentage, as `index` and `ingest` print it (JSON and CSV keep the fraction)
         r["accuracy"] = None if r["accuracy"] is None else f"{r['accuracy']:.2%}"
-    behind = (f"; the latest is {summary['latest_commit']}" if summary["latest_commit"] not in (None, summary["commit"]) else "")
-    click.echo(f"database   {summary['path']} (format {summary['format_version']}, commit {summary['commit']}{behind}, "
-               f"{summary['versions']} versions kept)")
-    click.echo(f"model      {summary['model']['spec']}  weights {summary['model']['weights'] or '-'}  "
-               f"sha256 {summary['model']['weights_sha256'][:12]}  classes {summary['model']['num_classes']}")
-    click.echo(f"units      {summary['units']['count']} {summary['units']['kind']} units in {summary['units']['layers']} layers "
-               f"({summary['units']['aggregate']} of dL/dw); features {summary['feature_dim']}")
-    st = summary["statistics"]
-    click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st['splits'])} ({st['count']} samples)"
-                                + (", frozen" if st["frozen"] else "")))
-    idx = ", ".join(f"{k}: {v['kind']} {v['ntotal']}" + (" (stale)" if v["stale"] else "") for k, v in summary["indexes"].items())
+    behind = f"; the latest is {s.latest_commit}" if s.latest_commit not in (None, s.commit) else ""
+    click.echo(f"database   {s.path} (format {s.format_version}, commit {s.commit}{behind}, {s.versions} versions kept)")
+    click.echo(f"model      {s.model.spec}  weights {s.model.weights or '-'}  sha256 {s.model.weights_sha256[:12]}  "
+               f"classes {s.model.num_classes}")
+    click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
+               f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
+    st = s.statistics
+    click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st.splits)} ({st.count} samples)"
+                                + (", frozen" if st.frozen else "")))
+    idx = ", ".join(f"{k}: {v.kind} {v.ntotal}" + (" (stale)" if v.stale else "") for k, v in s.indexes.items())
     click.echo(f"indexes    {idx or 'none'}")
-    derived = ", ".join(f"{k} (commit {v['base_commit']}" + (", stale" if v["stale"] else "") + ")"
-                        for k, v in summary["derived"].items())
+    derived = ", ".join(f"{k} (commit {v.base_commit}" + (", stale" if v.stale else "") + ")" for k, v in s.derived.items())
     click.echo(f"derived    {derived or 'none'}")
     emit_rows(rows, "table")
-    stale = [k for k, v in summary["derived"].items() if v["stale"]]
+    stale = [k for k, v in s.derived.items() if v.stale]
     if stale:
         notes([f"note: {', '.join(stale)} were computed from other samples or statistics than this version's; "
                 "rerun `saliencydb mistakes` / `clusters` / `triage` to refresh them"])
@@ -119,22 +113,19 @@ def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
         result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
     if result.note:
         notes([f"note: {result.note}"])
-    if fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2, default=json_default))
-        return
-    if fmt == "csv":
-        emit_rows(result.neighbors, "csv")
+    if fmt != "table":
+        emit(result, fmt)
         return
     q = result.query
-    who = f"sample {q['sample_id']}" if q["sample_id"] is not None else f"image {q['key']}"
-    click.echo(f"{who}: label {q['label_name']}, predicted {q['pred_name']} "
-               f"({'correct' if q['correct'] else 'wrong'}, confidence {q['pred_conf']:.2f}); {space} space")
-    emit_rows(result.neighbors, "table")
+    who = f"sample {q.sample_id}" if q.sample_id is not None else f"image {q.key}"
+    click.echo(f"{who}: label {q.label_name}, predicted {q.pred_name} "
+               f"({'correct' if q.correct else 'wrong'}, confidence {q.pred_conf:.2f}); {space} space")
+    emit_rows(result.rows(), "table")
     s = result.summary
-    line = (f"{s['share_misclassified']:.0%} of the {s['neighbors']} neighbours are misclassified, "
-            f"{s['share_same_prediction']:.0%} share the prediction '{q['pred_name']}'")
-    if s["share_same_confusion"] is not None:
-        line += f", {s['share_same_confusion']:.0%} make the same mistake ({q['label_name']} -> {q['pred_name']})"
+    line = (f"{s.share_misclassified:.0%} of the {s.neighbors} neighbours are misclassified, "
+            f"{s.share_same_prediction:.0%} share the prediction '{q.pred_name}'")
+    if s.share_same_confusion is not None:
+        line += f", {s.share_same_confusion:.0%} make the same mistake ({q.label_name} -> {q.pred_name})"
     click.echo(line)
 
 
@@ -151,38 +142,28 @@ def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
 @handle_errors
 def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
     """Do saliency neighbours share mistakes? Per split, saliency vs feature space; stores the knn table."""
-    from ..progress import NullProgress, RichProgress
-    from ..query.knn import report_rows
-
-    progress = NullProgress() if quiet or fmt != "table" else RichProgress()
-    try:
+    with progress_bars(not quiet and fmt == "table") as progress:
         report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
                                 lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
                                                         write=w is not None, store=w))
-    finally:
-        if isinstance(progress, RichProgress):
-            progress.close()
     if note:
         notes([f"note: {note}"])
-    for name, e in report["splits"].items():
-        if e["samples"] < TINY_PER_GROUP * k:
-            notes([f"warning: split '{name}' has {e['samples']} samples for k={k} neighbours each; "
+    for name, e in report.splits.items():
+        if e.samples < TINY_PER_GROUP * k:
+            notes([f"warning: split '{name}' has {e.samples} samples for k={k} neighbours each; "
                     "the neighbourhoods cover much of the split and the shares say little (lower -k)"])
-    if fmt == "json":
-        click.echo(json.dumps(report, indent=2))
+    if fmt != "table":
+        emit(report, fmt)
         return
-    rows = report_rows(report)
-    if fmt == "csv":
-        emit_rows(rows, "csv")
-        return
+    rows = report.rows()
     for r in rows:
         for c in ("correct_neighbors", "ci95_low", "ci95_high", "same_confusion"):
             r[c] = None if r[c] is None else f"{r[c]:.1%}"
     emit_rows(rows, "table", title=f"share of correctly classified samples among the {k} nearest neighbours")
-    for split, e in report["splits"].items():
-        if "feature" in e and e["incorrect"]:
-            sal = 1 - e["saliency"]["correct_neighbors_of_incorrect"]["mean"]
-            feat = 1 - e["feature"]["correct_neighbors_of_incorrect"]["mean"]
+    for split, e in report.splits.items():
+        if "feature" in e.spaces and e.incorrect:
+            sal = 1 - e.spaces["saliency"].correct_neighbors_of_incorrect.mean
+            feat = 1 - e.spaces["feature"].correct_neighbors_of_incorrect.mean
             ratio = f"{sal / feat:.1f}x" if feat > 0 else "infinitely"
             click.echo(f"{split}: neighbours of a mistake are mistakes {sal:.0%} of the time in saliency space, "
                        f"{feat:.0%} in feature space ({ratio} as often)")
@@ -206,20 +187,13 @@ def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fm
                                                     write=w is not None, store=w))
     if note:
         notes([f"note: {note}"])
-    if result["samples"] < TINY_PER_GROUP * n_clusters:
-        notes([f"warning: {result['samples']} samples in {n_clusters} clusters is fewer than {TINY_PER_GROUP} per group; "
+    if result.samples < TINY_PER_GROUP * n_clusters:
+        notes([f"warning: {result.samples} samples in {n_clusters} clusters is fewer than {TINY_PER_GROUP} per group; "
                 "the groups say little (lower --n-clusters)"])
-    if fmt == "json":
-        click.echo(json.dumps(result, indent=2))
+    if fmt != "table":
+        emit(result, fmt)
         return
-    rows = [{
-        "cluster": g["cluster"], "size": g["size"],
-        "top_confusions": ", ".join(f"{p['pair']} ({p['purity']:.0%})" for p in g["top_confusions"]),
-        "top_layers": ", ".join(l["layer"] for l in g["top_layers"]),
-        "top_units": ", ".join(f"{u['layer']}[{u['channel']}]" for u in g["top_units"]),
-        "exemplars": ", ".join(str(e["sample_id"]) for e in g["exemplars"]),
-    } for g in result["clusters"]]
-    emit_rows(rows, fmt, title=f"{result['samples']} samples in {result['n_clusters']} clusters ({result['run']})")
+    emit_rows(result.rows(), fmt, title=f"{result.samples} samples in {result.n_clusters} clusters ({result.run})")
 
 
 @click.command()
@@ -236,20 +210,15 @@ def triage(db, split, no_store, as_of, wait, fmt):
                             lambda d, w: d.triage(split, write=w is not None, store=w))
     if note:
         notes([f"note: {note}"])
-    if fmt == "json":
-        click.echo(json.dumps(result, indent=2))
+    if fmt != "table":
+        emit(result, fmt)
         return
-    rows = [{"group": g["cluster"], "new_mistakes": g["new_mistakes"]} for g in result["known_groups"]]
-    rows.append({"group": "new failure mode", "new_mistakes": result["new_failure_mode"]})
-    if fmt == "csv":
-        emit_rows(rows, "csv")
-        return
-    click.echo(f"{result['new_mistakes']} new mistakes in '{split}' against the error groups of {result['run']} "
-               f"(built on {', '.join(result['groups_built_on'])})")
-    emit_rows(rows, "table")
-    if result["layer_drift"]:
-        click.echo(f"layers whose mean standardised saliency moved most (vs {', '.join(result['reference_splits'])}):")
-        emit_rows(result["layer_drift"], "table")
+    click.echo(f"{result.new_mistakes} new mistakes in '{split}' against the error groups of {result.run} "
+               f"(built on {', '.join(result.groups_built_on)})")
+    emit_rows(result.rows(), "table")
+    if result.layer_drift:
+        click.echo(f"layers whose mean standardised saliency moved most (vs {', '.join(result.reference_splits)}):")
+        emit_rows([d.to_dict() for d in result.layer_drift], "table")
 
 
 COMMANDS = [info, sql, neighbors, mistakes, clusters, triage]

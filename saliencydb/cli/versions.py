@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from .output import handle_errors, format_option, db_option, as_of_option, wait_option, emit_rows
+from .output import as_of_option, db_option, emit, emit_rows, format_option, handle_errors, wait_option
 
 
 @click.command()
@@ -57,12 +56,8 @@ def vacuum(db, keep_versions, older_than, dry_run, wait, fmt):
 
     r = do_vacuum(db, keep_versions=keep_versions, older_than=parse_duration(older_than) if older_than else None,
                   dry_run=dry_run, wait=wait)
-    if fmt == "json":
-        click.echo(json.dumps(r.to_dict(), indent=2))
-        return
-    if fmt == "csv":
-        emit_rows([{"removed_versions": len(r.removed_versions), "kept_versions": len(r.kept_versions), "pinned": len(r.pinned),
-                    "removed_files": len(r.removed_files), "bytes_freed": r.bytes_freed, "dry_run": r.dry_run}], "csv")
+    if fmt != "table":
+        emit(r, fmt)
         return
     verb = "would remove" if dry_run else "removed"
     kept = f"{len(r.kept_versions)} versions kept" + (f" (commits {r.kept_versions[0]}..{r.kept_versions[-1]})" if r.kept_versions else "")
@@ -82,10 +77,8 @@ def verify(db, as_of, fmt):
     from ..storage import verify as do_verify
 
     r = do_verify(db, as_of)
-    if fmt == "json":
-        click.echo(json.dumps(r.to_dict(), indent=2))
-    elif fmt == "csv":
-        emit_rows([d.to_dict() for d in r.damage], "csv")
+    if fmt != "table":
+        emit(r, fmt)
     elif r.ok:
         click.echo(f"commit {r.commit}: {r.files_checked} files checked, no damage")
     else:

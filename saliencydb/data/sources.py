@@ -168,6 +168,30 @@ def _label_kind(text: str) -> str:
         return "name"
 
 
+def _read_csv(spec: str, path: Path) -> tuple[int, int, list[tuple[int, list[str]]]]:
+    """The positions of the path and label columns, and the non-blank rows with their line numbers."""
+    if not path.is_file():
+        raise SpecError(f"data spec '{spec}': CSV file {path} does not exist; give the path of a CSV with path,label columns")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(n, row) for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as e:
+        raise SpecError(f"data spec '{spec}': {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "save it as UTF-8") from None
+    except csv.Error as e:
+        raise SpecError(f"data spec '{spec}': {path} is not a readable CSV ({e}); fix the file") from None
+    if not header:
+        raise SpecError(f"data spec '{spec}': {path} is empty; its first line must name the columns path,label")
+    missing = [c for c in ("path", "label") if c not in header]
+    if missing:
+        raise SpecError(f"data spec '{spec}': {path} has no {' or '.join(missing)} column; its first line must name the columns path,label")
+    if not rows:
+        raise SpecError(f"data spec '{spec}': {path} has no data rows; add one line per image: path,label")
+    return header.index("path"), header.index("label"), rows
+
+
 class CsvSource(Source):
     """``csv:PATH``: a CSV with ``path`` and ``label`` columns; relative paths resolve against its folder.
 
@@ -177,26 +201,7 @@ class CsvSource(Source):
     """
 
     def __init__(self, spec: str, path: Path) -> None:
-        if not path.is_file():
-            raise SpecError(f"data spec '{spec}': CSV file {path} does not exist; give the path of a CSV with path,label columns")
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f)
-                header = [h.strip() for h in next(reader, [])]
-                rows = [(n, row) for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
-        except UnicodeDecodeError as e:
-            raise SpecError(f"data spec '{spec}': {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                            "save it as UTF-8") from None
-        except csv.Error as e:
-            raise SpecError(f"data spec '{spec}': {path} is not a readable CSV ({e}); fix the file") from None
-        if not header:
-            raise SpecError(f"data spec '{spec}': {path} is empty; its first line must name the columns path,label")
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
-            raise SpecError(f"data spec '{spec}': {path} has no {' or '.join(missing)} column; its first line must name the columns path,label")
-        if not rows:
-            raise SpecError(f"data spec '{spec}': {path} has no data rows; add one line per image: path,label")
-        ip, il = header.index("path"), header.index("label")
+        ip, il, rows = _read_csv(spec, path)
         self._paths: list[str] = []
         raw_labels: list[str] = []
         first_line: dict[str, int] = {}

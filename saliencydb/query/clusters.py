@@ -12,6 +12,7 @@ from ..errors import QueryError
 from ..saliency import UnitLayout, l2_normalize, standardize
 from ..schemas import BLAME_SCHEMA, CLUSTERS_SCHEMA
 from ..storage.derived import store_derived
+from .results import ClustersResult, Confusion, ErrorGroup, Exemplar, LayerScore, UnitScore
 
 TOP_PAIRS = 3
 TOP_UNITS = 5
@@ -20,7 +21,7 @@ EXEMPLARS = 3
 
 
 def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | None = None, seed: int = 0,
-             write: bool = True, niter: int = 50, wait: bool = False, store=None) -> dict:
+             write: bool = True, niter: int = 50, wait: bool = False, store=None) -> ClustersResult:
     """Cluster the (misclassified, by default) samples; write clusters + blame tables; return a summary."""
     if n_clusters < 1:
         raise QueryError(f"--n-clusters must be at least 1, got {n_clusters}")
@@ -30,19 +31,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
         raise QueryError(f"--n-clusters {n_clusters} is more than the {len(ids)} {what}; lower --n-clusters")
     mean, std = db.stats
     z = standardize(db.rows("raw_profile", ids), mean, std)
-    x = l2_normalize(z)
-    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=1_000_000)
-    km.train(x)
-    sim, assign = km.index.search(x, 1)
-    assign, sim = assign[:, 0].astype(np.int32), sim[:, 0]
-    # number clusters by size (largest first), ties by smallest member id, so numbering is stable
-    sizes = np.bincount(assign, minlength=n_clusters)
-    firsts = np.array([ids[assign == c].min() if sizes[c] else np.iinfo(np.int64).max for c in range(n_clusters)])
-    order = np.lexsort((firsts, -sizes))
-    relabel = np.empty(n_clusters, np.int32)
-    relabel[order] = np.arange(n_clusters, dtype=np.int32)
-    assign = relabel[assign]
+    assign, sim = _kmeans(l2_normalize(z), ids, n_clusters, seed, niter)
     run = f"kmeans:k={n_clusters}:seed={seed}:" + ("errors" if errors_only else "all") + f":split={split or '*'}"
 
     layout = UnitLayout.from_dict(db.manifest.units)
@@ -64,23 +53,37 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
         pairs = Counter(f"{by_id[ids[i]][2]} -> {by_id[ids[i]][3]}" for i in members)
         layer_means = np.bincount(layer_of, weights=mean_z, minlength=len(names)) / np.bincount(layer_of, minlength=len(names))
         nearest = members[np.argsort(-sim[members], kind="stable")[:EXEMPLARS]]
-        groups.append({
-            "cluster": int(c),
-            "size": int(len(members)),
-            "top_confusions": [{"pair": p, "count": n, "purity": round(n / len(members), 4)} for p, n in pairs.most_common(TOP_PAIRS)],
-            "top_layers": [{"layer": names[i], "mean_z": round(float(layer_means[i]), 4)} for i in np.argsort(-layer_means)[:TOP_LAYERS]],
-            "top_units": [{"unit_id": int(u), "layer": names[layer_of[u]], "channel": int(channel[u]), "mean_z": round(float(mean_z[u]), 4)}
-                          for u in rank[:TOP_UNITS]],
-            "exemplars": [{"sample_id": int(ids[i]), "key": by_id[ids[i]][1], "similarity": round(float(sim[i]), 4)} for i in nearest],
-        })
-    result = {"run": run, "n_clusters": n_clusters, "samples": int(len(ids)), "clusters": groups,
-              "base_commit": db.commit, "stored": False}
+        groups.append(ErrorGroup(
+            cluster=int(c),
+            size=int(len(members)),
+            top_confusions=[Confusion(p, n, round(n / len(members), 4)) for p, n in pairs.most_common(TOP_PAIRS)],
+            top_layers=[LayerScore(names[i], round(float(layer_means[i]), 4)) for i in np.argsort(-layer_means)[:TOP_LAYERS]],
+            top_units=[UnitScore(int(u), names[layer_of[u]], int(channel[u]), round(float(mean_z[u]), 4)) for u in rank[:TOP_UNITS]],
+            exemplars=[Exemplar(int(ids[i]), by_id[ids[i]][1], round(float(sim[i]), 4)) for i in nearest],
+        ))
+    result = ClustersResult(run=run, n_clusters=n_clusters, samples=int(len(ids)), clusters=groups, base_commit=db.commit)
     if write:
         tables = _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel)
         store_derived(db, lambda w: {name: [w.write(name, t)] for name, t in tables.items()},
                       operation=f"clusters {run}", store=store, wait=wait)
-        result["stored"] = True
+        result.stored = True
     return result
+
+
+def _kmeans(x: np.ndarray, ids: np.ndarray, n_clusters: int, seed: int, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded spherical k-means: each row's cluster and its similarity to the centroid. Clusters are
+    numbered by size (largest first), ties by smallest member id, so numbering is stable."""
+    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, spherical=True, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=1_000_000)
+    km.train(x)
+    sim, assign = km.index.search(x, 1)
+    assign, sim = assign[:, 0].astype(np.int32), sim[:, 0]
+    sizes = np.bincount(assign, minlength=n_clusters)
+    firsts = np.array([ids[assign == c].min() if sizes[c] else np.iinfo(np.int64).max for c in range(n_clusters)])
+    order = np.lexsort((firsts, -sizes))
+    relabel = np.empty(n_clusters, np.int32)
+    relabel[order] = np.arange(n_clusters, dtype=np.int32)
+    return relabel[assign], sim
 
 
 def _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel) -> dict:

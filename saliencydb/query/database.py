@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ..errors import DamagedError, QueryError
 from ..saliency import l2_normalize, standardize
-from ..schemas import DERIVED_TABLES, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
+from ..schemas import TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
 from ..storage import Snapshot, fixed_list_to_numpy
 from ..storage.indexes import SPACES, build_index
 
@@ -279,7 +279,7 @@ class Database:
         return clusters(self, n_clusters=n_clusters, errors_only=errors_only, split=split, seed=seed, write=write,
                         wait=wait, store=store)
 
-    def triage(self, split: str, *, write: bool = True, wait: bool = False, store=None) -> dict:
+    def triage(self, split: str, *, write: bool = True, wait: bool = False, store=None):
         """New mistakes of ``split`` assigned to known error groups or marked new; layer drift."""
         from .triage import triage
 
@@ -291,55 +291,18 @@ class Database:
         return Database(self.path)
 
     # -- summary ------------------------------------------------------------------------
-    def info(self) -> dict:
-        from ..storage import list_versions, read_current
-
-        m = self.manifest
+    def split_summary(self) -> dict[str, dict]:
+        """Per split: its samples, accuracy (6 decimals) and mistakes."""
         rows = self._execute(
             "SELECT split, count(*), avg(correct::INT), sum((NOT correct)::INT) FROM samples GROUP BY split ORDER BY split"
         ).fetchall()
-        per_split = {s: {"samples": n, "accuracy": round(acc, 6), "mistakes": int(mis)} for s, n, acc, mis in rows}
-        failures = dict(self._execute("SELECT split, count(*) FROM failures GROUP BY split").fetchall())
-        splits = {}
-        for name, rec in m.splits.items():
-            splits[name] = {
-                "source": rec["source"],
-                "complete": rec["complete"],
-                "samples": per_split.get(name, {}).get("samples", 0),
-                "accuracy": per_split.get(name, {}).get("accuracy"),
-                "mistakes": per_split.get(name, {}).get("mistakes", 0),
-                "failures": int(failures.get(name, 0)),
-            }
-        stale = m.stale_derived()
-        try:
-            latest = read_current(self.path).commit
-        except Exception:  # noqa: BLE001 - a broken current manifest does not stop reading a kept version
-            latest = None
-        return {
-            "path": str(self.path),
-            "format_version": m.format_version,
-            "commit": m.commit,
-            "latest_commit": latest,
-            "versions": len(list_versions(self.path)),
-            "operation": m.operation,
-            "model": {
-                "spec": m.model["spec"],
-                "weights": m.model.get("weights"),
-                "weights_sha256": m.model["weights_sha256"],
-                "num_classes": m.model["num_classes"],
-                "transform": m.model["transform"],
-            },
-            "units": {"kind": m.units["kind"], "count": m.n_units, "layers": len(m.units["layers"]), "aggregate": m.aggregate},
-            "feature_dim": m.feature_dim,
-            "metric": m.metric,
-            "samples": m.rows(),
-            "splits": splits,
-            "statistics": None if m.stats is None else {"splits": m.stats["splits"], "count": m.stats["count"], "frozen": m.stats["frozen"]},
-            "indexes": {k: {"kind": v.get("built", v["kind"]), "requested": v["kind"], "ntotal": v["ntotal"],
-                            "stale": v["ntotal"] != m.rows()} for k, v in m.indexes.items()},
-            "derived": {name: {"base_commit": (m.derived.get(name) or {}).get("base_commit"), "stale": name in stale}
-                        for name in DERIVED_TABLES if name in m.tables},
-        }
+        return {s: {"samples": n, "accuracy": round(acc, 6), "mistakes": int(mis)} for s, n, acc, mis in rows}
+
+    def info(self):
+        """``saliencydb info``: this version summarised (a ``DatabaseInfo``)."""
+        from .summary import database_info
+
+        return database_info(self)
 
     def close(self) -> None:
         try:

@@ -18,6 +18,7 @@ from ..schemas import KNN_SCHEMA
 from ..storage.derived import store_derived
 from ..storage.indexes import build_index, to_search_device
 from .neighbors import search
+from .results import Estimate, MistakesReport, SpaceShares, SplitShares
 
 BLOCK_ROWS = 2048
 
@@ -83,20 +84,20 @@ def graph_table(g: Graph) -> pa.Table:
     )
 
 
-def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> Estimate:
     """Mean with a percentile bootstrap 95% interval."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
-        return {"mean": None, "ci95": [None, None], "n": 0}
+        return Estimate(mean=None, ci95=[None, None], n=0)
     means = np.empty(n_boot)
     for b in range(n_boot):
         means[b] = values[rng.integers(0, len(values), len(values))].mean()
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(values.mean()), "ci95": [float(lo), float(hi)], "n": int(len(values))}
+    return Estimate(mean=float(values.mean()), ci95=[float(lo), float(hi)], n=int(len(values)))
 
 
 def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
-             wait: bool = False, store=None) -> dict:
+             wait: bool = False, store=None) -> MistakesReport:
     """Per split and space: the share of correctly classified samples among the k nearest
     neighbours, for correct and for incorrect samples, and the share of an incorrect
     sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
@@ -106,7 +107,7 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     order = meta["sample_id"]
     spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
-    report: dict = {"k": k, "bootstrap": n_boot, "seed": seed, "splits": {}}
+    report = MistakesReport(k=k, bootstrap=n_boot, seed=seed)
     for g in graphs:
         rng = np.random.default_rng(seed)
         q = np.searchsorted(order, g.ids)
@@ -117,37 +118,17 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
         splits = meta["split"][q]
         for split in sorted(set(splits.tolist())):
             sel = splits == split
-            entry = report["splits"].setdefault(split, {
-                "samples": int(sel.sum()), "correct": int(correct_q[sel].sum()), "incorrect": int((~correct_q[sel]).sum()),
-            })
-            entry[g.space] = {
-                "correct_neighbors_of_correct": bootstrap_mean(share_correct[sel & correct_q], n_boot, rng),
-                "correct_neighbors_of_incorrect": bootstrap_mean(share_correct[sel & ~correct_q], n_boot, rng),
-                "same_confusion_of_incorrect": bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
-            }
-    report["base_commit"] = db.commit
-    report["stored"] = False
+            entry = report.splits.setdefault(split, SplitShares(
+                samples=int(sel.sum()), correct=int(correct_q[sel].sum()), incorrect=int((~correct_q[sel]).sum())))
+            entry.spaces[g.space] = SpaceShares(
+                correct_neighbors_of_correct=bootstrap_mean(share_correct[sel & correct_q], n_boot, rng),
+                correct_neighbors_of_incorrect=bootstrap_mean(share_correct[sel & ~correct_q], n_boot, rng),
+                same_confusion_of_incorrect=bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
+            )
+    report.base_commit = db.commit
     if write:
         store_derived(db, lambda w: {"knn": [w.write("knn", graph_table(g)) for g in graphs]},
                       operation=f"mistakes -k {k}", store=store, wait=wait)
-        report["stored"] = True
+        report.stored = True
     return report
 
-
-def report_rows(report: dict) -> list[dict]:
-    """The report flattened to one row per split, space and group (for table/CSV output)."""
-    rows = []
-    for split, entry in report["splits"].items():
-        for space in ("saliency", "feature"):
-            if space not in entry:
-                continue
-            e = entry[space]
-            for group, key in (("correct", "correct_neighbors_of_correct"), ("incorrect", "correct_neighbors_of_incorrect")):
-                stat = e[key]
-                row = {
-                    "split": split, "space": space, "group": group, "samples": stat["n"],
-                    "correct_neighbors": stat["mean"], "ci95_low": stat["ci95"][0], "ci95_high": stat["ci95"][1],
-                    "same_confusion": e["same_confusion_of_incorrect"]["mean"] if group == "incorrect" else None,
-                }
-                rows.append(row)
-    return rows

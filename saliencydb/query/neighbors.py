@@ -8,24 +8,25 @@ import faiss
 import numpy as np
 
 from ..errors import QueryError
+from ..results import Result
+from .results import NeighborSummary, SampleMeta
 from ..storage.indexes import kind_of
 
 RERANK = 10  # an IVF-PQ search returns this many times k candidates, re-ranked exactly
 
 
 @dataclass
-class NeighborResult:
-    query: dict  # the query sample's metadata (sample_id None for a new image)
+class NeighborResult(Result):
+    query: SampleMeta  # the query sample's metadata (sample_id None for a new image)
     space: str
     k: int
-    neighbors: list[dict]  # rank, sample_id, split, key, label, pred, correct, similarity, ...
-    summary: dict  # shares of misclassified / same prediction / same confusion pair
+    neighbors: list[dict]  # rows: rank, sample_id, split, key, label, pred, correct, similarity, ...
+    summary: NeighborSummary  # shares of misclassified / same prediction / same confusion pair
     commit: int | None = None  # the version searched
     note: str | None = None  # e.g. a stale index was replaced by an exact scan
 
-    def to_dict(self) -> dict:
-        return {"query": self.query, "space": self.space, "k": self.k, "neighbors": self.neighbors, "summary": self.summary,
-                "commit": self.commit, "note": self.note}
+    def rows(self) -> list[dict]:
+        return list(self.neighbors)
 
 
 def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +51,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     if image is not None:
         query, vector = _new_image_query(db, image, label, space)
     else:
-        query = db.sample(sample_id)
+        query = SampleMeta(**db.sample(sample_id))
         vector = db.vectors(space, [sample_id])
     index = db.index(space)
     candidates = db.ids_where(where, split) if (where is not None or split is not None) else None
@@ -98,21 +99,21 @@ def _metadata(db, ids: list[int]) -> dict[int, dict]:
     return {r[0]: dict(zip(_COLUMNS, r)) for r in rows}
 
 
-def _summary(query: dict, rows: list[dict]) -> dict:
+def _summary(query: SampleMeta, rows: list[dict]) -> NeighborSummary:
     n = len(rows)
     if n == 0:
-        return {"neighbors": 0}
-    pair = (query["label"], query["pred"])
-    return {
-        "neighbors": n,
-        "share_misclassified": sum(not r["correct"] for r in rows) / n,
-        "share_same_prediction": sum(r["pred"] == query["pred"] for r in rows) / n,
-        "share_same_confusion": (sum((r["label"], r["pred"]) == pair for r in rows) / n) if not query["correct"] else None,
-        "share_same_label": sum(r["label"] == query["label"] for r in rows) / n,
-    }
+        return NeighborSummary(neighbors=0)
+    pair = (query.label, query.pred)
+    return NeighborSummary(
+        neighbors=n,
+        share_misclassified=sum(not r["correct"] for r in rows) / n,
+        share_same_prediction=sum(r["pred"] == query.pred for r in rows) / n,
+        share_same_confusion=(sum((r["label"], r["pred"]) == pair for r in rows) / n) if not query.correct else None,
+        share_same_label=sum(r["label"] == query.label for r in rows) / n,
+    )
 
 
-def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarray]:
+def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.ndarray]:
     """Profile a new image with the stored model and transform, without storing it."""
     from pathlib import Path
 
@@ -141,10 +142,8 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[dict, np.ndarra
         raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
     out = ProfileEngine(model.module, aggregate=m.aggregate).profile(x[None], torch.tensor([y]))
     pred = int(out.pred[0])
-    query = {
-        "sample_id": None, "split": None, "key": str(path), "label": y, "label_name": names[y], "pred": pred,
-        "pred_name": names[pred], "correct": pred == y, "loss": float(out.loss[0]), "true_conf": float(out.true_conf[0]),
-        "pred_conf": float(out.pred_conf[0]),
-    }
+    query = SampleMeta(sample_id=None, split=None, key=str(path), label=y, label_name=names[y], pred=pred,
+                       pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),
+                       true_conf=float(out.true_conf[0]), pred_conf=float(out.pred_conf[0]))
     raw = out.raw.numpy() if space == "saliency" else out.feature.numpy()
     return query, db.search_vectors(space, raw)

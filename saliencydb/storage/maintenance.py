@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DatabaseError, SpecError
+from ..results import Result
 from ..schemas import MANIFEST, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
 from .files import file_record, find_damage, remove_quietly, shallow_problem
 from .versions import list_versions, pin_path, read_current, read_version, version_rel
@@ -26,7 +27,7 @@ DEFAULT_OLDER_THAN = timedelta(hours=1)
 
 
 @dataclass
-class VersionInfo:
+class VersionInfo(Result):
     commit: int
     time: str
     operation: str
@@ -35,8 +36,6 @@ class VersionInfo:
     current: bool
     pinned: bool
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def history(db: str | os.PathLike) -> list[VersionInfo]:
@@ -73,7 +72,7 @@ def _is_pinned(db: Path, commit: int) -> bool:
 
 
 @dataclass
-class RestoreResult:
+class RestoreResult(Result):
     restored: int
     commit: int
     samples: int
@@ -119,7 +118,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 @dataclass
-class VacuumResult:
+class VacuumResult(Result):
     removed_versions: list[int] = field(default_factory=list)
     kept_versions: list[int] = field(default_factory=list)
     pinned: list[int] = field(default_factory=list)  # would have gone, kept because a reader holds them
@@ -127,8 +126,10 @@ class VacuumResult:
     bytes_freed: int = 0
     dry_run: bool = False
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+    def rows(self) -> list[dict]:
+        return [{"removed_versions": len(self.removed_versions), "kept_versions": len(self.kept_versions),
+                 "pinned": len(self.pinned), "removed_files": len(self.removed_files), "bytes_freed": self.bytes_freed,
+                 "dry_run": self.dry_run}]
 
 
 def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_than: timedelta | None = None,
@@ -170,21 +171,7 @@ def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_tha
             if not dry_run:
                 for v in drop:  # the version file goes first: a reader pinning it now sees it gone and retries
                     remove_quietly(db / version_rel(v))
-            listed = w.manifest.listed_files()
-            for v in result.kept_versions:
-                m = read_version(db, v)
-                if m is not None:
-                    listed |= m.listed_files()
-            for d in DATA_DIRS:
-                for dirpath, _, files in os.walk(db / d):
-                    for f in files:
-                        path = Path(dirpath, f)
-                        rel = path.relative_to(db).as_posix()
-                        if rel not in listed:
-                            result.removed_files.append(rel)
-                            result.bytes_freed += path.stat().st_size
-                            if not dry_run:
-                                remove_quietly(path)
+            _remove_unlisted(db, w.manifest, result)
         finally:
             for v, fd in held:
                 if not dry_run:
@@ -192,6 +179,25 @@ def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_tha
                 if fd is not None:
                     os.close(fd)
     return result
+
+
+def _remove_unlisted(db: Path, current: Manifest, result: VacuumResult) -> None:
+    """Delete (or with ``dry_run`` only count) every data file that no kept version lists."""
+    listed = current.listed_files()
+    for v in result.kept_versions:
+        m = read_version(db, v)
+        if m is not None:
+            listed |= m.listed_files()
+    for d in DATA_DIRS:
+        for dirpath, _, files in os.walk(db / d):
+            for f in files:
+                path = Path(dirpath, f)
+                rel = path.relative_to(db).as_posix()
+                if rel not in listed:
+                    result.removed_files.append(rel)
+                    result.bytes_freed += path.stat().st_size
+                    if not result.dry_run:
+                        remove_quietly(path)
 
 
 def _lock_pin(db: Path, commit: int):
@@ -218,17 +224,14 @@ def _time(iso: str) -> datetime:
 
 
 @dataclass
-class Damage:
+class Damage(Result):
     file: str
     problem: str
     fix: str
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 @dataclass
-class VerifyResult:
+class VerifyResult(Result):
     commit: int | None
     files_checked: int
     damage: list[Damage]
@@ -240,6 +243,9 @@ class VerifyResult:
     def to_dict(self) -> dict:
         return {"commit": self.commit, "files_checked": self.files_checked, "ok": self.ok,
                 "damage": [d.to_dict() for d in self.damage]}
+
+    def rows(self) -> list[dict]:
+        return [d.to_dict() for d in self.damage]
 
 
 def verify(db: str | os.PathLike, as_of: int | None = None) -> VerifyResult:

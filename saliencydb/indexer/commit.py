@@ -1,0 +1,219 @@
+"""The commit step of an indexing job: profiled rows -> Parquet parts listed in the manifest,
+then the standardisation statistics and the FAISS indexes, and the job's own records
+(``failures``, ``ingests``). The single-process and the torchrun paths share ``PartWriter``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from ..data.sources import Source
+from ..faults import crash_point
+from ..progress import NullProgress, Progress
+from ..saliency import RunningStats, UnitLayout, l2_normalize, standardize
+from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
+from ..storage import DatabaseWriter, iter_profiles, read_index, read_stats, write_index
+from ..storage.indexes import build_index, kind_of
+
+
+@dataclass
+class WrittenPart:
+    """A part on disk, not listed yet: its manifest entry, its statistics (reference splits) and its correct count."""
+
+    entry: dict
+    stats: RunningStats | None
+    correct: int
+
+
+class RowBuffer:
+    """Profiled rows (dicts of column arrays) until there are enough for a part."""
+
+    def __init__(self):
+        self._chunks: list[dict[str, np.ndarray]] = []
+
+    def add(self, rows: dict[str, np.ndarray] | None) -> None:
+        if rows is not None:
+            self._chunks.append(rows)
+
+    def __len__(self) -> int:
+        return sum(len(c["index"]) for c in self._chunks)
+
+    def take(self) -> dict[str, np.ndarray]:
+        cols = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
+        self._chunks.clear()
+        return cols
+
+
+class PartWriter:
+    """Writes buffered rows of one split as a Parquet part of the samples table.
+
+    ``write_file(table) -> rel`` creates the file: under the writer lock (single process) or as a
+    rank's own uniquely named part (torchrun, listed later by rank 0)."""
+
+    def __init__(self, m: Manifest, split: str, source: Source, write_file: Callable[[pa.Table], str],
+                 with_stats: bool):
+        self.split, self.source, self.write_file, self.with_stats = split, source, write_file, with_stats
+        self.n_units, self.class_names = m.n_units, m.class_names
+        self.schema = samples_schema(m.n_units, m.feature_dim)
+
+    def write(self, cols: dict[str, np.ndarray], ids: np.ndarray) -> WrittenPart:
+        rel = self.write_file(part_table(cols, ids, self.split, self.source, self.class_names, self.schema))
+        entry = {"file": rel, "split": self.split, "rows": len(ids), "min_id": int(ids.min()), "max_id": int(ids.max())}
+        stats = RunningStats(self.n_units).update(cols["raw"]) if self.with_stats else None
+        return WrittenPart(entry, stats, int((cols["label"] == cols["pred"]).sum()))
+
+
+def list_part(m: Manifest, entry: dict, pending: bool) -> None:
+    """List a written part in the manifest (the caller commits): with the split's pending
+    replacement, or as committed rows; the next sample id moves past its ids."""
+    if pending:
+        m.pending[entry["split"]]["parts"].append(entry)
+    else:
+        m.parts.append(entry)
+        m.splits[entry["split"]]["rows"] += entry["rows"]
+    m.next_sample_id = max(m.next_sample_id, entry["max_id"] + 1)
+
+
+def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],
+               schema: pa.Schema) -> pa.Table:
+    """One Parquet part of the samples table from a buffer of profiled rows."""
+    n = len(ids)
+    return pa.table(
+        {
+            "sample_id": ids,
+            "split": pa.array([split] * n, pa.string()),
+            "key": pa.array([source.key(int(i)) for i in cols["index"]], pa.string()),
+            "label": cols["label"].astype(np.int32),
+            "label_name": pa.array([class_names[i] for i in cols["label"]], pa.string()),
+            "pred": cols["pred"].astype(np.int32),
+            "pred_name": pa.array([class_names[i] for i in cols["pred"]], pa.string()),
+            "correct": cols["label"] == cols["pred"],
+            "loss": cols["loss"],
+            "true_conf": cols["true_conf"],
+            "pred_conf": cols["pred_conf"],
+            "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
+            "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size),
+        },
+        schema=schema,
+    )
+
+
+def write_stats(writer: DatabaseWriter, stats: RunningStats, splits: list[str], frozen: bool = False) -> None:
+    """Write the units table (layout and statistics) and name it in the manifest (the caller commits)."""
+    m = writer.manifest
+    layout = UnitLayout.from_dict(m.units)
+    table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
+    rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
+    crash_point("stats-written")
+    m.stats = {"file": rel, "splits": splits, "count": stats.count, "frozen": frozen}
+
+
+def split_stats(writer: DatabaseWriter, split: str, run_stats: dict[str, RunningStats]) -> RunningStats:
+    """Statistics over every part of ``split``: merged from this run's parts, read back for the others."""
+    m = writer.manifest
+    stats = RunningStats(m.n_units)
+    for rel in m.part_files(split):
+        if rel in run_stats:
+            stats.merge(run_stats[rel])
+        else:
+            for _, rows in iter_profiles(writer.path, m, files=[rel]):
+                stats.update(rows)
+    return stats
+
+
+def finish(writer: DatabaseWriter, plan, run_stats: dict[str, RunningStats], rebuild: bool, settings) -> None:
+    """Statistics (the reference split, unless frozen), then the indexes: rebuilt when the statistics
+    or the set of samples changed, else extended with the new samples only. ``plan``: the job's
+    ``Plan``; ``settings``: its ``JobSettings``."""
+    if writer.manifest.rows() == 0:
+        return
+    if plan.is_reference:
+        write_stats(writer, split_stats(writer, plan.split, run_stats), [plan.split])
+        rebuild = True
+    update_indexes(writer, settings.index_kind, settings.progress, rebuild=rebuild)
+
+
+def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Progress | None = None,
+                   rebuild: bool = False) -> None:
+    """Bring both FAISS indexes up to the manifest's committed parts; list the new files in the
+    manifest (the caller commits). The files they replace stay for older versions until ``vacuum``.
+
+    Without ``rebuild``, an existing index is extended with the parts it does not cover yet
+    (those with ``min_id >= next_id``); the result is written as a new file, never in place.
+    """
+    m = writer.manifest
+    if m.stats is None or m.rows() == 0:
+        return
+    mean, std = read_stats(writer.path, m)
+    for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
+        if dim:
+            _update_index(writer, space, dim, (mean, std), kind, progress or NullProgress(), rebuild)
+
+
+def _update_index(writer: DatabaseWriter, space: str, dim: int, stats, kind: str | None, progress: Progress,
+                  rebuild: bool) -> None:
+    m = writer.manifest
+    entry = m.indexes.get(space)
+    space_kind = kind or (entry["kind"] if entry else "flat")
+    # extend what was built as asked; an index that fell back to flat (too few rows to train
+    # the asked kind) is rebuilt instead, so it becomes that kind once the rows are there
+    if entry is not None and not rebuild and entry["kind"] == entry.get("built", entry["kind"]) == space_kind:
+        files = [p["file"] for p in m.parts if p["min_id"] >= entry["next_id"]]
+        if not files:
+            return
+        base = read_index(writer.path, entry["file"])
+    else:
+        files, base = m.part_files(), None
+    n = sum(p["rows"] for p in m.parts if p["file"] in set(files))
+    task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
+
+    def chunks():
+        column = "raw_profile" if space == "saliency" else "feature"
+        for ids, rows in iter_profiles(writer.path, m, column=column, files=files):
+            yield ids, l2_normalize(standardize(rows, *stats) if space == "saliency" else rows)
+            task.advance(len(ids))
+
+    index = build_index(dim, chunks, space_kind, m.rows(), base=base)
+    task.close()
+    rel = writer.unique_name("index", space, ".faiss")
+    writer.new_file(rel, lambda tmp: write_index(index, tmp))
+    crash_point("index-written")
+    m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
+                        "next_id": m.next_sample_id}
+
+
+def failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:
+    now = datetime.now(timezone.utc)
+    return pa.table(
+        {
+            "job_id": [job_id] * len(failures),
+            "split": [split] * len(failures),
+            "key": [k for k, _ in failures],
+            "reason": [r for _, r in failures],
+            "time": [now] * len(failures),
+        },
+        schema=FAILURES_SCHEMA,
+    )
+
+
+def job_table(report, command: str, started: datetime, complete: bool) -> pa.Table:
+    """The job's row of the ``ingests`` table (``report``: its ``JobReport``)."""
+    return pa.table(
+        {
+            "job_id": [report.job_id],
+            "command": [command],
+            "split": [report.split],
+            "source": [report.source],
+            "start": [started],
+            "end": [datetime.now(timezone.utc)],
+            "added": [report.added],
+            "skipped": [report.skipped],
+            "failed": [report.failed],
+            "status": [("complete" if complete else "partial") + ("_with_failures" if report.failed else "")],
+        },
+        schema=INGESTS_SCHEMA,
+    )

@@ -1,0 +1,267 @@
+"""The plan step of an indexing job: open (or create) the database with its model, and list the
+samples of the split that are still to do (a rerun resumes where the last commit left off)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.sources import Source
+from ..data.transforms import Transform
+from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
+from ..models.loading import LoadedModel, load_model
+from ..progress import NullProgress, Progress
+from ..models.stored import initialised_at_random, load_stored_model, model_record
+from ..saliency import ProfileEngine, UnitLayout
+from ..saliency.aggregates import DEFAULT_AGGREGATE
+from ..schemas import Manifest
+from ..storage import DatabaseWriter, committed_keys, is_database, read_current
+
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class JobSettings:
+    """How a job runs, whatever the split: the device, batches, parts, index kind, progress."""
+
+    device: torch.device
+    batch_size: int = 64
+    workers: int = 0
+    part_rows: int = 1024
+    index_kind: str = "flat"
+    progress: Progress = field(default_factory=NullProgress)
+    wait: bool = False
+
+
+@dataclass
+class ModelChoice:
+    """What `index` was told about the model (all None for `ingest`: the database's own)."""
+
+    spec: str | None = None
+    weights: str | None = None
+    transform: str | None = None
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    aggregate: str | None = None
+    random_weights: bool = False
+
+
+@dataclass
+class Plan:
+    """What a job still has to do on a split: the source's positions to profile, and how."""
+
+    split: str
+    data: str  # the data spec, as recorded in the manifest
+    source: Source
+    todo: list[int]
+    done: int  # samples of the source already committed (to this split, or to its pending replacement)
+    skipped: int  # of them, those this job skips (before --limit)
+    is_reference: bool  # the statistics are computed over this split
+    replace: bool
+
+
+def check_split_name(split: str) -> str:
+    if not SPLIT_NAME.match(split):
+        raise SpecError(f"split name '{split}' is invalid; use letters, digits, '_', '.', '-' (up to 64 characters)")
+    return split
+
+
+def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
+                  wait: bool) -> tuple[DatabaseWriter, LoadedModel, Transform]:
+    """The writer of the database (created from ``choice`` when there is none, or when it never
+    committed a sample: nothing in it can be lost), its model and its input transform."""
+    existing = read_current(db) if is_database(db) else None
+    fresh = existing is not None and choice.spec is not None and existing.rows() == 0 and not existing.pending
+    if existing is not None and not fresh:
+        model = _check_existing(db, existing, choice)
+        return DatabaseWriter(db, wait=wait, operation=operation), model, Transform.from_dict(existing.model["transform"])
+    if choice.spec is None:
+        raise SpecError(f"no database at '{db}' yet: pass --model (and --weights) to create it")
+    manifest, loaded, transform = _new_manifest(choice, source)
+    if fresh:
+        return _recreate(db, manifest, operation, wait), loaded, transform
+    return DatabaseWriter(db, manifest, wait=wait, operation=operation), loaded, transform
+
+
+def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> LoadedModel:
+    """The stored model, after checking that what `index` was told agrees with the database."""
+    if choice.classes is not None and choice.classes != manifest.class_names:
+        raise SpecError(f"database '{db}' already names its classes ({', '.join(manifest.class_names[:5])}, ...); "
+                        "omit --classes")
+    stored = load_stored_model(manifest)
+    if choice.spec is not None:
+        given = load_model(choice.spec, choice.weights, choice.num_classes)
+        if given.weights_sha256 != stored.weights_sha256:
+            raise ModelError(
+                f"database '{db}' holds model {manifest.model['spec']} "
+                f"(weights {manifest.model.get('weights') or 'default'}, sha256 {stored.weights_sha256[:12]}); "
+                f"the given model's weights differ (sha256 {given.weights_sha256[:12]}); use another --db"
+            )
+    if choice.aggregate is not None and choice.aggregate != manifest.aggregate:
+        raise SpecError(f"database '{db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
+    if choice.transform is not None and Transform.parse(choice.transform).to_dict() != manifest.model["transform"]:
+        if manifest.rows() == 0 and not manifest.pending:
+            raise SpecError(f"database '{db}' has no samples yet: to start over with this transform, pass "
+                            "--model (and --weights) again and it is made anew")
+        raise SpecError(f"database '{db}' was made with transform {manifest.model['transform']}; omit --transform")
+    return stored
+
+
+def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, LoadedModel, Transform]:
+    """The manifest of a new database: the model loaded and checked on the data's first sample."""
+    loaded = load_model(choice.spec, choice.weights, choice.num_classes)
+    if not choice.random_weights and initialised_at_random(loaded, choice.num_classes):
+        raise SpecError(
+            f"model {choice.spec} would be profiled with random weights (no --weights given, and the model is "
+            "initialised differently on every build); pass --weights FILE (a state dict) or a torchvision weights "
+            "name such as DEFAULT, or --random-weights to profile an untrained model on purpose"
+        )
+    transform = Transform.parse(choice.transform) if choice.transform is not None else (
+        loaded.default_transform or source.default_transform)
+    if transform is None:
+        raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
+    probe(loaded, transform, source)  # before anything is written
+    layout = UnitLayout.from_module(loaded.module)
+    manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE),
+                        units=layout.to_dict(), feature_dim=feature_dim(loaded, transform))
+    _name_classes(manifest, loaded, source, choice.classes)
+    return manifest, loaded, transform
+
+
+def _name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classes: list[str] | None) -> None:
+    if classes is not None:
+        if len(classes) != loaded.num_classes:
+            raise SpecError(f"--classes names {len(classes)} classes, but the model has {loaded.num_classes}; "
+                            "give one name per class, in the model's order")
+        manifest.model["class_names"] = list(classes)
+    elif manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
+        manifest.model["class_names"] = list(source.class_names)
+    elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
+          and not set(source.class_names) <= set(manifest.class_names)):
+        # one folder (or CSV name) per class of a model with names of its own (ImageNet's wnid
+        # folders for torchvision's categories): sorted names are the class indices, as
+        # documented; kept so that later sources are matched by these names too
+        manifest.model["label_names"] = list(source.class_names)
+
+
+def _recreate(db: Path, manifest: Manifest, operation: str, wait: bool) -> DatabaseWriter:
+    """The writer of a database that never committed a sample, made anew with ``manifest``."""
+    writer = DatabaseWriter(db, wait=wait, operation=operation)
+    if writer.manifest.rows() or writer.manifest.pending:  # another job committed samples meanwhile
+        writer.close()
+        raise DatabaseError(f"database '{db}' received samples while this job started; rerun it")
+    manifest.commit, manifest.created = writer.manifest.commit, writer.manifest.created
+    manifest.next_sample_id = writer.manifest.next_sample_id
+    writer.manifest = manifest
+    return writer
+
+
+def plan_job(writer: DatabaseWriter, source: Source, data: str, split: str, limit: int | None,
+             replace: bool) -> Plan:
+    """List what is left to do on ``split`` and record the split (or its pending replacement) in the
+    writer's manifest. Builds only on an intact version (the parts a --replace swaps out may be
+    the damaged ones)."""
+    m = writer.manifest
+    known = m.splits.get(split)
+    replaced = set(m.part_files(split)) if replace else set()
+    writer.require_intact(ignore=lambda rel: rel in replaced)
+    if replace:
+        if known is None:
+            raise SpecError(f"--replace: the database has no split '{split}' (it has {', '.join(sorted(m.splits)) or 'none'}); drop --replace to add it")
+        pending = m.pending.setdefault(split, {"source": data, "parts": []})
+        if pending["source"] != data:
+            raise SpecError(f"a replacement of '{split}' from {pending['source']} is unfinished; rerun it, or replace with that source first")
+        done = committed_keys(writer.path, m, files=[p["file"] for p in pending["parts"]])
+    else:
+        if split in m.pending:
+            raise SpecError(f"split '{split}' is being replaced; finish with `--replace` first")
+        if known is not None and known["source"] != data:
+            raise SpecError(f"split '{split}' already holds {known['source']}; choose another --split name, or pass --replace")
+        done = committed_keys(writer.path, m, split) if known else set()
+        m.splits.setdefault(split, {"source": data, "rows": 0, "complete": False})
+    todo = [i for i in range(len(source)) if source.key(i) not in done]
+    skipped = len(source) - len(todo)
+    if limit is not None:
+        todo = todo[: max(0, limit - len(done))]
+    is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
+    return Plan(split=split, data=data, source=source, todo=todo, done=len(done), skipped=skipped, is_reference=is_reference,
+                replace=replace)
+
+
+def feature_dim(model: LoadedModel, transform: Transform) -> int:
+    """The width of the feature vector: the input of the model's last linear layer."""
+    if model.scripted:
+        return 0  # compiled graphs take no hooks: no feature vector
+    linears = [m for m in model.module.modules() if isinstance(m, torch.nn.Linear)]
+    if linears:
+        return linears[-1].in_features
+    shape = transform.input_shape
+    if shape is None:
+        raise ModelError("the model has no nn.Linear layer and the transform has no fixed input size; cannot size the feature vector")
+    with torch.no_grad():
+        out = ProfileEngine(model.module).profile(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+    return out.feature.shape[1]
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """``--classes FILE``: one class name per line, in the model's class order (blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"--classes {path}: cannot read it ({getattr(e, 'strerror', None) or e}); give a UTF-8 text file "
+                        "with one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise SpecError(f"--classes {path} is empty; give one class name per line, in the model's class order")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise SpecError(f"--classes {path} names '{dup}' twice; class names must be distinct")
+    return names
+
+
+def probe(model: LoadedModel, transform: Transform, source: Source, tries: int = 8) -> None:
+    """Run the model on the first readable sample, so that a model and data that cannot work
+    together are refused in one line before a database is created."""
+    x = None
+    for i in range(min(tries, len(source))):
+        try:
+            x = transform(source.load(i))
+            break
+        except (DataError, SaliencyDBError, OSError, ValueError):
+            continue
+    if x is None:
+        return  # the first samples are unreadable: they will be failures, with their reasons
+    try:
+        with torch.no_grad():
+            logits = model.module(x[None])
+    except Exception as e:  # the user's model may raise anything on the wrong input
+        raise ModelError(
+            f"the model fails on this data's first sample (input of shape {tuple(x.shape)} after the transform "
+            f"{transform.to_dict()}): {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+            "pass the --transform the model expects (its size and channels: e.g. mnist, imagenet, or mode=L,size=28,...)"
+        ) from None
+    if logits.ndim != 2 or logits.shape[1] != model.num_classes:
+        raise ModelError(f"the model returns outputs of shape {tuple(logits.shape)} for one sample, not (1, {model.num_classes}) "
+                         "class scores; pass --num-classes or a classifier")
+
+
+def label_mapping(source: Source, m: Manifest) -> tuple[np.ndarray, dict[int, str]] | None:
+    """For a source that names its labels: the database class index of each of its names (-1 for
+    a name the database does not know) and the failure reason of each unknown name. Names are
+    matched to the names the database was created with (``label_names``) or to its classes."""
+    if not source.labels_are_names:
+        return None
+    names = list(source.class_names or [])
+    lookup: dict[str, int] = {}
+    for vocab in (m.class_names, m.model.get("label_names") or []):
+        lookup.update({n: i for i, n in enumerate(vocab)})
+    known = m.model.get("label_names") or m.class_names
+    shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+    mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
+    reasons = {i: f"label '{n}' is not one of the database's classes ({shown})" for i, n in enumerate(names) if n not in lookup}
+    return mapping, reasons

@@ -1,0 +1,284 @@
+"""The typed answers of the query layer (``saliencydb.results.Result``): ``to_dict()`` is the JSON
+the CLI prints with ``--format json`` (README "Database layout" documents it), ``rows()`` the
+rows of its table and CSV output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..results import Result, plain
+
+SPACE_ORDER = ("saliency", "feature")
+
+
+# -- info -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelInfo(Result):
+    spec: str
+    weights: str | None
+    weights_sha256: str
+    num_classes: int
+    transform: dict
+
+
+@dataclass
+class UnitsInfo(Result):
+    kind: str
+    count: int
+    layers: int
+    aggregate: str
+
+
+@dataclass
+class SplitInfo(Result):
+    source: str
+    complete: bool
+    samples: int
+    accuracy: float | None
+    mistakes: int
+    failures: int
+
+
+@dataclass
+class StatsInfo(Result):
+    splits: list[str]
+    count: int
+    frozen: bool
+
+
+@dataclass
+class IndexInfo(Result):
+    kind: str  # as built (a kind with too few samples to train falls back to flat)
+    requested: str
+    ntotal: int
+    stale: bool  # it does not cover every committed sample
+
+
+@dataclass
+class DerivedInfo(Result):
+    base_commit: int | None
+    stale: bool
+
+
+@dataclass
+class DatabaseInfo(Result):
+    """``saliencydb info``: one version of a database summarised."""
+
+    path: str
+    format_version: int
+    commit: int
+    latest_commit: int | None
+    versions: int
+    operation: str | None
+    model: ModelInfo
+    units: UnitsInfo
+    feature_dim: int
+    metric: str
+    samples: int
+    splits: dict[str, SplitInfo]
+    statistics: StatsInfo | None
+    indexes: dict[str, IndexInfo]
+    derived: dict[str, DerivedInfo]
+
+    def rows(self) -> list[dict]:
+        return [{"split": name, **plain(s)} for name, s in self.splits.items()]
+
+
+# -- neighbours -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleMeta(Result):
+    """A sample's stored metadata (a new image's: ``sample_id`` and ``split`` are None, ``key`` its path)."""
+
+    sample_id: int | None
+    split: str | None
+    key: str
+    label: int
+    label_name: str
+    pred: int
+    pred_name: str
+    correct: bool
+    loss: float
+    true_conf: float
+    pred_conf: float
+
+
+@dataclass
+class NeighborSummary(Result):
+    """Shares of the neighbours that are misclassified, share the query's prediction, its exact
+    confusion (a misclassified query only; else None) and its label."""
+
+    neighbors: int
+    share_misclassified: float | None = None
+    share_same_prediction: float | None = None
+    share_same_confusion: float | None = None
+    share_same_label: float | None = None
+
+    def to_dict(self) -> dict:
+        if self.neighbors == 0:
+            return {"neighbors": 0}
+        return {"neighbors": self.neighbors, "share_misclassified": self.share_misclassified,
+                "share_same_prediction": self.share_same_prediction, "share_same_confusion": self.share_same_confusion,
+                "share_same_label": self.share_same_label}
+
+
+# -- mistakes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate(Result):
+    """A mean with its percentile-bootstrap 95% interval."""
+
+    mean: float | None
+    ci95: list  # [low, high]
+    n: int
+
+
+@dataclass
+class SpaceShares(Result):
+    correct_neighbors_of_correct: Estimate
+    correct_neighbors_of_incorrect: Estimate
+    same_confusion_of_incorrect: Estimate
+
+
+@dataclass
+class SplitShares(Result):
+    samples: int
+    correct: int
+    incorrect: int
+    spaces: dict[str, SpaceShares] = field(default_factory=dict)  # in JSON, each space is a key of its own
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "correct": self.correct, "incorrect": self.incorrect,
+                **{space: plain(s) for space, s in self.spaces.items()}}
+
+
+@dataclass
+class MistakesReport(Result):
+    """``saliencydb mistakes``: per split and space, the share of correctly classified samples among
+    each sample's k nearest neighbours, and of a mistake's neighbours with its exact confusion."""
+
+    k: int
+    bootstrap: int
+    seed: int
+    splits: dict[str, SplitShares] = field(default_factory=dict)
+    base_commit: int | None = None
+    stored: bool = False
+
+    def rows(self) -> list[dict]:
+        """One row per split, space and group (correctly or incorrectly classified)."""
+        rows = []
+        for split, entry in self.splits.items():
+            for space in SPACE_ORDER:
+                e = entry.spaces.get(space)
+                if e is None:
+                    continue
+                for group, stat in (("correct", e.correct_neighbors_of_correct), ("incorrect", e.correct_neighbors_of_incorrect)):
+                    rows.append({
+                        "split": split, "space": space, "group": group, "samples": stat.n,
+                        "correct_neighbors": stat.mean, "ci95_low": stat.ci95[0], "ci95_high": stat.ci95[1],
+                        "same_confusion": e.same_confusion_of_incorrect.mean if group == "incorrect" else None,
+                    })
+        return rows
+
+
+# -- clusters -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Confusion(Result):
+    pair: str  # "label -> prediction"
+    count: int
+    purity: float  # share of the group
+
+
+@dataclass
+class LayerScore(Result):
+    layer: str
+    mean_z: float
+
+
+@dataclass
+class UnitScore(Result):
+    unit_id: int
+    layer: str
+    channel: int
+    mean_z: float
+
+
+@dataclass
+class Exemplar(Result):
+    sample_id: int
+    key: str
+    similarity: float
+
+
+@dataclass
+class ErrorGroup(Result):
+    cluster: int
+    size: int
+    top_confusions: list[Confusion]
+    top_layers: list[LayerScore]
+    top_units: list[UnitScore]
+    exemplars: list[Exemplar]
+
+
+@dataclass
+class ClustersResult(Result):
+    """``saliencydb clusters``: k-means error groups over standardised profiles."""
+
+    run: str
+    n_clusters: int
+    samples: int
+    clusters: list[ErrorGroup]
+    base_commit: int | None = None
+    stored: bool = False
+
+    def rows(self) -> list[dict]:
+        return [{
+            "cluster": g.cluster, "size": g.size,
+            "top_confusions": ", ".join(f"{p.pair} ({p.purity:.0%})" for p in g.top_confusions),
+            "top_layers": ", ".join(l.layer for l in g.top_layers),
+            "top_units": ", ".join(f"{u.layer}[{u.channel}]" for u in g.top_units),
+            "exemplars": ", ".join(str(e.sample_id) for e in g.exemplars),
+        } for g in self.clusters]
+
+
+# -- triage ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupCount(Result):
+    cluster: int
+    new_mistakes: int
+
+
+@dataclass
+class LayerDrift(Result):
+    layer: str
+    reference_mean_z: float
+    new_mean_z: float
+    change: float
+
+
+@dataclass
+class TriageResult(Result):
+    """``saliencydb triage``: a new split's mistakes assigned to known error groups or marked new."""
+
+    split: str
+    run: str
+    new_mistakes: int
+    known_groups: list[GroupCount]
+    new_failure_mode: int
+    reference_splits: list[str]
+    groups_built_on: list[str]
+    layer_drift: list[LayerDrift]
+    base_commit: int | None = None
+    stored: bool = False
+
+    def rows(self) -> list[dict]:
+        return [*({"group": g.cluster, "new_mistakes": g.new_mistakes} for g in self.known_groups),
+                {"group": "new failure mode", "new_mistakes": self.new_failure_mode}]
