@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from .output import handle_errors, db_option, as_of_option, emit_rows, json_default, text_format_option, progress_for, close_progress
+from .output import emit, handle_errors, db_option, as_of_option, emit_rows, text_format_option, progress_bars
 
 
 @click.command()
@@ -26,8 +25,7 @@ from .output import handle_errors, db_option, as_of_option, emit_rows, json_defa
 def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, fmt, quiet, as_of):
     """Input-space saliency of a sample's salient filters, GradCAM and its profile in one figure; or (--errors) an HTML gallery."""
     from ..errors import QueryError
-    from ..explain import Explainer, check_out_file, explain_sample, gallery
-    from ..explain.gallery import check_out_dir
+    from ..explain import Explainer, check_out_file, explain_sample
     from ..query import open as open_db
 
     if errors == (sample_id is not None):
@@ -36,37 +34,42 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         raise QueryError("--split selects the gallery's mistakes; add --errors (or drop --split)")
     with open_db(db, as_of=as_of) as d:
         if errors:
-            check_out_dir(out)
-            progress = progress_for(fmt, quiet)
-            try:
-                result = gallery(Explainer(d), out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k,
-                                 progress=progress)
-            finally:
-                close_progress(progress)
-            if fmt == "json":
-                click.echo(json.dumps(result, indent=2, default=json_default))
-            elif fmt == "csv":
-                emit_rows(result["mistakes"], "csv")
-            else:
-                click.echo(f"wrote {result['out']} ({len(result['mistakes'])} mistakes)")
+            _gallery(d, out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k, fmt=fmt, quiet=quiet)
             return
         check_out_file(out)
         d.sample(sample_id)  # an unknown id fails before the model is loaded
         ex = Explainer(d)
-        result = explain_sample(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None).to_dict()
+        result = explain_sample(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None)
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
+        emit(result, "json")
         return
     if fmt == "csv":  # the boosted units, one row each
-        emit_rows(result["boosted_units"], "csv")
+        emit_rows(result.rows(), "csv")
         return
-    s, c, m = result["sample"], result["confidences"], result["map"]
-    click.echo(f"sample {s['sample_id']} ({s['split']}, {s['key']}): label {s['label_name']}, predicted {s['pred_name']} "
-               f"({'correct' if s['correct'] else 'wrong'}); p(true) {c['true_conf']:.3f}, p(pred) {c['pred_conf']:.3f}")
-    emit_rows(result["boosted_units"], "table", title="boosted units (standardised saliency z)")
-    corr = "" if m["spearman_vs_gradcam"] is None else f"; Spearman with GradCAM {m['spearman_vs_gradcam']:.2f}"
-    click.echo(f"input-space map: the top 5% of pixels hold {m['top5pct_mass']:.0%} of the saliency{corr}")
-    click.echo(f"wrote {result['out']}")
+    s, c, m = result.sample, result.confidences, result.map
+    click.echo(f"sample {s.sample_id} ({s.split}, {s.key}): label {s.label_name}, predicted {s.pred_name} "
+               f"({'correct' if s.correct else 'wrong'}); p(true) {c.true_conf:.3f}, p(pred) {c.pred_conf:.3f}")
+    emit_rows(result.rows(), "table", title="boosted units (standardised saliency z)")
+    corr = "" if m.spearman_vs_gradcam is None else f"; Spearman with GradCAM {m.spearman_vs_gradcam:.2f}"
+    click.echo(f"input-space map: the top 5% of pixels hold {m.top5pct_mass:.0%} of the saliency{corr}")
+    click.echo(f"wrote {result.out}")
+
+
+def _gallery(d, out, *, split, limit: int, n_neighbors: int, top_k: int, fmt: str, quiet: bool) -> None:
+    """explain --errors: write the gallery of mistakes and print its summary."""
+    from ..explain import Explainer, gallery
+    from ..explain.gallery import check_out_dir
+
+    check_out_dir(out)
+    with progress_bars(not quiet and fmt == "table") as progress:
+        result = gallery(Explainer(d), out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k,
+                         progress=progress)
+    if fmt == "json":
+        emit(result, "json")
+    elif fmt == "csv":
+        emit_rows(result.rows(), "csv")
+    else:
+        click.echo(f"wrote {result.out} ({len(result.mistakes)} mistakes)")
 
 
 @click.command("profile-plot")
@@ -90,22 +93,19 @@ def profile_plot(db, split, cluster, out, fmt, as_of):
         result = group_profiles(d, split=split, cluster=cluster)
         layout = UnitLayout.from_dict(d.manifest.units)
     try:
-        group_profile_figure(out, groups=[(g["name"], g["z"], g["count"]) for g in result["groups"]], layout=layout,
-                             title=f"mean standardised saliency profile: {result['scope']}")
+        group_profile_figure(out, groups=[(g.name, g.z, g.count) for g in result.groups], layout=layout,
+                             title=f"mean standardised saliency profile: {result.scope}")
     except OSError as e:
         raise QueryError(f"cannot write --out {out!r}: {e.strerror or e}") from None
-    summary = {"scope": result["scope"], "out": out,
-               "groups": [{k: v for k, v in g.items() if k != "z"} for g in result["groups"]]}
+    result.out = out
     if fmt == "json":
-        click.echo(json.dumps(summary, indent=2, default=json_default))
+        emit(result, "json")
         return
-    by_name = {g["name"]: {l["layer"]: l["mean_z"] for l in (g["layers"] or [])} for g in summary["groups"]}
-    counts = ", ".join(f"{g['count']} {g['name']}" for g in summary["groups"])
-    rows = [{"layer": l.name, **{f"mean z ({name})": per.get(l.name) for name, per in by_name.items()}} for l in layout.layers]
     if fmt == "csv":
-        emit_rows(rows, "csv")
+        emit_rows(result.rows(), "csv")
         return
-    emit_rows(rows, "table", title=f"mean standardised saliency per layer, {result['scope']} ({counts})")
+    counts = ", ".join(f"{g.count} {g.name}" for g in result.groups)
+    emit_rows(result.rows(), "table", title=f"mean standardised saliency per layer, {result.scope} ({counts})")
     click.echo(f"wrote {out}")
 
 
@@ -133,9 +133,33 @@ def profile_plot(db, split, cluster, out, fmt, as_of):
 def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_rise, limit, levels, n_noise,
           stats_samples, seed, fmt, quiet, as_of):
     """Check an explanation with numbers: masking salient pixels (A.9), SmoothGrad agreement (A.1), model randomisation (A.11)."""
-    from .. import explain as E
-    from ..errors import QueryError
+    from ..explain import parse_levels
     from ..query import open as open_db
+
+    _check_check_args(what, sample_id, split, find_corrections)
+    level_list = parse_levels(levels)
+    with progress_bars(not quiet and fmt == "table") as progress:
+        with open_db(db, as_of=as_of) as d:
+            if sample_id is not None:
+                d.sample(sample_id)  # an unknown id fails before the model is loaded
+            else:
+                d.ids_where(split=split)  # an unknown split too
+            result = _run_check(d, "corrections" if find_corrections else what, sample_id, split=split, top_k=top_k,
+                                top_p=top_p, fill=fill, min_rise=min_rise, limit=limit, levels=level_list,
+                                n_noise=n_noise, stats_samples=stats_samples, seed=seed, progress=progress)
+    if fmt == "json":
+        emit(result, "json")
+    elif fmt == "csv":  # the rows of the check's table, unformatted
+        emit_rows(result.rows(), "csv")
+    elif find_corrections:
+        _print_corrections(result, top_k=top_k, top_p=top_p, min_rise=min_rise)
+    else:
+        _print_check(result, what, top_p=top_p, fill=fill, n_noise=n_noise)
+
+
+def _check_check_args(what: str, sample_id, split, find_corrections: bool) -> None:
+    """Which of --id, --split and --find-corrections go together."""
+    from ..errors import QueryError
 
     if find_corrections:
         if what != "masking" or split is None or sample_id is not None:
@@ -144,57 +168,46 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
         raise QueryError(f"--what {what} needs --id ID" + (" (or --split S --find-corrections)" if what == "masking" else ""))
     elif split is not None:
         raise QueryError("--split is only used with --find-corrections")
-    try:
-        level_list = [float(v) for v in levels.split(",") if v.strip()]
-    except ValueError:
-        raise QueryError(f"--levels {levels!r} is not a comma-separated list of numbers such as 0.01,0.05") from None
-    progress = progress_for(fmt, quiet)
-    try:
-        with open_db(db, as_of=as_of) as d:
-            if sample_id is not None:
-                d.sample(sample_id)  # an unknown id fails before the model is loaded
-            else:
-                d.ids_where(split=split)  # an unknown split too
-            ex = E.Explainer(d)
-            if find_corrections:
-                result = E.find_corrections(ex, split, top_p=top_p, fill=fill, top_k=top_k, min_rise=min_rise, seed=seed,
-                                            limit=limit, progress=progress)
-            elif what == "masking":
-                result = E.masking(ex, sample_id, top_p=top_p, fill=fill, top_k=top_k, seed=seed)
-            elif what == "smoothgrad":
-                result = E.smoothgrad(ex, sample_id, levels=level_list, n=n_noise, k=top_k, seed=seed)
-            else:
-                result = E.randomization(ex, sample_id, top_k=top_k, stats_samples=stats_samples, seed=seed,
-                                         progress=progress)
-    finally:
-        close_progress(progress)
-    if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
-        return
-    if fmt == "csv":  # the rows of the check's table, unformatted
-        key = "samples" if find_corrections else {"masking": "results", "smoothgrad": "levels", "randomization": "steps"}[what]
-        emit_rows(result[key], "csv")
-        return
-    if find_corrections:
-        emit_rows(result["samples"], "table", title=f"mistakes of {split} whose true-class confidence rises by "
-                                                    f">= {min_rise:.0%} when the top {top_p:g}% salient pixels are masked")
-        click.echo(f"{result['found']} of {result['mistakes']} mistakes ({result['corrected']} corrected); controls: "
-                   f"{result['found_with_random_units']} with the maps of {top_k} random units, "
-                   f"{result['found_with_random_pixels']} masking random pixels")
-        return
-    s = result["sample"]
-    click.echo(f"sample {s['sample_id']} ({s['key']}): label {s['label_name']}, predicted {s['pred_name']}")
+
+
+def _run_check(d, what: str, sample_id, *, split, top_k: int, top_p: float, fill: str, min_rise: float, limit,
+               levels: list[float], n_noise: int, stats_samples: int, seed: int, progress):
+    """Run one check (``what``: masking, smoothgrad, randomization or corrections) on the open database."""
+    from .. import explain as E
+
+    ex = E.Explainer(d)
+    if what == "corrections":
+        return E.find_corrections(ex, split, top_p=top_p, fill=fill, top_k=top_k, min_rise=min_rise, seed=seed,
+                                  limit=limit, progress=progress)
     if what == "masking":
-        rows = [{"masked by": r["masked_by"], "pixels (changed)": f"{r['pixels']} ({r['pixels_changed']})",
-                 "p(true) before": r["true_conf_before"], "p(true) after": r["true_conf_after"],
-                 "p(pred) before": r["pred_conf_before"], "p(pred) after": r["pred_conf_after"],
-                 "prediction after": r["pred_name_after"]} for r in result["results"]]
+        return E.masking(ex, sample_id, top_p=top_p, fill=fill, top_k=top_k, seed=seed)
+    if what == "smoothgrad":
+        return E.smoothgrad(ex, sample_id, levels=levels, n=n_noise, k=top_k, seed=seed)
+    return E.randomization(ex, sample_id, top_k=top_k, stats_samples=stats_samples, seed=seed, progress=progress)
+
+
+def _print_corrections(result, *, top_k: int, top_p: float, min_rise: float) -> None:
+    emit_rows(result.rows(), "table", title=f"mistakes of {result.split} whose true-class confidence rises by "
+                                            f">= {min_rise:.0%} when the top {top_p:g}% salient pixels are masked")
+    click.echo(f"{result.found} of {result.mistakes} mistakes ({result.corrected} corrected); controls: "
+               f"{result.found_with_random_units} with the maps of {top_k} random units, "
+               f"{result.found_with_random_pixels} masking random pixels")
+
+
+def _print_check(result, what: str, *, top_p: float, fill: str, n_noise: int) -> None:
+    s = result.sample
+    click.echo(f"sample {s.sample_id} ({s.key}): label {s.label_name}, predicted {s.pred_name}")
+    if what == "masking":
+        rows = [{"masked by": r.masked_by, "pixels (changed)": f"{r.pixels} ({r.pixels_changed})",
+                 "p(true) before": r.true_conf_before, "p(true) after": r.true_conf_after,
+                 "p(pred) before": r.pred_conf_before, "p(pred) after": r.pred_conf_after,
+                 "prediction after": r.pred_name_after} for r in result.results]
         emit_rows(rows, "table", title=f"masking the top {top_p:g}% pixels of each map (fill: {fill}); "
-                                       f"pred = the original prediction {s['pred_name']}")
+                                       f"pred = the original prediction {s.pred_name}")
     elif what == "smoothgrad":
-        emit_rows(result["levels"], "table", title=f"SmoothGrad parameter saliency ({n_noise} noisy copies) vs the plain profile")
+        emit_rows(result.rows(), "table", title=f"SmoothGrad parameter saliency ({n_noise} noisy copies) vs the plain profile")
     else:
-        emit_rows(result["steps"], "table", title="cascading randomisation: Spearman correlation with the original map")
+        emit_rows(result.rows(), "table", title="cascading randomisation: Spearman correlation with the original map")
 
 
 COMMANDS = [explain, profile_plot, check]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from .output import handle_errors, format_option, db_option, as_of_option, wait_option, emit_rows, json_default, progress_for, close_progress
+from .output import emit, handle_errors, format_option, db_option, as_of_option, wait_option, emit_rows, progress_bars
 
 
 def _bench(d, device: str):
@@ -16,12 +15,12 @@ def _bench(d, device: str):
     return Bench(d, device=resolve_device(device))
 
 
-def _ci(stat: dict, pct: bool = False) -> str | None:
-    """'mean [low, high]' of a bootstrap summary."""
-    if stat["mean"] is None:
+def _ci(stat, pct: bool = False) -> str | None:
+    """'mean [low, high]' of a bootstrap estimate."""
+    if stat.mean is None:
         return None
     f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:+.3f}")
-    return f"{f(stat['mean'])} [{f(stat['low'])}, {f(stat['high'])}]"
+    return f"{f(stat.mean)} [{f(stat.low)}, {f(stat.high)}]"
 
 
 def _units_cell(layout, ids, limit: int = 6) -> str:
@@ -31,6 +30,13 @@ def _units_cell(layout, ids, limit: int = 6) -> str:
     if not names:
         return "all parameters"
     return " ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "")
+
+
+def _echo_edit_tail(result) -> None:
+    """The closing line of intervene and fix-group: the model copy, and where the attempts went."""
+    tail = (f"recorded {len(result.attempts)} attempts in the interventions table (run {result.run_id})"
+            if result.recorded else "not recorded")
+    click.echo(f"edits made on a copy of the model, restored after each attempt; the weights file is unchanged; {tail}")
 
 
 def _record(d, records: list[dict], no_record: bool, wait: bool = False) -> str | None:
@@ -82,45 +88,42 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
         check_k(top_k, d.manifest.n_units)
         bench = _bench(d, device)
         result = run(bench, sample_id, method, top_k=top_k, lr=lr, sigma=sigma, seed=seed, n_neighbors=n_neighbors)
-        run_id = new_run_id()
-        result["run_id"] = run_id
-        result["recorded"] = _record(d, sample_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record, wait)
+        result.run_id = new_run_id()
+        result.recorded = _record(d, sample_records(result, run_id=result.run_id, weights_sha256=bench.weights_sha256),
+                                  no_record, wait)
         layout = bench.layout
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
-        return
+        emit(result, "json")
+    elif fmt == "csv":
+        emit_rows(result.rows(), "csv")
+    else:
+        _print_intervention(result, layout, lr=lr, sigma=sigma)
+
+
+def _print_intervention(result, layout, *, lr: float, sigma: float) -> None:
+    """The table of ``intervene``: the sample, one row per attempt, a legend."""
+    finetune = result.method == "finetune"
     rows = []
-    for a in result["attempts"]:
-        if fmt == "csv":
-            row = {k_: a[k_] for k_ in ("filters", "k", "unit_ids", "delta_true_conf", "delta_pred_conf", "true_conf_after",
-                                        "pred_conf_after", "pred_name_after", "correct_after", "grad_scale")}
-            if method == "finetune":
-                row.update({k_: a[k_] for k_ in ("nb_wrong_before", "nb_corrected", "nb_corrected_share", "nb_broken",
-                                                 "nb_delta_true_conf")})
-        else:
-            row = {"filters": a["filters"], "k": a["k"], "units": _units_cell(layout, a["unit_ids"], 2),
-                   "d_true": a["delta_true_conf"], "d_pred": a["delta_pred_conf"], "p_true_after": a["true_conf_after"],
-                   "pred_after": a["pred_name_after"], "correct_after": a["correct_after"]}
-            if method == "finetune":
-                row.update({"scale": a["grad_scale"], "nb_fixed": f"{a['nb_corrected']}/{a['nb_wrong_before']}",
-                            "nb_broken": a["nb_broken"], "nb_d_true": a["nb_delta_true_conf"]})
+    for a in result.attempts:
+        row = {"filters": a.filters, "k": a.k, "units": _units_cell(layout, a.unit_ids, 2), "d_true": a.delta_true_conf,
+               "d_pred": a.delta_pred_conf, "p_true_after": a.true_conf_after, "pred_after": a.pred_name_after,
+               "correct_after": a.correct_after}
+        if finetune:
+            row.update({"scale": a.grad_scale, "nb_fixed": f"{a.nb_corrected}/{a.nb_wrong_before}",
+                        "nb_broken": a.nb_broken, "nb_d_true": a.nb_delta_true_conf})
         rows.append(row)
-    if fmt == "csv":
-        emit_rows(rows, "csv")
-        return
-    s = result["sample"]
+    s = result.sample
     what = {"prune": "weights zeroed, biases kept", "perturb": f"Gaussian noise, sigma {sigma:g}",
-            "finetune": f"one SGD step of size {lr:g} on the sample's loss; controls rescaled to the salient gradient norm"}[method]
-    click.echo(f"sample {s['sample_id']} ({s['split']}, {s['key']}): label {s['label_name']}, predicted {s['pred_name']} "
-               f"({'correct' if s['baseline_correct'] else 'wrong'}); p(true) {s['true_conf']:.3f}, p(pred) {s['pred_conf']:.3f}")
-    emit_rows(rows, "table", title=f"{method} of {result['k']} filters ({what})")
+            "finetune": f"one SGD step of size {lr:g} on the sample's loss; controls rescaled to the salient gradient norm"}[result.method]
+    click.echo(f"sample {s.sample_id} ({s.split}, {s.key}): label {s.label_name}, predicted {s.pred_name} "
+               f"({'correct' if s.baseline_correct else 'wrong'}); p(true) {s.true_conf:.3f}, p(pred) {s.pred_conf:.3f}")
+    emit_rows(rows, "table", title=f"{result.method} of {result.k} filters ({what})")
     legend = "d_true / d_pred: change in the confidence of the true class / of the original prediction"
-    if method == "finetune":
-        legend += (f"; scale: gradient rescaling factor; nb_*: its {len(result['neighbors'])} nearest saliency neighbours "
+    if finetune:
+        legend += (f"; scale: gradient rescaling factor; nb_*: its {len(result.neighbors)} nearest saliency neighbours "
                    "(nb_fixed: misclassified ones now correct, nb_broken: correct ones now wrong)")
     click.echo(legend)
-    tail = f"recorded {len(result['attempts'])} attempts in the interventions table (run {run_id})" if result["recorded"] else "not recorded"
-    click.echo(f"edits made on a copy of the model, restored after each attempt; the weights file is unchanged; {tail}")
+    _echo_edit_tail(result)
 
 
 @click.command()
@@ -144,48 +147,50 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
 def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n_neighbors, seed, device, fmt, quiet, as_of):
     """Do the salient filters matter? An intervention on every mistake of a split over a range of k, vs random and least-salient filters."""
     from ..explain import check_out_file
-    from ..interventions import flat_rows, parse_ks, validate as run, validate_figure
+    from ..interventions import parse_ks, validate as run, validate_figure
     from ..query import open as open_db
 
     if out is not None:
         check_out_file(out)
-    progress = progress_for(fmt, quiet)
-    try:
+    with progress_bars(not quiet and fmt == "table") as progress:
         with open_db(db, as_of=as_of) as d:
             k_list = parse_ks(ks, d.manifest.n_units)
             d.ids_where(split=split)  # an unknown split fails before the model is loaded
             result = run(_bench(d, device), split, method, k_list, correct=correct, limit=limit, n_boot=bootstrap, seed=seed,
                          lr=lr, sigma=sigma, n_neighbors=n_neighbors, progress=progress)
-    finally:
-        close_progress(progress)
     if out is not None:
-        result["out"] = str(validate_figure(result, out))
+        result.out = str(validate_figure(result, out))
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
-        return
-    if fmt == "csv":
-        emit_rows(flat_rows(result), "csv")
-        return
+        emit(result, "json")
+    elif fmt == "csv":
+        emit_rows(result.rows(), "csv")
+    else:
+        _print_validation(result)
+
+
+def _print_validation(result) -> None:
+    """The table of ``validate``: each estimate with its interval, then the paired differences."""
     rows = []
-    for r in result["rows"]:
-        row = {"k": "all" if r["k"] is None else r["k"], "filters": r["filters"], "n": r["delta_true_conf"]["n"],
-               "d_true_conf [95% CI]": _ci(r["delta_true_conf"]),
-               ("corrected" if result["which"] == "misclassified" else "still correct") + " [95% CI]": _ci(r["correct_after"], pct=True),
-               "d_pred_conf [95% CI]": _ci(r["delta_pred_conf"])}
-        if method == "finetune":
-            row["nb corrected [95% CI]"] = _ci(r["nb_corrected_share"], pct=True)
-            row["nb d_true_conf [95% CI]"] = _ci(r["nb_delta_true_conf"])
+    for r in result.table:
+        row = {"k": "all" if r.k is None else r.k, "filters": r.filters, "n": r.delta_true_conf.n,
+               "d_true_conf [95% CI]": _ci(r.delta_true_conf),
+               ("corrected" if result.which == "misclassified" else "still correct") + " [95% CI]": _ci(r.correct_after, pct=True),
+               "d_pred_conf [95% CI]": _ci(r.delta_pred_conf)}
+        if result.method == "finetune":
+            row.update({"nb corrected [95% CI]": _ci(r.nb_corrected_share, pct=True),
+                        "nb d_true_conf [95% CI]": _ci(r.nb_delta_true_conf)})
         rows.append(row)
-    extra = {"finetune": f", step {lr:g}", "perturb": f", sigma {sigma:g}"}.get(method, "")
-    emit_rows(rows, "table", title=f"{method} on {result['samples']} {result['which']} samples of {split}{extra}; "
-                                   f"{bootstrap} bootstrap resamples")
-    for p in result["paired_delta_true_conf"]:
-        click.echo(f"k={p['k']}: d_true_conf salient - random {_ci(p['salient_minus_random'])}, "
-                   f"salient - least salient {_ci(p['salient_minus_least_salient'])} (paired)")
-    if result["baseline_mismatches"]:
-        click.echo(f"note: {result['baseline_mismatches']} samples are classified differently by the reloaded model than stored")
-    if out is not None:
-        click.echo(f"wrote {result['out']}")
+    extra = (f", step {result.lr:g}" if result.method == "finetune"
+             else f", sigma {result.sigma:g}" if result.method == "perturb" else "")
+    emit_rows(rows, "table", title=f"{result.method} on {result.samples} {result.which} samples of {result.split}{extra}; "
+                                   f"{result.bootstrap} bootstrap resamples")
+    for p in result.paired_delta_true_conf:
+        click.echo(f"k={p.k}: d_true_conf salient - random {_ci(p.salient_minus_random)}, "
+                   f"salient - least salient {_ci(p.salient_minus_least_salient)} (paired)")
+    if result.baseline_mismatches:
+        click.echo(f"note: {result.baseline_mismatches} samples are classified differently by the reloaded model than stored")
+    if result.out is not None:
+        click.echo(f"wrote {result.out}")
 
 
 @click.command()
@@ -202,30 +207,21 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
 @handle_errors
 def adversarial(db, split, limit, eps, steps, seed, device, fmt, quiet, as_of):
     """Adversarial parameter saliency (A.7): |theta* - theta0| per filter after a max/min-loss attack in an L2 ball, vs the plain profile."""
-    from ..errors import QueryError
-    from ..interventions import adversarial_agreement
+    from ..interventions import adversarial_agreement, parse_eps
     from ..query import open as open_db
 
-    try:
-        eps_list = [float(v) for v in eps.split(",") if v.strip()]
-    except ValueError:
-        raise QueryError(f"--eps {eps!r} is not a comma-separated list of numbers such as 0.001,0.01,0.1") from None
-    if not eps_list or any(not (e > 0 and e != float("inf")) for e in eps_list):
-        raise QueryError(f"--eps {eps!r}: give positive numbers such as 0.001,0.01,0.1")
-    progress = progress_for(fmt, quiet)
-    try:
+    eps_list = parse_eps(eps)
+    with progress_bars(not quiet and fmt == "table") as progress:
         with open_db(db, as_of=as_of) as d:
             if split is not None:
                 d.ids_where(split=split)
             result = adversarial_agreement(_bench(d, device), split=split, limit=limit, eps=eps_list, steps=steps,
                                            seed=seed, progress=progress)
-    finally:
-        close_progress(progress)
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
+        emit(result, "json")
         return
-    emit_rows(result["rows"], fmt, title=(
-        f"adversarial vs plain parameter saliency, {result['samples']} samples, {steps} projected gradient steps. "
+    emit_rows(result.rows(), fmt, title=(
+        f"adversarial vs plain parameter saliency, {result.samples} samples, {result.steps} projected gradient steps. "
         "*_raw: |theta*-theta0| per filter vs the stored raw profile; *_std: both standardised with the database's "
         "statistics (the adversarial profile first scaled by |grad L|/eps)") if fmt == "table" else None)
 
@@ -254,33 +250,36 @@ def fix_group(db, cluster, method, top_k, lr, seed, device, no_record, fmt, wait
         check_k(top_k, d.manifest.n_units)
         bench = _bench(d, device)
         result = run(bench, cluster, method, top_k=top_k, lr=lr, seed=seed)
-        run_id = new_run_id()
-        result["run_id"] = run_id
-        result["recorded"] = _record(d, group_records(result, run_id=run_id, weights_sha256=bench.weights_sha256), no_record, wait)
+        result.run_id = new_run_id()
+        result.recorded = _record(d, group_records(result, run_id=result.run_id, weights_sha256=bench.weights_sha256),
+                                  no_record, wait)
         layout = bench.layout
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2, default=json_default))
-        return
-    rows = [{"filters": a["filters"], "k": a["k"],
-             "units": a["unit_ids"] if fmt == "csv" else _units_cell(layout, a["unit_ids"], 4),
-             "corrected_in_group": f"{a['corrected']}/{a['group_wrong_before']}" if fmt == "table" else a["corrected"],
-             "broken_elsewhere": a["broken"], "fixed_elsewhere": a["fixed_elsewhere"],
-             "accuracy_before": a["accuracy_before"], "accuracy_after": a["accuracy_after"],
-             "net_accuracy_change": a["net_accuracy_change"], "d_true_conf_group": a["delta_true_conf"]}
-            for a in result["attempts"]]
-    if fmt == "csv":
-        emit_rows(rows, "csv")
-        return
+        emit(result, "json")
+    elif fmt == "csv":
+        emit_rows(result.rows(), "csv")
+    else:
+        _print_group_fix(result, layout, lr=lr)
+
+
+def _print_group_fix(result, layout, *, lr: float) -> None:
+    """The tables of ``fix-group``: one row per attempt, then the mistakes per cluster."""
+    rows = [{"filters": a.filters, "k": a.k, "units": _units_cell(layout, a.unit_ids, 4),
+             "corrected_in_group": f"{a.corrected}/{a.group_wrong_before}", "broken_elsewhere": a.broken,
+             "fixed_elsewhere": a.fixed_elsewhere, "accuracy_before": a.accuracy_before,
+             "accuracy_after": a.accuracy_after, "net_accuracy_change": a.net_accuracy_change,
+             "d_true_conf_group": a.delta_true_conf}
+            for a in result.attempts]
     what = {"prune": "weights zeroed, biases kept",
-            "finetune": f"one SGD step of size {lr:g} on the group's summed loss; controls rescaled to its gradient norm"}[method]
-    emit_rows(rows, "table", title=f"fixing cluster {cluster} ({len(result['members'])} samples) by {method} of {result['k']} filters "
-                                   f"({what}); scored on {result['scored']} samples of {', '.join(result['splits'])}")
-    per_cluster = [{"cluster": c["cluster"], "target": "*" if c["target"] else "", "size": c["size"], "wrong before": c["wrong_before"],
-                    **{f"wrong after {a['filters']}": c[f"wrong_after_{a['filters']}"] for a in result["attempts"]}}
-                   for c in result["clusters"]]
+            "finetune": f"one SGD step of size {lr:g} on the group's summed loss; controls rescaled to its gradient norm"}[result.method]
+    emit_rows(rows, "table", title=f"fixing cluster {result.cluster} ({len(result.members)} samples) by {result.method} "
+                                   f"of {result.k} filters ({what}); scored on {result.scored} samples of "
+                                   f"{', '.join(result.splits)}")
+    per_cluster = [{"cluster": c.cluster, "target": "*" if c.target else "", "size": c.size, "wrong before": c.wrong_before,
+                    **{f"wrong after {a.filters}": c.wrong_after[a.filters] for a in result.attempts}}
+                   for c in result.clusters]
     emit_rows(per_cluster, "table", title="mistakes per cluster before and after each attempt (* the target)")
-    tail = f"recorded {len(result['attempts'])} attempts in the interventions table (run {run_id})" if result["recorded"] else "not recorded"
-    click.echo(f"edits made on a copy of the model, restored after each attempt; the weights file is unchanged; {tail}")
+    _echo_edit_tail(result)
 
 
 COMMANDS = [intervene, validate, adversarial, fix_group]

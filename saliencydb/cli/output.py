@@ -174,14 +174,3 @@ def text_format_option(fn):
     """--format for commands that write a file: csv prints their main table's rows."""
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
                         help="Output format (csv: the rows of the main table).")(fn)
-
-
-def progress_for(fmt: str, quiet: bool):
-    from ..progress import NullProgress, RichProgress
-
-    return NullProgress() if quiet or fmt != "table" else RichProgress()
-
-
-def close_progress(progress) -> None:
-    if hasattr(progress, "close"):
-        progress.close()

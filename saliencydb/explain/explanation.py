@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import QueryError
+from ..results import Result
 from .context import Explainer
 from .figures import explain_figure
 from .maps import gradcam, last_conv, map_stats, spearman
@@ -16,14 +17,82 @@ from .outputs import IMAGE_SUFFIXES, check_out_file  # noqa: F401 - re-exported
 
 
 @dataclass
-class Explanation:
-    numbers: dict  # JSON-safe: sample, confidences, top_units, boosted_units, map, gradcam, out
+class ExplainedSample(Result):
+    """The stored sample explained."""
+
+    sample_id: int
+    split: str
+    key: str
+    label: int
+    label_name: str
+    pred: int
+    pred_name: str
+    correct: bool
+
+
+@dataclass
+class Confidences(Result):
+    """The stored true-class and predicted-class confidence and loss of a sample."""
+
+    true_conf: float
+    pred_conf: float
+    loss: float
+
+
+@dataclass
+class UnitRow(Result):
+    """One unit (filter) of a profile: its rank, id, layer, channel and standardised saliency z."""
+
+    rank: int
+    unit_id: int
+    layer: str
+    channel: int
+    z: float
+
+
+@dataclass
+class MapStats(Result):
+    """Numbers describing the raw input-space map."""
+
+    height: int
+    width: int
+    max: float
+    mean: float
+    p90: float
+    p99: float
+    top5pct_mass: float  # share of the saliency held by the top 5% of pixels
+    spearman_vs_gradcam: float | None  # None without GradCAM (TorchScript models)
+
+
+@dataclass
+class GradCamInfo(Result):
+    """Where GradCAM was taken: its layer, target class and maximum."""
+
+    layer: str
+    target: int
+    max: float
+
+
+@dataclass
+class Explanation(Result):
+    """An ``explain_sample`` result: the numbers (the JSON document) and the arrays drawn (kept out of it)."""
+
+    sample: ExplainedSample
+    confidences: Confidences
+    top_units: list[UnitRow]
+    boosted_units: list[UnitRow]  # the top units, or the units asked for
+    map: MapStats
+    gradcam: GradCamInfo | None  # None for TorchScript models
+    out: str | None  # the figure written
     image: np.ndarray  # (H, W) or (H, W, 3) in [0, 1], as the model saw it
     input_map: np.ndarray  # (H, W) raw input-space saliency
     cam: np.ndarray | None  # (H, W) GradCAM for the predicted label (None for TorchScript models)
 
-    def to_dict(self) -> dict:
-        return self.numbers
+    internal = ("image", "input_map", "cam")
+
+    def rows(self) -> list[dict]:
+        """The boosted units, one row each (the CSV output)."""
+        return [u.to_dict() for u in self.boosted_units]
 
 
 def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top_k: int = 10, units=None) -> Explanation:
@@ -47,16 +116,17 @@ def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top
                            cam_layer=last_conv(ex.model)[0] if cam is not None else "")
         except OSError as e:
             raise QueryError(f"cannot write --out {str(out)!r}: {e.strerror or e}") from None
-    meta = {k: s.meta[k] for k in ("sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct")}
-    numbers = {
-        "sample": meta,
-        "confidences": {"true_conf": float(s.meta["true_conf"]), "pred_conf": float(s.meta["pred_conf"]),
-                        "loss": float(s.meta["loss"])},
-        "top_units": top_rows,
-        "boosted_units": boosted_rows,
-        "map": {**map_stats(input_map), "spearman_vs_gradcam": None if cam is None else spearman(input_map, cam)},
-        "gradcam": None if cam is None else {"layer": last_conv(ex.model)[0], "target": int(s.meta["pred"]),
-                                              "max": float(cam.max())},
-        "out": None if out is None else str(out),
-    }
-    return Explanation(numbers, ex.display_image(s.x), input_map, cam)
+    meta = s.meta
+    return Explanation(
+        sample=ExplainedSample(**{k: meta[k] for k in ("sample_id", "split", "key", "label", "label_name", "pred",
+                                                       "pred_name", "correct")}),
+        confidences=Confidences(true_conf=float(meta["true_conf"]), pred_conf=float(meta["pred_conf"]),
+                                loss=float(meta["loss"])),
+        top_units=[UnitRow(**r) for r in top_rows],
+        boosted_units=[UnitRow(**r) for r in boosted_rows],
+        map=MapStats(**map_stats(input_map), spearman_vs_gradcam=None if cam is None else spearman(input_map, cam)),
+        gradcam=None if cam is None else GradCamInfo(layer=last_conv(ex.model)[0], target=int(meta["pred"]),
+                                                     max=float(cam.max())),
+        out=None if out is None else str(out),
+        image=ex.display_image(s.x), input_map=input_map, cam=cam,
+    )

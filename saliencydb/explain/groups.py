@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..errors import QueryError
+from ..results import Result
 from ..saliency import UnitLayout, standardize
+
+
+@dataclass
+class LayerMean(Result):
+    """Mean and maximum of a group's mean standardised profile over one layer's units."""
+
+    layer: str
+    mean_z: float
+    max_z: float
+
+
+@dataclass
+class GroupProfile(Result):
+    """The mean standardised profile of one group (``z``: None when the group is empty; kept out of the JSON)."""
+
+    name: str  # correct or incorrect
+    count: int
+    z: np.ndarray | None
+    layers: list[LayerMean] | None  # per layer, in the model's order; None when the group is empty
+
+    internal = ("z",)
+
+
+@dataclass
+class GroupProfiles(Result):
+    """A ``group_profiles`` result: the correct and the incorrect samples of a scope."""
+
+    scope: str  # "split S", "cluster C" or "all samples"
+    out: str | None = None  # the figure, set by the caller that draws one
+    groups: list[GroupProfile] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        """One row per layer: each group's mean z over it (the table and CSV output)."""
+        layers = next((g.layers for g in self.groups if g.layers), [])
+        by_name = {g.name: {l.layer: l.mean_z for l in (g.layers or [])} for g in self.groups}
+        return [{"layer": l.layer, **{f"mean z ({name})": per.get(l.layer) for name, per in by_name.items()}} for l in layers]
 
 
 def mean_profile(db, ids: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
@@ -21,7 +60,7 @@ def mean_profile(db, ids: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
     return standardize(total / len(ids), mean, std)
 
 
-def group_profiles(db, *, split: str | None = None, cluster: int | None = None) -> dict:
+def group_profiles(db, *, split: str | None = None, cluster: int | None = None) -> GroupProfiles:
     """Mean standardised profile of the correct and of the incorrect samples of a split, a cluster, or all."""
     if split is not None and cluster is not None:
         raise QueryError("give --split or --cluster, not both")
@@ -37,13 +76,13 @@ def group_profiles(db, *, split: str | None = None, cluster: int | None = None) 
     correct = db.ids_where(both + "correct", split)
     wrong = db.ids_where(both + "NOT correct", split)
     layout = UnitLayout.from_dict(db.manifest.units)
-    out = {"scope": scope, "groups": []}
+    out = GroupProfiles(scope=scope)
     for name, ids in (("correct", correct), ("incorrect", wrong)):
         z = mean_profile(db, ids)
         per_layer = None if z is None else [
-            {"layer": l.name, "mean_z": float(z[l.offset : l.stop].mean()), "max_z": float(z[l.offset : l.stop].max())}
+            LayerMean(layer=l.name, mean_z=float(z[l.offset : l.stop].mean()), max_z=float(z[l.offset : l.stop].max()))
             for l in layout.layers]
-        out["groups"].append({"name": name, "count": int(len(ids)), "z": z, "layers": per_layer})
+        out.groups.append(GroupProfile(name=name, count=int(len(ids)), z=z, layers=per_layer))
     if not len(correct) and not len(wrong):
         raise QueryError(f"{scope} holds no samples")
     return out

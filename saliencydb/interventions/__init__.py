@@ -1,24 +1,28 @@
 """Interventions that test whether a sample's salient filters are responsible for its mistake (docs/architecture.md, "The method"):
 pruning, perturbing or fine-tuning them against random and least-salient controls, on one sample, over a
 split (with bootstrap intervals), on a whole error group (with side effects), and adversarial parameter
-saliency. Every edit is made on a private copy of the model and undone in place after each attempt."""
+saliency. Every edit is made on a private copy of the model and undone in place after each attempt.
+Each answer is a typed result (``saliencydb.results``)."""
 
-from .adversarial import AdversarialProfiles, adversarial_agreement, adversarial_profiles
+from .adversarial import AdversarialAgreement, AdversarialProfiles, AgreementRow, adversarial_agreement, adversarial_profiles
 from .bench import Bench
 from .editor import FilterEditor
 from .figures import validate_figure
 from .filters import (CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, choose_filters,
-                      describe_units, least_salient_filters, parse_ks, random_filters, salient_filters)
-from .groups import fix_group, group_records
+                      describe_units, least_salient_filters, parse_eps, parse_ks, random_filters, salient_filters)
+from .groups import ClusterEffect, GroupAttempt, GroupFix, fix_group, group_records
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, METHODS, edited, grad_scales
 from .record import attempts_table, new_run_id, write_attempts
-from .sample import intervene, sample_attempts, sample_records
-from .sweep import bootstrap_ci, flat_rows, validate
+from .sample import Attempt, Intervention, InterventionSample, intervene, sample_attempts, sample_records
+from .sweep import Estimate, PairedDifference, Validation, ValidationRow, bootstrap, bootstrap_ci, validate
 
 __all__ = [
-    "AdversarialProfiles", "adversarial_agreement", "adversarial_profiles", "Bench", "FilterEditor", "validate_figure",
+    "AdversarialAgreement", "AdversarialProfiles", "AgreementRow", "adversarial_agreement", "adversarial_profiles",
+    "Bench", "FilterEditor", "validate_figure",
     "CHOICES", "LEAST_SALIENT", "RANDOM", "SALIENT", "WHOLE_NETWORK", "check_k", "choose_filters",
-    "describe_units", "least_salient_filters", "parse_ks", "random_filters", "salient_filters", "fix_group", "group_records",
+    "describe_units", "least_salient_filters", "parse_eps", "parse_ks", "random_filters", "salient_filters",
+    "ClusterEffect", "GroupAttempt", "GroupFix", "fix_group", "group_records",
     "DEFAULT_LR", "DEFAULT_SIGMA", "METHODS", "edited", "grad_scales", "attempts_table", "new_run_id",
-    "write_attempts", "intervene", "sample_attempts", "sample_records", "bootstrap_ci", "flat_rows", "validate",
+    "write_attempts", "Attempt", "Intervention", "InterventionSample", "intervene", "sample_attempts", "sample_records",
+    "Estimate", "PairedDifference", "Validation", "ValidationRow", "bootstrap", "bootstrap_ci", "validate",
 ]

@@ -21,10 +21,12 @@ from torch import nn
 
 from ..errors import QueryError
 from ..progress import NullProgress
+from ..results import Result
 from ..saliency import UnitLayout, standardize
 from ..models.modes import evaluating
 from ..saliency.variants import agreement
 from .editor import FilterEditor
+from .filters import parse_eps
 
 DEFAULT_EPS = (1e-3, 1e-2, 1e-1)
 DEFAULT_STEPS = 10
@@ -42,6 +44,42 @@ class AdversarialProfiles:
     loss_after: torch.Tensor  # (B,)
     pred_before: torch.Tensor  # (B,)
     pred_after: torch.Tensor  # (B,)
+
+
+@dataclass
+class AgreementRow(Result):
+    """Mean agreement of the adversarial profiles with the plain ones at one radius and direction."""
+
+    eps: float
+    direction: str  # max or min (the loss)
+    samples: int
+    cosine_raw: float
+    top10_overlap_raw: float
+    cosine_std: float
+    top10_overlap_std: float
+    mean_delta_loss: float
+    share_pred_changed: float
+    mean_delta_norm: float
+
+
+@dataclass
+class AdversarialAgreement(Result):
+    """An ``adversarial_agreement`` result. ``table`` is the JSON document's ``rows``."""
+
+    split: str | None
+    samples: int
+    steps: int
+    seed: int
+    top_k: int
+    sample_ids: list[int]
+    table: list[AgreementRow]
+
+    def to_dict(self) -> dict:
+        return {("rows" if key == "table" else key): value for key, value in super().to_dict().items()}
+
+    def rows(self) -> list[dict]:
+        """One row per radius and direction (the table and CSV output)."""
+        return [r.to_dict() for r in self.table]
 
 
 def adversarial_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = DEFAULT_STEPS,
@@ -104,9 +142,9 @@ def adversarial_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
 
 
 def adversarial_agreement(bench, *, split: str | None = None, limit: int | None = DEFAULT_LIMIT, eps=DEFAULT_EPS,
-                          steps: int = DEFAULT_STEPS, seed: int = 0, progress=None) -> dict:
+                          steps: int = DEFAULT_STEPS, seed: int = 0, progress=None) -> AdversarialAgreement:
     """At each ε and direction, the mean agreement of the adversarial profiles of (a seeded random ``limit`` of)
-    the samples of ``split`` with their stored plain profiles.
+    the samples of ``split`` with their stored plain profiles. ``eps``: radii, or a comma-separated string of them.
 
     - raw: cosine similarity and top-10 overlap between |θ* − θ0| per unit and the stored raw profile
       (mean |∂L/∂w| per unit); both are scale-free, so the ε/‖∇L‖ scale does not matter;
@@ -114,21 +152,13 @@ def adversarial_agreement(bench, *, split: str | None = None, limit: int | None 
       scale), then standardised with the database's statistics and compared with the stored standardised profile.
     """
     db = bench.db
-    eps = sorted({float(e) for e in eps})
+    eps = sorted({float(e) for e in (parse_eps(eps) if isinstance(eps, str) else eps)})
     if not eps:
         raise QueryError("--eps is empty; give values such as 0.001,0.01,0.1")
-    ids = db.ids_where(split=split)
-    if len(ids) == 0:
-        raise QueryError("no samples to attack" + (f" in split '{split}'" if split else ""))
-    if limit is not None:
-        if limit < 1:
-            raise QueryError(f"--limit must be at least 1, got {limit}")
-        if limit < len(ids):
-            ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+    ids = _attacked_samples(db, split, limit, seed)
     bench.prepare(ids)
     raw = db.rows("raw_profile", ids).astype(np.float64)
     z = bench.z(ids)
-    mean, std = bench.ex.mean, bench.ex.std
     x, y = bench.inputs(ids), torch.as_tensor(bench.labels(ids))
     progress = progress or NullProgress()
     task = progress.task(f"adversarial profiles of {len(ids)} samples", len(eps) * 2 * len(ids), unit="samples")
@@ -138,23 +168,43 @@ def adversarial_agreement(bench, *, split: str | None = None, limit: int | None 
             adv = adversarial_profiles(bench.model, x, y, e, steps=steps, maximize=maximize, layout=bench.layout,
                                        editor=bench.editor)
             task.advance(len(ids))
-            a = adv.raw.double().numpy()
-            za = standardize(a * (adv.grad_norm.double().numpy() / e)[:, None], mean, std)
-            raw_agree = [agreement(a[i], raw[i], TOP_K) for i in range(len(ids))]
-            z_agree = [agreement(za[i], z[i], TOP_K) for i in range(len(ids))]
-            rows.append({
-                "eps": e, "direction": "max" if maximize else "min", "samples": int(len(ids)),
-                "cosine_raw": float(np.mean([r["cosine"] for r in raw_agree])),
-                "top10_overlap_raw": float(np.mean([r["topk_overlap"] for r in raw_agree])),
-                "cosine_std": float(np.mean([r["cosine"] for r in z_agree])),
-                "top10_overlap_std": float(np.mean([r["topk_overlap"] for r in z_agree])),
-                "mean_delta_loss": float((adv.loss_after - adv.loss_before).mean()),
-                "share_pred_changed": float((adv.pred_after != adv.pred_before).double().mean()),
-                "mean_delta_norm": float(adv.delta_norm.mean()),
-            })
+            rows.append(_agreement_row(adv, e, maximize, raw, z, bench.ex.mean, bench.ex.std))
     task.close()
-    return {"split": split, "samples": int(len(ids)), "steps": steps, "seed": seed, "top_k": TOP_K,
-            "sample_ids": [int(i) for i in ids], "rows": rows}
+    return AdversarialAgreement(split=split, samples=int(len(ids)), steps=steps, seed=seed, top_k=TOP_K,
+                                sample_ids=[int(i) for i in ids], table=rows)
+
+
+def _attacked_samples(db, split: str | None, limit: int | None, seed: int) -> np.ndarray:
+    """The samples of ``split`` (all: None); with ``limit``, a seeded random subset of them."""
+    ids = db.ids_where(split=split)
+    if len(ids) == 0:
+        raise QueryError("no samples to attack" + (f" in split '{split}'" if split else ""))
+    if limit is not None:
+        if limit < 1:
+            raise QueryError(f"--limit must be at least 1, got {limit}")
+        if limit < len(ids):
+            ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+    return ids
+
+
+def _agreement_row(adv: AdversarialProfiles, e: float, maximize: bool, raw: np.ndarray, z: np.ndarray,
+                   mean: np.ndarray, std: np.ndarray) -> AgreementRow:
+    """Mean agreement of the batch's adversarial profiles with the stored raw (``raw``) and standardised (``z``) ones."""
+    n = len(raw)
+    a = adv.raw.double().numpy()
+    za = standardize(a * (adv.grad_norm.double().numpy() / e)[:, None], mean, std)
+    raw_agree = [agreement(a[i], raw[i], TOP_K) for i in range(n)]
+    z_agree = [agreement(za[i], z[i], TOP_K) for i in range(n)]
+    return AgreementRow(
+        eps=e, direction="max" if maximize else "min", samples=int(n),
+        cosine_raw=float(np.mean([r["cosine"] for r in raw_agree])),
+        top10_overlap_raw=float(np.mean([r["topk_overlap"] for r in raw_agree])),
+        cosine_std=float(np.mean([r["cosine"] for r in z_agree])),
+        top10_overlap_std=float(np.mean([r["topk_overlap"] for r in z_agree])),
+        mean_delta_loss=float((adv.loss_after - adv.loss_before).mean()),
+        share_pred_changed=float((adv.pred_after != adv.pred_before).double().mean()),
+        mean_delta_norm=float(adv.delta_norm.mean()),
+    )
 
 
 def _set(weights, theta0, delta) -> None:

@@ -18,32 +18,33 @@ TITLES = {
 }
 
 
-def validate_figure(result: dict, out: str | Path) -> Path:
-    """Write the figure of a ``validate`` result to ``out`` (PNG, PDF or SVG by suffix)."""
+def validate_figure(result, out: str | Path) -> Path:
+    """Write the figure of a ``validate`` result (a ``Validation``) to ``out`` (PNG, PDF or SVG by suffix)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     metrics = ["delta_pred_conf", "delta_true_conf", "correct_after"]
-    if result["method"] == "finetune":
+    if result.method == "finetune":
         metrics += ["nb_corrected_share", "nb_delta_true_conf"]
     fig = Figure(figsize=(3.4 * len(metrics), 3.2), dpi=130)
     FigureCanvasAgg(fig)
-    ks = result["ks"]
+    ks = result.ks
     for j, m in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), j + 1)
         for name in (SALIENT, RANDOM, LEAST_SALIENT, WHOLE_NETWORK):
-            rows = [r for r in result["rows"] if r["filters"] == name and m in r and r[m]["mean"] is not None]
-            if not rows:
+            stats = [(r.k, r.metric(m)) for r in result.table if r.filters == name]
+            stats = [(k, s) for k, s in stats if s is not None and s.mean is not None]
+            if not stats:
                 continue
             colour, marker, label = STYLE[name]
             if name == WHOLE_NETWORK:
-                s = rows[0][m]
-                ax.axhline(s["mean"], color=colour, linestyle="--", linewidth=1.4, label=label)
-                ax.axhspan(s["low"], s["high"], color=colour, alpha=0.12, linewidth=0)
+                s = stats[0][1]
+                ax.axhline(s.mean, color=colour, linestyle="--", linewidth=1.4, label=label)
+                ax.axhspan(s.low, s.high, color=colour, alpha=0.12, linewidth=0)
                 continue
-            x = [r["k"] for r in rows]
-            y = [r[m]["mean"] for r in rows]
-            err = [[r[m]["mean"] - r[m]["low"] for r in rows], [r[m]["high"] - r[m]["mean"] for r in rows]]
+            x = [k for k, _ in stats]
+            y = [s.mean for _, s in stats]
+            err = [[s.mean - s.low for _, s in stats], [s.high - s.mean for _, s in stats]]
             ax.errorbar(x, y, yerr=err, color=colour, marker=marker, markersize=4, linewidth=1.5, capsize=2.5, label=label)
         ax.axhline(0, color="#d0d7de", linewidth=0.8, zorder=0)
         ax.set_xscale("log" if min(ks) > 0 and max(ks) / min(ks) >= 10 else "linear")
@@ -54,10 +55,10 @@ def validate_figure(result: dict, out: str | Path) -> Path:
         ax.tick_params(labelsize=8)
         if j == 0:
             ax.legend(fontsize=7, frameon=False)
-    which = "correctly classified" if result["which"] == "correct" else "misclassified"
-    extra = (f", step {result['lr']:g}" if result["method"] == "finetune"
-             else f", sigma {result['sigma']:g}" if result["method"] == "perturb" else "")
-    fig.suptitle(f"{result['method']} on {result['samples']} {which} samples of {result['split']}{extra} "
+    which = "correctly classified" if result.which == "correct" else "misclassified"
+    extra = (f", step {result.lr:g}" if result.method == "finetune"
+             else f", sigma {result.sigma:g}" if result.method == "perturb" else "")
+    fig.suptitle(f"{result.method} on {result.samples} {which} samples of {result.split}{extra} "
                  f"(bars: bootstrap 95% intervals)", fontsize=10)
     fig.tight_layout()
     out = Path(out)

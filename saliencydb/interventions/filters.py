@@ -49,6 +49,17 @@ def parse_ks(text: str | None, n_units: int) -> list[int]:
     return ks
 
 
+def parse_eps(text: str) -> list[float]:
+    """'0.001,0.01' -> [0.001, 0.01]: the radii of ``adversarial`` (positive, finite; empty items skipped)."""
+    try:
+        eps = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise QueryError(f"--eps {text!r} is not a comma-separated list of numbers such as 0.001,0.01,0.1") from None
+    if not eps or any(not (e > 0 and e != float("inf")) for e in eps):
+        raise QueryError(f"--eps {text!r}: give positive numbers such as 0.001,0.01,0.1")
+    return eps
+
+
 def salient_filters(z: np.ndarray, k: int) -> np.ndarray:
     """The k units of highest standardised saliency, most salient first (ties: lower unit id first)."""
     return np.argsort(-np.asarray(z, dtype=np.float64), kind="stable")[:k].astype(np.int64)

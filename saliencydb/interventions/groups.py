@@ -10,14 +10,83 @@ the accuracy before and after, and the same per cluster.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import QueryError
+from ..results import Result
 from .bench import Bench
 from .filters import LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, random_filters
 from .methods import DEFAULT_LR, check_method, check_params, edited, grad_scales
 
 GROUP_METHODS = ("prune", "finetune")
+
+
+@dataclass
+class GroupAttempt(Result):
+    """One edit (a filter choice) of a group fix, scored on every sample of the group's split(s)."""
+
+    k: int | None  # None: the whole-network step
+    filters: str
+    unit_ids: list[int]
+    grad_scale: float | None
+    group_size: int
+    group_wrong_before: int
+    corrected: int  # in the group
+    group_broken: int
+    broken: int  # correct samples outside the group now wrong
+    fixed_elsewhere: int  # mistakes outside the group now correct
+    accuracy_before: float
+    accuracy_after: float
+    net_accuracy_change: float
+    delta_true_conf: float  # mean over the group
+    delta_pred_conf: float
+
+
+@dataclass
+class ClusterEffect(Result):
+    """Mistakes in one cluster before and after each attempt (``wrong_after``: filter choice -> count; in the
+    JSON, one key ``wrong_after_<choice>`` each)."""
+
+    cluster: int
+    target: bool
+    size: int
+    wrong_before: int
+    wrong_after: dict[str, int]
+
+    def to_dict(self) -> dict:
+        doc = super().to_dict()
+        after = doc.pop("wrong_after")
+        return {**doc, **{f"wrong_after_{name}": n for name, n in after.items()}}
+
+
+@dataclass
+class GroupFix(Result):
+    """A ``fix_group`` result."""
+
+    cluster: int
+    cluster_run: str
+    method: str
+    k: int
+    seed: int
+    lr: float | None  # finetune only
+    splits: list[str]
+    members: list[int]
+    scored: int  # samples scored (every sample of ``splits``)
+    accuracy_before: float
+    attempts: list[GroupAttempt]
+    clusters: list[ClusterEffect]
+    run_id: str | None = None  # set by the caller that records the attempts
+    recorded: str | None = None  # the interventions part written (None: not recorded)
+
+    def rows(self) -> list[dict]:
+        """One row per attempt (the CSV output)."""
+        return [{"filters": a.filters, "k": a.k, "units": a.unit_ids, "corrected_in_group": a.corrected,
+                 "broken_elsewhere": a.broken, "fixed_elsewhere": a.fixed_elsewhere,
+                 "accuracy_before": a.accuracy_before, "accuracy_after": a.accuracy_after,
+                 "net_accuracy_change": a.net_accuracy_change, "d_true_conf_group": a.delta_true_conf}
+                for a in self.attempts]
 
 
 def group_members(db, cluster: int) -> tuple[np.ndarray, str]:
@@ -40,7 +109,8 @@ def blamed_ranking(db, cluster: int, n_units: int) -> np.ndarray:
     return ranking.astype(np.int64)
 
 
-def fix_group(bench: Bench, cluster: int, method: str, *, top_k: int = 10, lr: float = DEFAULT_LR, seed: int = 0) -> dict:
+def fix_group(bench: Bench, cluster: int, method: str, *, top_k: int = 10, lr: float = DEFAULT_LR,
+              seed: int = 0) -> GroupFix:
     """Try to fix cluster ``cluster`` by editing its most blamed filters (and the controls); score the side effects."""
     check_method(method, GROUP_METHODS)
     check_params(lr, 1.0)
@@ -65,49 +135,59 @@ def fix_group(bench: Bench, cluster: int, method: str, *, top_k: int = 10, lr: f
     if method == "finetune":
         attempts_in.append((WHOLE_NETWORK, None, None))
     acc_before = float(base["correct"].mean())
-    attempts, per_cluster_after = [], {}
+    attempts, after = [], {}
     for name, units, scale in attempts_in:
         with edited(bench.editor, method, units, grads=grads, lr=lr, scale=1.0 if scale is None else scale):
             ev = bench.evaluate(scored)
-        before, after = ev["correct_before"], ev["correct"]
-        acc_after = float(after.mean())
-        attempts.append({
-            "k": None if units is None else k, "filters": name,
-            "unit_ids": [] if units is None else [int(u) for u in units], "grad_scale": scale,
-            "group_size": int(in_group.sum()), "group_wrong_before": int((in_group & ~before).sum()),
-            "corrected": int((in_group & ~before & after).sum()),
-            "group_broken": int((in_group & before & ~after).sum()),
-            "broken": int((~in_group & before & ~after).sum()),
-            "fixed_elsewhere": int((~in_group & ~before & after).sum()),
-            "accuracy_before": acc_before, "accuracy_after": acc_after, "net_accuracy_change": acc_after - acc_before,
-            "delta_true_conf": float(ev["delta_true_conf"][in_group].mean()),
-            "delta_pred_conf": float(ev["delta_pred_conf"][in_group].mean()),
-        })
-        per_cluster_after[name] = after
-    clusters = []
+        attempts.append(_group_attempt(name, None if units is None else k, units, scale, ev, in_group, acc_before))
+        after[name] = ev["correct"]
+    return GroupFix(
+        cluster=int(cluster), cluster_run=cluster_run, method=method, k=k, seed=seed,
+        lr=lr if method == "finetune" else None, splits=splits, members=[int(i) for i in members],
+        scored=int(len(scored)), accuracy_before=acc_before, attempts=attempts,
+        clusters=_cluster_effects(cluster, cluster_of, base["correct"], after),
+    )
+
+
+def _group_attempt(name: str, k: int | None, units, scale, ev: dict, in_group: np.ndarray,
+                   acc_before: float) -> GroupAttempt:
+    """The scores of one edit: in the group, elsewhere, and the accuracy over everything scored."""
+    before, after = ev["correct_before"], ev["correct"]
+    acc_after = float(after.mean())
+    return GroupAttempt(
+        k=k, filters=name, unit_ids=[] if units is None else [int(u) for u in units], grad_scale=scale,
+        group_size=int(in_group.sum()), group_wrong_before=int((in_group & ~before).sum()),
+        corrected=int((in_group & ~before & after).sum()),
+        group_broken=int((in_group & before & ~after).sum()),
+        broken=int((~in_group & before & ~after).sum()),
+        fixed_elsewhere=int((~in_group & ~before & after).sum()),
+        accuracy_before=acc_before, accuracy_after=acc_after, net_accuracy_change=acc_after - acc_before,
+        delta_true_conf=float(ev["delta_true_conf"][in_group].mean()),
+        delta_pred_conf=float(ev["delta_pred_conf"][in_group].mean()),
+    )
+
+
+def _cluster_effects(target: int, cluster_of: np.ndarray, correct_before: np.ndarray,
+                     correct_after: dict[str, np.ndarray]) -> list[ClusterEffect]:
+    """Mistakes per cluster (samples in no cluster: -1, left out) before and after each attempt."""
+    effects = []
     for c in sorted(set(cluster_of.tolist()) - {-1}):
         sel = cluster_of == c
-        row = {"cluster": int(c), "target": bool(c == cluster), "size": int(sel.sum()),
-               "wrong_before": int((sel & ~base["correct"]).sum())}
-        for name, after in per_cluster_after.items():
-            row[f"wrong_after_{name}"] = int((sel & ~after).sum())
-        clusters.append(row)
-    return {
-        "cluster": int(cluster), "cluster_run": cluster_run, "method": method, "k": k, "seed": seed,
-        "lr": lr if method == "finetune" else None, "splits": splits, "members": [int(i) for i in members],
-        "scored": int(len(scored)), "accuracy_before": acc_before, "attempts": attempts, "clusters": clusters,
-    }
+        effects.append(ClusterEffect(
+            cluster=int(c), target=bool(c == target), size=int(sel.sum()), wrong_before=int((sel & ~correct_before).sum()),
+            wrong_after={name: int((sel & ~after).sum()) for name, after in correct_after.items()}))
+    return effects
 
 
-def group_records(result: dict, *, run_id: str, weights_sha256: str) -> list[dict]:
+def group_records(result: GroupFix, *, run_id: str, weights_sha256: str) -> list[dict]:
     """One interventions-table row per attempt of a ``fix_group`` result."""
     from .record import attempt_record
 
     return [attempt_record(
-        run_id=run_id, command="fix-group", method=result["method"], scope="cluster", attempt=a, seed=result["seed"],
-        weights_sha256=weights_sha256, lr=result["lr"], cluster=result["cluster"], cluster_run=result["cluster_run"],
-        split=",".join(result["splits"]), targets=a["group_size"], targets_wrong_before=a["group_wrong_before"],
-        corrected=a["corrected"], broken=a["broken"], fixed_elsewhere=a["fixed_elsewhere"], scored=result["scored"],
-        accuracy_before=a["accuracy_before"], accuracy_after=a["accuracy_after"],
-        delta_true_conf=a["delta_true_conf"], delta_pred_conf=a["delta_pred_conf"],
-    ) for a in result["attempts"]]
+        run_id=run_id, command="fix-group", method=result.method, scope="cluster", attempt=a, seed=result.seed,
+        weights_sha256=weights_sha256, lr=result.lr, cluster=result.cluster, cluster_run=result.cluster_run,
+        split=",".join(result.splits), targets=a.group_size, targets_wrong_before=a.group_wrong_before,
+        corrected=a.corrected, broken=a.broken, fixed_elsewhere=a.fixed_elsewhere, scored=result.scored,
+        accuracy_before=a.accuracy_before, accuracy_after=a.accuracy_after,
+        delta_true_conf=a.delta_true_conf, delta_pred_conf=a.delta_pred_conf,
+    ) for a in result.attempts]

@@ -4,10 +4,13 @@ percentile-bootstrap 95% intervals per filter choice."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import QueryError
 from ..progress import NullProgress
+from ..results import Result
 from .bench import Bench
 from .filters import CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, check_method, check_params
@@ -20,19 +23,103 @@ NEIGHBOR_METRICS = ("nb_corrected_share", "nb_delta_true_conf")
 _BOOT_CELLS = 1 << 22  # resample indices drawn per chunk of bootstrap rounds
 
 
-def bootstrap_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
+@dataclass
+class Estimate(Result):
+    """A mean and its percentile-bootstrap 95% interval over ``n`` values (all None when there are none)."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+@dataclass
+class ValidationRow(Result):
+    """The estimates of one (k, filter choice); the neighbour metrics only for finetune."""
+
+    k: int | None  # None: the whole-network step
+    filters: str
+    delta_true_conf: Estimate
+    correct_after: Estimate
+    delta_pred_conf: Estimate
+    nb_corrected_share: Estimate | None = None
+    nb_delta_true_conf: Estimate | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in super().to_dict().items() if not (key in NEIGHBOR_METRICS and value is None)}
+
+    def metric(self, name: str) -> Estimate | None:
+        """The estimate of the metric ``name`` (one of METRICS + NEIGHBOR_METRICS; None when not measured)."""
+        return getattr(self, name) if name in METRICS + NEIGHBOR_METRICS else None
+
+    def flat(self) -> dict:
+        """Mean and interval of each metric as flat columns."""
+        out = {"k": "all" if self.k is None else self.k, "filters": self.filters, "n": self.delta_true_conf.n}
+        for m in METRICS + NEIGHBOR_METRICS:
+            s = self.metric(m)
+            if s is not None:
+                out.update({m: s.mean, f"{m}_low": s.low, f"{m}_high": s.high})
+        return out
+
+
+@dataclass
+class PairedDifference(Result):
+    """Salient minus each control, paired per sample, of the change in true-class confidence at one k."""
+
+    k: int
+    salient_minus_random: Estimate
+    salient_minus_least_salient: Estimate
+
+
+@dataclass
+class Validation(Result):
+    """A ``validate`` result. ``table`` is the JSON document's ``rows``."""
+
+    split: str
+    method: str
+    samples: int
+    which: str  # misclassified or correct
+    ks: list[int]
+    bootstrap: int
+    seed: int
+    lr: float | None
+    sigma: float | None
+    neighbors: int | None
+    baseline_accuracy_of_selected: float
+    baseline_mismatches: int  # samples the reloaded model classifies differently than stored
+    table: list[ValidationRow]
+    paired_delta_true_conf: list[PairedDifference]
+    out: str | None = None  # the figure, when one was written (left out of the JSON otherwise)
+
+    def to_dict(self) -> dict:
+        doc = {("rows" if key == "table" else key): value for key, value in super().to_dict().items()}
+        if self.out is None:
+            del doc["out"]
+        return doc
+
+    def rows(self) -> list[dict]:
+        """One flat row per (k, filter choice): mean and 95% interval of each metric (the CSV output)."""
+        return [r.flat() for r in self.table]
+
+
+def bootstrap(values, n_boot: int, rng: np.random.Generator) -> Estimate:
     """Mean of ``values`` (NaN/None dropped) and its percentile-bootstrap 95% interval."""
     v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
     v = v[~np.isnan(v)]
     if len(v) == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
+        return Estimate(mean=None, low=None, high=None, n=0)
     means = np.empty(n_boot)
     per = max(1, _BOOT_CELLS // len(v))
     for s in range(0, n_boot, per):
         b = min(per, n_boot - s)
         means[s : s + b] = v[rng.integers(0, len(v), size=(b, len(v)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(v.mean()), "low": float(lo), "high": float(hi), "n": int(len(v))}
+    return Estimate(mean=float(v.mean()), low=float(lo), high=float(hi), n=int(len(v)))
+
+
+def bootstrap_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
+    """``bootstrap`` as a dict ``{mean, low, high, n}``."""
+    return bootstrap(values, n_boot, rng).to_dict()
 
 
 def select_samples(db, split: str, *, correct: bool = False, limit: int | None = None, seed: int = 0) -> np.ndarray:
@@ -51,7 +138,7 @@ def select_samples(db, split: str, *, correct: bool = False, limit: int | None =
 
 def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: bool = False, limit: int | None = None,
              n_boot: int = 1000, seed: int = 0, lr: float = DEFAULT_LR, sigma: float = DEFAULT_SIGMA,
-             n_neighbors: int = DEFAULT_NEIGHBORS, progress=None) -> dict:
+             n_neighbors: int = DEFAULT_NEIGHBORS, progress=None) -> Validation:
     """Run ``method`` on the salient, random and least-salient filters of every selected sample at every k
     (and the whole-network step for finetune); summarise per (k, filter choice) with bootstrap intervals."""
     check_method(method)
@@ -62,65 +149,71 @@ def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: b
     if not ks:
         raise QueryError("--ks is empty; give values such as 1,5,10,25,50")
     ids = select_samples(bench.db, split, correct=correct, limit=limit, seed=seed)
-    progress = progress or NullProgress()
-    bench.prepare(ids)
-    z = bench.z(ids)
-    neighbors = None
-    if method == "finetune":
-        neighbors = bench.neighbors(ids, n_neighbors)
-        bench.prepare(np.unique(neighbors))
+    neighbors = _prepare(bench, ids, method, n_neighbors)
     base = bench.baseline(ids)
-    mismatches = int((base["correct"] != correct).sum())  # recomputed correctness differs from the stored one
+    per = _collect(bench, ids, method, ks, neighbors, split=split, lr=lr, sigma=sigma, seed=seed,
+                   progress=progress or NullProgress())
+    rng = np.random.default_rng(seed)
+    table = _summarise(per, ks, method, n_boot, rng)
+    return Validation(
+        split=split, method=method, samples=int(len(ids)), which="correct" if correct else "misclassified", ks=ks,
+        bootstrap=n_boot, seed=seed, lr=lr if method == "finetune" else None,
+        sigma=sigma if method == "perturb" else None, neighbors=n_neighbors if method == "finetune" else None,
+        baseline_accuracy_of_selected=float(base["correct"].mean()),
+        # recomputed correctness that differs from the stored one
+        baseline_mismatches=int((base["correct"] != correct).sum()),
+        table=table, paired_delta_true_conf=_paired(per, ks, n_boot, rng),
+    )
+
+
+def _prepare(bench: Bench, ids: np.ndarray, method: str, n_neighbors: int) -> np.ndarray | None:
+    """Load the samples (and, for finetune, their saliency neighbours, returned) into the bench."""
+    bench.prepare(ids)
+    if method != "finetune":
+        return None
+    neighbors = bench.neighbors(ids, n_neighbors)
+    bench.prepare(np.unique(neighbors))
+    return neighbors
+
+
+def _collect(bench: Bench, ids: np.ndarray, method: str, ks: list[int], neighbors, *, split: str, lr: float,
+             sigma: float, seed: int, progress) -> dict[tuple, dict[str, list]]:
+    """Every attempt on every sample: per (k, filter choice), the per-sample values of each metric."""
+    z = bench.z(ids)
     per: dict[tuple, dict[str, list]] = {}
     task = progress.task(f"{method} on {len(ids)} samples of {split}", len(ids), unit="samples")
     for i, sid in enumerate(ids.tolist()):
-        rows = sample_attempts(bench, sid, method, ks, z=z[i], lr=lr, sigma=sigma, seed=seed,
-                               neighbors=None if neighbors is None else neighbors[i])
-        for r in rows:
-            cell = per.setdefault((r["k"], r["filters"]), {m: [] for m in METRICS + NEIGHBOR_METRICS})
-            for m in cell:
-                cell[m].append(float(r[m]) if r.get(m) is not None else None)
+        attempts = sample_attempts(bench, sid, method, ks, z=z[i], lr=lr, sigma=sigma, seed=seed,
+                                   neighbors=None if neighbors is None else neighbors[i])
+        for a in attempts:
+            cell = per.setdefault((a.k, a.filters), {m: [] for m in METRICS + NEIGHBOR_METRICS})
+            for m, values in cell.items():
+                value = getattr(a, m)
+                values.append(None if value is None else float(value))
         task.advance(1)
     task.close()
-    rng = np.random.default_rng(seed)
+    return per
+
+
+def _summarise(per: dict, ks: list[int], method: str, n_boot: int, rng: np.random.Generator) -> list[ValidationRow]:
+    """One row of bootstrap estimates per (k, filter choice), k in order, the whole-network step last."""
     table = []
     choices = CHOICES + ((WHOLE_NETWORK,) if method == "finetune" else ())
+    metrics = METRICS + (NEIGHBOR_METRICS if method == "finetune" else ())
     for k in ks + [None]:
         for name in choices:
             cell = per.get((k, name))
-            if cell is None:
-                continue
-            row = {"k": k, "filters": name}
-            for m in METRICS + (NEIGHBOR_METRICS if method == "finetune" else ()):
-                row[m] = bootstrap_ci(cell[m], n_boot, rng)
-            table.append(row)
+            if cell is not None:
+                table.append(ValidationRow(k=k, filters=name, **{m: bootstrap(cell[m], n_boot, rng) for m in metrics}))
+    return table
+
+
+def _paired(per: dict, ks: list[int], n_boot: int, rng: np.random.Generator) -> list[PairedDifference]:
+    """Salient minus each control, sample by sample, at each k."""
     paired = []
     for k in ks:
-        entry = {"k": k}
-        for other in (RANDOM, LEAST_SALIENT):
-            a = np.array(per[(k, SALIENT)]["delta_true_conf"])
-            b = np.array(per[(k, other)]["delta_true_conf"])
-            entry[f"salient_minus_{other}"] = bootstrap_ci(a - b, n_boot, rng)
-        paired.append(entry)
-    return {
-        "split": split, "method": method, "samples": int(len(ids)),
-        "which": "correct" if correct else "misclassified", "ks": ks, "bootstrap": n_boot, "seed": seed,
-        "lr": lr if method == "finetune" else None, "sigma": sigma if method == "perturb" else None,
-        "neighbors": n_neighbors if method == "finetune" else None,
-        "baseline_accuracy_of_selected": float(base["correct"].mean()), "baseline_mismatches": mismatches,
-        "rows": table, "paired_delta_true_conf": paired,
-    }
-
-
-def flat_rows(result: dict) -> list[dict]:
-    """One flat row per (k, filter choice): mean and 95% interval of each metric."""
-    out = []
-    for r in result["rows"]:
-        flat = {"k": "all" if r["k"] is None else r["k"], "filters": r["filters"], "n": r["delta_true_conf"]["n"]}
-        for m in METRICS + NEIGHBOR_METRICS:
-            if m in r:
-                flat[m] = r[m]["mean"]
-                flat[f"{m}_low"] = r[m]["low"]
-                flat[f"{m}_high"] = r[m]["high"]
-        out.append(flat)
-    return out
+        salient = np.array(per[(k, SALIENT)]["delta_true_conf"])
+        diff = {other: bootstrap(salient - np.array(per[(k, other)]["delta_true_conf"]), n_boot, rng)
+                for other in (RANDOM, LEAST_SALIENT)}
+        paired.append(PairedDifference(k=k, salient_minus_random=diff[RANDOM], salient_minus_least_salient=diff[LEAST_SALIENT]))
+    return paired
