@@ -127,10 +127,10 @@ def _check_demo_db(db: Path, weights: Path | None) -> None:
     m = read_current(db)
     from .models import load_model
 
-    if m.model["spec"] != MODEL_SPEC or (m.splits.get("val") or {}).get("source", VAL_DATA) != VAL_DATA:
-        raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model['spec']}); "
+    if m.model.spec != MODEL_SPEC or (m.splits["val"].source if "val" in m.splits else VAL_DATA) != VAL_DATA:
+        raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model.spec}); "
                             "the demo never replaces it: pass another --db")
-    if weights is not None and load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model["weights_sha256"]:
+    if weights is not None and load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model.weights_sha256:
         raise DatabaseError(f"'{db}' holds a demo database made with other weights; remove it (`rm -r {db}`) "
                             "or pass another --db")
 

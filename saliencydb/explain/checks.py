@@ -352,7 +352,7 @@ def randomization(ex: Explainer, sample_id: int, *, top_k: int = 10, stats_sampl
     s = ex.sample(sample_id)
     ref = None
     if stats_samples:
-        splits = ex.db.manifest.stats["splits"]
+        splits = ex.db.manifest.stats.splits
         pool = np.concatenate([ex.db.ids_where(split=sp) for sp in splits])
         pick = pool[np.linspace(0, len(pool) - 1, min(stats_samples, len(pool))).round().astype(int)]
         metas = [ex.db.sample(int(i)) for i in pick]

@@ -40,7 +40,7 @@ class Explainer:
         self.mean, self.std = db.stats
         self.layout = UnitLayout.from_dict(m.units)
         self.aggregate = m.aggregate
-        self.transform = Transform.from_dict(m.model["transform"])
+        self.transform = Transform.from_dict(m.model.transform)
         loaded = load_stored_model(m)
         self.model = loaded.module.eval()
         self.scripted = loaded.scripted
@@ -52,7 +52,7 @@ class Explainer:
         rec = self.db.manifest.splits.get(split)
         if rec is None:
             raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(self.db.manifest.splits))}")
-        return self._catalog.get(rec["source"], fresh)
+        return self._catalog.get(rec.source, fresh)
 
     def image_tensor(self, split: str, key: str) -> torch.Tensor:
         """The model input (1, C, H, W) of a stored sample, re-read from its data source."""

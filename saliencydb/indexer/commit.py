@@ -16,6 +16,7 @@ from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import RunningStats, UnitLayout, l2_normalize, standardize
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
+from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
 from ..storage import DatabaseWriter, iter_profiles, read_index, read_stats, write_index
 from ..storage.indexes import build_index, kind_of
 
@@ -24,7 +25,7 @@ from ..storage.indexes import build_index, kind_of
 class WrittenPart:
     """A part on disk, not listed yet: its manifest entry, its statistics (reference splits) and its correct count."""
 
-    entry: dict
+    entry: PartEntry
     stats: RunningStats | None
     correct: int
 
@@ -62,20 +63,20 @@ class PartWriter:
 
     def write(self, cols: dict[str, np.ndarray], ids: np.ndarray) -> WrittenPart:
         rel = self.write_file(part_table(cols, ids, self.split, self.source, self.class_names, self.schema))
-        entry = {"file": rel, "split": self.split, "rows": len(ids), "min_id": int(ids.min()), "max_id": int(ids.max())}
+        entry = PartEntry(file=rel, split=self.split, rows=len(ids), min_id=int(ids.min()), max_id=int(ids.max()))
         stats = RunningStats(self.n_units).update(cols["raw"]) if self.with_stats else None
         return WrittenPart(entry, stats, int((cols["label"] == cols["pred"]).sum()))
 
 
-def list_part(m: Manifest, entry: dict, pending: bool) -> None:
+def list_part(m: Manifest, entry: PartEntry, pending: bool) -> None:
     """List a written part in the manifest (the caller commits): with the split's pending
     replacement, or as committed rows; the next sample id moves past its ids."""
     if pending:
-        m.pending[entry["split"]]["parts"].append(entry)
+        m.pending[entry.split].parts.append(entry)
     else:
         m.parts.append(entry)
-        m.splits[entry["split"]]["rows"] += entry["rows"]
-    m.next_sample_id = max(m.next_sample_id, entry["max_id"] + 1)
+        m.splits[entry.split].rows += entry.rows
+    m.next_sample_id = max(m.next_sample_id, entry.max_id + 1)
 
 
 def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],
@@ -109,7 +110,7 @@ def write_stats(writer: DatabaseWriter, stats: RunningStats, splits: list[str], 
     table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
     rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
     crash_point("stats-written")
-    m.stats = {"file": rel, "splits": splits, "count": stats.count, "frozen": frozen}
+    m.stats = StatsEntry(file=rel, splits=splits, count=stats.count, frozen=frozen)
 
 
 def split_stats(writer: DatabaseWriter, split: str, run_stats: dict[str, RunningStats]) -> RunningStats:
@@ -158,17 +159,17 @@ def _update_index(writer: DatabaseWriter, space: str, dim: int, stats, kind: str
                   rebuild: bool) -> None:
     m = writer.manifest
     entry = m.indexes.get(space)
-    space_kind = kind or (entry["kind"] if entry else "flat")
+    space_kind = kind or (entry.kind if entry else "flat")
     # extend what was built as asked; an index that fell back to flat (too few rows to train
     # the asked kind) is rebuilt instead, so it becomes that kind once the rows are there
-    if entry is not None and not rebuild and entry["kind"] == entry.get("built", entry["kind"]) == space_kind:
-        files = [p["file"] for p in m.parts if p["min_id"] >= entry["next_id"]]
+    if entry is not None and not rebuild and entry.kind == entry.built_kind == space_kind:
+        files = [p.file for p in m.parts if p.min_id >= entry.next_id]
         if not files:
             return
-        base = read_index(writer.path, entry["file"])
+        base = read_index(writer.path, entry.file)
     else:
         files, base = m.part_files(), None
-    n = sum(p["rows"] for p in m.parts if p["file"] in set(files))
+    n = sum(p.rows for p in m.parts if p.file in set(files))
     task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
 
     def chunks():
@@ -182,8 +183,8 @@ def _update_index(writer: DatabaseWriter, space: str, dim: int, stats, kind: str
     rel = writer.unique_name("index", space, ".faiss")
     writer.new_file(rel, lambda tmp: write_index(index, tmp))
     crash_point("index-written")
-    m.indexes[space] = {"file": rel, "kind": space_kind, "built": kind_of(index), "ntotal": int(index.ntotal),
-                        "next_id": m.next_sample_id}
+    m.indexes[space] = IndexEntry(file=rel, kind=space_kind, built=kind_of(index), ntotal=int(index.ntotal),
+                                  next_id=m.next_sample_id)
 
 
 def failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:

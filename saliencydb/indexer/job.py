@@ -28,6 +28,7 @@ from ..models.loading import LoadedModel
 from ..progress import NullProgress, Progress
 from ..results import Result
 from ..saliency import RunningStats
+from ..schemas.manifest import SplitEntry
 from ..saliency.aggregates import check_aggregate
 from ..storage import DatabaseWriter, iter_part_batches, read_current
 from ..storage.indexes import INDEX_KINDS
@@ -85,8 +86,8 @@ class JobSink:
 
     def take(self, part: WrittenPart) -> None:
         if part.stats is not None:
-            self.run_stats[part.entry["file"]] = part.stats
-        self.report.added += part.entry["rows"]
+            self.run_stats[part.entry.file] = part.stats
+        self.report.added += part.entry.rows
         self.report.correct += part.correct
 
     def commit(self) -> None:
@@ -149,8 +150,8 @@ class Indexer:
         m = writer.manifest
         report = JobReport(job_id=uuid.uuid4().hex[:12], split=args.split, source=args.data)
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
-        if args.freeze and m.stats is not None and not m.stats["frozen"]:
-            m.stats["frozen"] = True
+        if args.freeze and m.stats is not None and not m.stats.frozen:
+            m.stats.frozen = True
         plan = plan_job(writer, source, args.data, args.split, args.limit, args.replace)
         report.skipped = plan.skipped
         profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m))
@@ -216,14 +217,14 @@ class Indexer:
         rebuild = False
         if plan.replace and job_done:
             pending = m.pending.pop(plan.split)
-            m.parts = [p for p in m.parts if p["split"] != plan.split] + pending["parts"]
-            m.splits[plan.split] = {"source": args.data, "rows": sum(p["rows"] for p in pending["parts"]), "complete": complete}
+            m.parts = [p for p in m.parts if p.split != plan.split] + pending.parts
+            m.splits[plan.split] = SplitEntry(source=args.data, rows=sum(p.rows for p in pending.parts), complete=complete)
             writer.drop_derived()  # they name replaced sample ids
             rebuild = True
         elif not plan.replace:
-            m.splits[plan.split]["complete"] = complete
+            m.splits[plan.split].complete = complete
         finish(writer, plan, sink.run_stats, rebuild, self.settings)
-        files = [p["file"] for p in m.pending[plan.split]["parts"]] if plan.split in m.pending else m.part_files(plan.split)
+        files = [p.file for p in m.pending[plan.split].parts] if plan.split in m.pending else m.part_files(plan.split)
         for batch in iter_part_batches(writer.path, files, ["correct"], 65536):
             report.split_samples += len(batch)
             report.split_correct += int(batch.column(0).to_numpy(zero_copy_only=False).sum())

@@ -20,6 +20,7 @@ from ..models.stored import initialised_at_random, load_stored_model, model_reco
 from ..saliency import ProfileEngine, UnitLayout
 from ..saliency.aggregates import DEFAULT_AGGREGATE
 from ..schemas import Manifest
+from ..schemas.manifest import PendingReplace, SplitEntry
 from ..storage import DatabaseWriter, committed_keys, is_database, read_current
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -79,7 +80,7 @@ def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
     fresh = existing is not None and choice.spec is not None and existing.rows() == 0 and not existing.pending
     if existing is not None and not fresh:
         model = _check_existing(db, existing, choice)
-        return DatabaseWriter(db, wait=wait, operation=operation), model, Transform.from_dict(existing.model["transform"])
+        return DatabaseWriter(db, wait=wait, operation=operation), model, Transform.from_dict(existing.model.transform)
     if choice.spec is None:
         raise SpecError(f"no database at '{db}' yet: pass --model (and --weights) to create it")
     manifest, loaded, transform = _new_manifest(choice, source)
@@ -98,17 +99,17 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
         given = load_model(choice.spec, choice.weights, choice.num_classes)
         if given.weights_sha256 != stored.weights_sha256:
             raise ModelError(
-                f"database '{db}' holds model {manifest.model['spec']} "
-                f"(weights {manifest.model.get('weights') or 'default'}, sha256 {stored.weights_sha256[:12]}); "
+                f"database '{db}' holds model {manifest.model.spec} "
+                f"(weights {manifest.model.weights or 'default'}, sha256 {stored.weights_sha256[:12]}); "
                 f"the given model's weights differ (sha256 {given.weights_sha256[:12]}); use another --db"
             )
     if choice.aggregate is not None and choice.aggregate != manifest.aggregate:
         raise SpecError(f"database '{db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
-    if choice.transform is not None and Transform.parse(choice.transform).to_dict() != manifest.model["transform"]:
+    if choice.transform is not None and Transform.parse(choice.transform).to_dict() != manifest.model.transform:
         if manifest.rows() == 0 and not manifest.pending:
             raise SpecError(f"database '{db}' has no samples yet: to start over with this transform, pass "
                             "--model (and --weights) again and it is made anew")
-        raise SpecError(f"database '{db}' was made with transform {manifest.model['transform']}; omit --transform")
+        raise SpecError(f"database '{db}' was made with transform {manifest.model.transform}; omit --transform")
     return stored
 
 
@@ -138,15 +139,15 @@ def _name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, class
         if len(classes) != loaded.num_classes:
             raise SpecError(f"--classes names {len(classes)} classes, but the model has {loaded.num_classes}; "
                             "give one name per class, in the model's order")
-        manifest.model["class_names"] = list(classes)
-    elif manifest.model["class_names"] is None and source.class_names and len(source.class_names) == loaded.num_classes:
-        manifest.model["class_names"] = list(source.class_names)
+        manifest.model.class_names = list(classes)
+    elif manifest.model.class_names is None and source.class_names and len(source.class_names) == loaded.num_classes:
+        manifest.model.class_names = list(source.class_names)
     elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
           and not set(source.class_names) <= set(manifest.class_names)):
         # one folder (or CSV name) per class of a model with names of its own (ImageNet's wnid
         # folders for torchvision's categories): sorted names are the class indices, as
         # documented; kept so that later sources are matched by these names too
-        manifest.model["label_names"] = list(source.class_names)
+        manifest.model.label_names = list(source.class_names)
 
 
 def _recreate(db: Path, manifest: Manifest, operation: str, wait: bool) -> DatabaseWriter:
@@ -173,22 +174,22 @@ def plan_job(writer: DatabaseWriter, source: Source, data: str, split: str, limi
     if replace:
         if known is None:
             raise SpecError(f"--replace: the database has no split '{split}' (it has {', '.join(sorted(m.splits)) or 'none'}); drop --replace to add it")
-        pending = m.pending.setdefault(split, {"source": data, "parts": []})
-        if pending["source"] != data:
-            raise SpecError(f"a replacement of '{split}' from {pending['source']} is unfinished; rerun it, or replace with that source first")
-        done = committed_keys(writer.path, m, files=[p["file"] for p in pending["parts"]])
+        pending = m.pending.setdefault(split, PendingReplace(source=data))
+        if pending.source != data:
+            raise SpecError(f"a replacement of '{split}' from {pending.source} is unfinished; rerun it, or replace with that source first")
+        done = committed_keys(writer.path, m, files=[p.file for p in pending.parts])
     else:
         if split in m.pending:
             raise SpecError(f"split '{split}' is being replaced; finish with `--replace` first")
-        if known is not None and known["source"] != data:
-            raise SpecError(f"split '{split}' already holds {known['source']}; choose another --split name, or pass --replace")
+        if known is not None and known.source != data:
+            raise SpecError(f"split '{split}' already holds {known.source}; choose another --split name, or pass --replace")
         done = committed_keys(writer.path, m, split) if known else set()
-        m.splits.setdefault(split, {"source": data, "rows": 0, "complete": False})
+        m.splits.setdefault(split, SplitEntry(source=data, rows=0, complete=False))
     todo = [i for i in range(len(source)) if source.key(i) not in done]
     skipped = len(source) - len(todo)
     if limit is not None:
         todo = todo[: max(0, limit - len(done))]
-    is_reference = m.stats is None or (not m.stats["frozen"] and split in m.stats["splits"])
+    is_reference = m.stats is None or (not m.stats.frozen and split in m.stats.splits)
     return Plan(split=split, data=data, source=source, todo=todo, done=len(done), skipped=skipped, is_reference=is_reference,
                 replace=replace)
 
@@ -258,9 +259,9 @@ def label_mapping(source: Source, m: Manifest) -> tuple[np.ndarray, dict[int, st
         return None
     names = list(source.class_names or [])
     lookup: dict[str, int] = {}
-    for vocab in (m.class_names, m.model.get("label_names") or []):
+    for vocab in (m.class_names, m.model.label_names or []):
         lookup.update({n: i for i, n in enumerate(vocab)})
-    known = m.model.get("label_names") or m.class_names
+    known = m.model.label_names or m.class_names
     shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
     mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
     reasons = {i: f"label '{n}' is not one of the database's classes ({shown})" for i, n in enumerate(names) if n not in lookup}

@@ -23,7 +23,7 @@ class Profiler:
         self.module = model.module.to(device)
         self.engine = None if model.scripted else ProfileEngine(self.module, aggregate=m.aggregate)
         self.layout = UnitLayout.from_dict(m.units)
-        self.aggregate, self.num_classes = m.aggregate, m.model["num_classes"]
+        self.aggregate, self.num_classes = m.aggregate, m.model.num_classes
         self.source, self.device, self.label_map = source, device, label_map
 
     def rows(self, batch, failures: list) -> dict[str, np.ndarray] | None:

@@ -36,11 +36,11 @@ def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: 
         unknown = [s for s in chosen if s not in m.splits]
         if unknown:
             raise SpecError(f"unknown split '{unknown[0]}'; the database has {', '.join(sorted(m.splits)) or 'no splits'}")
-        files = [p["file"] for p in m.parts if p["split"] in set(chosen)]
+        files = [p.file for p in m.parts if p.split in set(chosen)]
         if not files:
             raise SpecError(f"splits {', '.join(chosen)} hold no samples; index some first")
         stats = RunningStats(m.n_units)
-        task = progress.task("statistics", sum(p["rows"] for p in m.parts if p["file"] in set(files)))
+        task = progress.task("statistics", sum(p.rows for p in m.parts if p.file in set(files)))
         for ids, rows in iter_profiles(writer.path, m, files=files):
             stats.update(rows)
             task.advance(len(ids))
@@ -49,4 +49,4 @@ def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: 
         update_indexes(writer, progress=progress, rebuild=True)
         writer.drop_derived()  # computed with the old statistics
         writer.commit()
-        return RestatResult(splits=chosen, count=stats.count, indexes={k: v["ntotal"] for k, v in m.indexes.items()})
+        return RestatResult(splits=chosen, count=stats.count, indexes={k: v.ntotal for k, v in m.indexes.items()})

@@ -48,7 +48,7 @@ class Bench:
         self.n_units = self.layout.n_units
         self.editor = FilterEditor(self.model, self.layout)
         self.class_names = self.ex.class_names
-        self.weights_sha256 = db.manifest.model["weights_sha256"]
+        self.weights_sha256 = db.manifest.model.weights_sha256
         self.batch_size = batch_size
         self.cache_bytes = cache_bytes
         self._cached = 0

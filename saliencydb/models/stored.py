@@ -10,43 +10,44 @@ import torch
 from ..data.transforms import Transform
 from ..errors import ModelError
 from ..schemas import Manifest
+from ..schemas.manifest import ModelRecord
 from .loading import LoadedModel, absolute_spec, file_sha256, load_model, model_file
 
 
-def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str) -> dict:
+def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str) -> ModelRecord:
     """The manifest's ``model`` entry for a model loaded from its spec (README "Database layout")."""
     code = model_file(model.spec) if model.spec.startswith("python:") else None
-    return {
-        "spec": absolute_spec(model.spec),
-        "code_sha256": file_sha256(code) if code is not None and code.is_file() else None,  # a python: model's file
-        "weights": os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
-        "weights_sha256": model.weights_sha256,
-        "num_classes": model.num_classes,
-        "num_classes_arg": num_classes_arg,
-        "class_names": model.class_names,
-        "transform": transform.to_dict(),
-        "scripted": model.scripted,
-        "aggregate": aggregate,
-    }
+    return ModelRecord(
+        spec=absolute_spec(model.spec),
+        code_sha256=file_sha256(code) if code is not None and code.is_file() else None,
+        weights=os.path.abspath(model.weights) if model.weights and os.path.exists(model.weights) else model.weights,
+        weights_sha256=model.weights_sha256,
+        num_classes=model.num_classes,
+        num_classes_arg=num_classes_arg,
+        class_names=model.class_names,
+        transform=transform.to_dict(),
+        scripted=model.scripted,
+        aggregate=aggregate,
+    )
 
 
 def load_stored_model(manifest: Manifest) -> LoadedModel:
     """The database's model, checked against the stored weights hash."""
     rec = manifest.model
-    code = model_file(rec["spec"]) if rec.get("code_sha256") else None
+    code = model_file(rec.spec) if rec.code_sha256 else None
     if code is not None:
         if not code.is_file():
-            raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec['code_sha256'][:12]}), "
+            raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec.code_sha256[:12]}), "
                              "or index into a new database")
-        if file_sha256(code) != rec["code_sha256"]:
+        if file_sha256(code) != rec.code_sha256:
             raise ModelError(f"the database's model file {code} changed since the database was made (sha256 "
-                             f"{rec['code_sha256'][:12]}, now {file_sha256(code)[:12]}); restore the original file, "
+                             f"{rec.code_sha256[:12]}, now {file_sha256(code)[:12]}); restore the original file, "
                              "or index into a new database")
-    model = load_model(rec["spec"], rec.get("weights"), rec.get("num_classes_arg"))
-    if model.weights_sha256 != rec["weights_sha256"]:
+    model = load_model(rec.spec, rec.weights, rec.num_classes_arg)
+    if model.weights_sha256 != rec.weights_sha256:
         raise ModelError(
-            f"the database holds model {rec['spec']} with weights {rec.get('weights') or 'default'} "
-            f"(sha256 {rec['weights_sha256'][:12]}), but those weights now hash to {model.weights_sha256[:12]}; "
+            f"the database holds model {rec.spec} with weights {rec.weights or 'default'} "
+            f"(sha256 {rec.weights_sha256[:12]}), but those weights now hash to {model.weights_sha256[:12]}; "
             "restore the original weights file, or index into a new database"
         )
     return model

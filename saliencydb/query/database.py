@@ -68,7 +68,7 @@ class Database:
         m = self.manifest
         self._view("samples", m.part_files(), samples_schema(m.n_units, m.feature_dim),
                    "*, label_name || ' -> ' || pred_name AS confusion")
-        self._view("units", [m.stats["file"]] if m.stats else [], UNITS_SCHEMA)
+        self._view("units", [m.stats.file] if m.stats else [], UNITS_SCHEMA)
         for name, schema in TABLE_SCHEMAS.items():
             self._view(name, m.tables.get(name, []), schema)
         names = m.class_names
@@ -151,8 +151,8 @@ class Database:
             if entry is None:
                 raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
             rows = self.manifest.rows()
-            if entry["ntotal"] != rows:
-                self.stale_indexes[space] = (entry["ntotal"], rows)
+            if entry.ntotal != rows:
+                self.stale_indexes[space] = (entry.ntotal, rows)
                 self._indexes[space] = self._exact_index(space)
             else:
                 self._indexes[space] = self.snapshot.read_index(space)
@@ -183,15 +183,15 @@ class Database:
         out = np.empty((len(ids), width), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)
         for part in self.manifest.parts:
-            hit = ids[(ids >= part["min_id"]) & (ids <= part["max_id"])]
+            hit = ids[(ids >= part.min_id) & (ids <= part.max_id)]
             if len(hit) == 0:
                 continue
-            t = self.snapshot.read_table(part["file"], columns=["sample_id", column],
+            t = self.snapshot.read_table(part.file, columns=["sample_id", column],
                                          filters=[("sample_id", "in", sorted(set(hit.tolist())))])
             got = t.column("sample_id").to_numpy()
             vecs = fixed_list_to_numpy(t.column(column), width)
             pos = {int(i): r for r, i in enumerate(got)}
-            for j in np.flatnonzero((ids >= part["min_id"]) & (ids <= part["max_id"])):
+            for j in np.flatnonzero((ids >= part.min_id) & (ids <= part.max_id)):
                 r = pos.get(int(ids[j]))
                 if r is not None:
                     out[j], found[j] = vecs[r], True

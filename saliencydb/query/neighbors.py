@@ -136,7 +136,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.
     else:
         raise QueryError(f"--label {label!r} is not one of the model's {len(names)} classes (give an index 0..{len(names) - 1} or a class name)")
     path = Path(image)
-    x = Transform.from_dict(m.model["transform"])(open_image(path, str(path)))
+    x = Transform.from_dict(m.model.transform)(open_image(path, str(path)))
     model = load_stored_model(m)
     if model.scripted:
         raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")

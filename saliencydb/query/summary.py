@@ -11,7 +11,7 @@ def database_info(db) -> DatabaseInfo:
     m = db.manifest
     per_split = db.split_summary()
     failures = dict(db._execute("SELECT split, count(*) FROM failures GROUP BY split").fetchall())
-    splits = {name: SplitInfo(source=rec["source"], complete=rec["complete"],
+    splits = {name: SplitInfo(source=rec.source, complete=rec.complete,
                               samples=per_split.get(name, {}).get("samples", 0),
                               accuracy=per_split.get(name, {}).get("accuracy"),
                               mistakes=per_split.get(name, {}).get("mistakes", 0),
@@ -25,13 +25,13 @@ def database_info(db) -> DatabaseInfo:
     return DatabaseInfo(
         path=str(db.path), format_version=m.format_version, commit=m.commit, latest_commit=latest,
         versions=len(list_versions(db.path)), operation=m.operation,
-        model=ModelInfo(spec=m.model["spec"], weights=m.model.get("weights"), weights_sha256=m.model["weights_sha256"],
-                        num_classes=m.model["num_classes"], transform=m.model["transform"]),
+        model=ModelInfo(spec=m.model.spec, weights=m.model.weights, weights_sha256=m.model.weights_sha256,
+                        num_classes=m.model.num_classes, transform=m.model.transform),
         units=UnitsInfo(kind=m.units["kind"], count=m.n_units, layers=len(m.units["layers"]), aggregate=m.aggregate),
         feature_dim=m.feature_dim, metric=m.metric, samples=m.rows(), splits=splits,
-        statistics=None if m.stats is None else StatsInfo(m.stats["splits"], m.stats["count"], m.stats["frozen"]),
-        indexes={k: IndexInfo(kind=v.get("built", v["kind"]), requested=v["kind"], ntotal=v["ntotal"],
-                              stale=v["ntotal"] != m.rows()) for k, v in m.indexes.items()},
-        derived={name: DerivedInfo(base_commit=(m.derived.get(name) or {}).get("base_commit"), stale=name in stale)
+        statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen),
+        indexes={k: IndexInfo(kind=v.built_kind, requested=v.kind, ntotal=v.ntotal, stale=v.ntotal != m.rows())
+                 for k, v in m.indexes.items()},
+        derived={name: DerivedInfo(base_commit=m.derived[name].base_commit if name in m.derived else None, stale=name in stale)
                  for name in DERIVED_TABLES if name in m.tables},
     )

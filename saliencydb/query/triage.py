@@ -38,7 +38,7 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: boo
     assigned, run, built_on = _error_groups(db, split)
     new_ids = db.ids_where("NOT correct AND sample_id NOT IN (SELECT sample_id FROM clusters)", split)
     groups, best_sim, cluster = _assign(db, assigned, new_ids)
-    reference = (m.stats or {}).get("splits", [])
+    reference = m.stats.splits if m.stats else []
     counts = {int(c): int((cluster == c).sum()) for c in groups}
     result = TriageResult(split=split, run=run, new_mistakes=int(len(new_ids)),
                           known_groups=[GroupCount(c, n) for c, n in counts.items()],
@@ -52,7 +52,8 @@ def triage(db, split: str, *, write: bool = True, top_layers: int = 5, wait: boo
         def build(w):
             # one triage per split: this split's file is replaced; the other splits' are kept while
             # they were computed from these same samples and statistics
-            same = (w.manifest.derived.get("triage") or {}).get("data") == db.manifest.data_version()
+            base = w.manifest.derived.get("triage")
+            same = base is not None and base.data == db.manifest.data_version()
             keep = [rel for rel in w.files("triage") if same and f"/triage-{split}-" not in f"/{rel.split('/')[-1]}"]
             return {"triage": keep + [w.write("triage", table, stem=f"triage-{split}")]}
 

@@ -66,14 +66,14 @@ class _Gatherer:
     # -- header ------------------------------------------------------------------------------
     def about(self) -> About:
         model = self.m.model
-        return About(db_path=str(self.db.path), commit=self.m.commit, model_spec=model["spec"],
-                     weights=Path(model["weights"]).name if model.get("weights") else "built in",
-                     n_classes=model.get("num_classes"), n_units=self.m.n_units, n_layers=len(self.layout.layers),
+        return About(db_path=str(self.db.path), commit=self.m.commit, model_spec=model.spec,
+                     weights=Path(model.weights).name if model.weights else "built in",
+                     n_classes=model.num_classes, n_units=self.m.n_units, n_layers=len(self.layout.layers),
                      generated=datetime.now(timezone.utc))
 
     def overview(self) -> Overview:
         rows = self.q("SELECT split, count(*), avg(correct::INT), sum((NOT correct)::INT) FROM samples GROUP BY split ORDER BY split")
-        splits = {r[0]: SplitCounts(self.m.splits.get(r[0], {}).get("source", "?"), int(r[1]), float(r[2]), int(r[3]))
+        splits = {r[0]: SplitCounts(self.m.splits[r[0]].source if r[0] in self.m.splits else "?", int(r[1]), float(r[2]), int(r[3]))
                   for r in rows}
         total = sum(v.samples for v in splits.values())
         mistakes = sum(v.mistakes for v in splits.values())
@@ -195,7 +195,7 @@ class _Gatherer:
         task = self.progress.task("report: input-space maps", len(queries))
         try:
             model = load_stored_model(self.m).module
-            transform = Transform.from_dict(self.m.model["transform"])
+            transform = Transform.from_dict(self.m.model.transform)
             mean, std = self.db.stats
             xs, ys, shown = [], [], []
             for q in queries:

@@ -61,10 +61,10 @@ class Thumbnails:
                 self.problems[split] = f"split '{split}' has no data source in the manifest"
             else:
                 try:
-                    self._sources[split] = self._catalog.get(rec["source"])
+                    self._sources[split] = self._catalog.get(rec.source)
                 except (SaliencyDBError, OSError) as e:
                     self._sources[split] = None
-                    self.problems[split] = f"cannot open {rec['source']}: {' '.join(str(e).split())}"
+                    self.problems[split] = f"cannot open {rec.source}: {' '.join(str(e).split())}"
         return self._sources[split]
 
     def image(self, split: str, key: str) -> Image.Image | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 from .tables import FORMAT_VERSION
@@ -18,10 +19,149 @@ MANIFEST = "manifest.json"
 DERIVED_TABLES = ("knn", "clusters", "blame", "triage")  # computed from the samples and statistics of one version
 
 
+class Record:
+    """An entry of the manifest: typed fields, read from and written to the JSON object that format 2
+    stores, byte for byte. Keys are written in the order they were read (a record made in code: its
+    field order); keys this version does not know are kept; ``OPTIONAL`` fields that are None and
+    were never read are left out, as older manifests left them out."""
+
+    OPTIONAL: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        rec = cls(**{k: _read_field(cls, k, v) for k, v in d.items() if k in known})
+        rec._order = list(d)
+        rec._extra = {k: v for k, v in d.items() if k not in known}
+        return rec
+
+    def __getitem__(self, key: str):
+        """``entry["file"]``: the JSON key, for scripts written when entries were dicts."""
+        doc = self.to_dict()
+        return doc[key]
+
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
+
+    def to_dict(self) -> dict:
+        order = getattr(self, "_order", None)
+        extra = getattr(self, "_extra", {})
+        names = [f.name for f in fields(self)]
+        keys = list(order) if order is not None else [n for n in names if n not in self.OPTIONAL]
+        keys += [n for n in names if n not in keys and getattr(self, n) is not None]
+        return {k: _write_field(extra[k] if k in extra else getattr(self, k)) for k in keys}
+
+
+def _read_field(cls, name: str, value):
+    kind = _NESTED.get((cls.__name__, name))
+    if kind is None or value is None:
+        return value
+    if kind == "parts":
+        return [PartEntry.from_dict(v) for v in value]
+    return kind.from_dict(value)
+
+
+def _write_field(value):
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_write_field(v) for v in value]
+    return value
+
+
+@dataclass
+class ModelRecord(Record):
+    """The model a database was made with (``models.stored.model_record``)."""
+
+    spec: str
+    code_sha256: str | None = None  # a python: model's file
+    weights: str | None = None  # a file (absolute path) or a torchvision weights name
+    weights_sha256: str = ""
+    num_classes: int = 0
+    num_classes_arg: int | None = None  # --num-classes as given
+    class_names: list[str] | None = None
+    transform: dict = field(default_factory=dict)  # data.transforms.Transform.to_dict()
+    scripted: bool = False
+    aggregate: str | None = None  # absent in databases made before the option: mean_abs
+    label_names: list[str] | None = None  # the source's names of the classes, when they are not the model's
+
+    OPTIONAL = ("label_names",)
+
+
+@dataclass
+class SplitEntry(Record):
+    source: str  # the data spec
+    rows: int
+    complete: bool  # every sample of the source is in
+
+
+@dataclass
+class PartEntry(Record):
+    """A committed Parquet part of the samples table."""
+
+    file: str
+    split: str
+    rows: int
+    min_id: int
+    max_id: int
+
+
+@dataclass
+class StatsEntry(Record):
+    """The standardisation statistics: the units table's file, the splits they are computed over."""
+
+    file: str
+    splits: list[str]
+    count: int
+    frozen: bool
+
+
+@dataclass
+class IndexEntry(Record):
+    """A FAISS index of one space."""
+
+    file: str
+    kind: str  # as asked (flat, ivf, ivfpq)
+    built: str | None = None  # as built (too few rows to train the asked kind: flat)
+    ntotal: int = 0
+    next_id: int | None = None  # the first sample id it does not cover
+
+    @property
+    def built_kind(self) -> str:
+        return self.built or self.kind
+
+
+@dataclass
+class PendingReplace(Record):
+    """A --replace in progress: its parts, unseen by readers until it is swapped in."""
+
+    source: str
+    parts: list[PartEntry] = field(default_factory=list)
+
+
+@dataclass
+class FileRecord(Record):
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class DerivedBase(Record):
+    """What a derived table was computed from: the commit, and the fingerprint of its samples and statistics."""
+
+    base_commit: int | None = None
+    data: str | None = None
+
+
+_NESTED = {("PendingReplace", "parts"): "parts"}
+
+
 @dataclass
 class Manifest:
-    model: dict
-    units: dict  # UnitLayout.to_dict()
+    """What one version of a database holds (README "Database layout" documents each key)."""
+
+    model: ModelRecord
+    units: dict  # saliency.UnitLayout.to_dict(): the unit kind, the layers and their offsets
     feature_dim: int
     format_version: int = FORMAT_VERSION
     metric: str = "cosine"
@@ -30,14 +170,14 @@ class Manifest:
     updated: str = ""
     operation: str = ""  # the command that made this commit ("ingest val", "restore 12", ...)
     next_sample_id: int = 0
-    splits: dict = field(default_factory=dict)  # name -> {"source", "rows", "complete"}
-    parts: list = field(default_factory=list)  # {"file", "split", "rows", "min_id", "max_id"}
-    stats: dict | None = None  # {"file", "splits": [...], "count": n, "frozen": bool}
-    indexes: dict = field(default_factory=dict)  # space -> {"file", "kind", "built", "ntotal", "next_id"}
-    tables: dict = field(default_factory=dict)  # name -> list of committed files (failures, ingests, knn, ...)
-    pending: dict = field(default_factory=dict)  # split -> {"source", "parts"}: a --replace in progress, unseen by readers
-    files: dict = field(default_factory=dict)  # every listed file -> {"bytes", "sha256"}
-    derived: dict = field(default_factory=dict)  # derived table -> {"base_commit", "data"}: what it was computed from
+    splits: dict[str, SplitEntry] = field(default_factory=dict)
+    parts: list[PartEntry] = field(default_factory=list)
+    stats: StatsEntry | None = None
+    indexes: dict[str, IndexEntry] = field(default_factory=dict)  # "saliency", "feature"
+    tables: dict[str, list[str]] = field(default_factory=dict)  # name -> committed files (failures, ingests, knn, ...)
+    pending: dict[str, PendingReplace] = field(default_factory=dict)  # split -> its unfinished --replace
+    files: dict[str, FileRecord] = field(default_factory=dict)  # every listed file -> its size and checksum
+    derived: dict[str, DerivedBase] = field(default_factory=dict)  # derived table -> what it was computed from
 
     @property
     def n_units(self) -> int:
@@ -46,48 +186,66 @@ class Manifest:
     @property
     def class_names(self) -> list[str]:
         """The model's class names, or "0", "1", ... when it has none."""
-        return self.model["class_names"] or [str(i) for i in range(self.model["num_classes"])]
+        return self.model.class_names or [str(i) for i in range(self.model.num_classes)]
 
     @property
     def aggregate(self) -> str:
         """How a unit's gradient became its profile value: 'mean_abs' (the paper's) or 'rms'."""
-        return self.model.get("aggregate", "mean_abs")  # databases made before the option: mean_abs
+        return self.model.aggregate or "mean_abs"  # databases made before the option: mean_abs
 
     def part_files(self, split: str | None = None) -> list[str]:
-        return [p["file"] for p in self.parts if split is None or p["split"] == split]
+        return [p.file for p in self.parts if split is None or p.split == split]
 
     def rows(self, split: str | None = None) -> int:
-        return sum(p["rows"] for p in self.parts if split is None or p["split"] == split)
+        return sum(p.rows for p in self.parts if split is None or p.split == split)
 
     def listed_files(self) -> set[str]:
         """Every data file this version lists (pending parts included)."""
-        files = {p["file"] for p in self.parts}
-        files |= {p["file"] for pending in self.pending.values() for p in pending["parts"]}
-        files |= {v["file"] for v in self.indexes.values()}
+        files = {p.file for p in self.parts}
+        files |= {p.file for pending in self.pending.values() for p in pending.parts}
+        files |= {v.file for v in self.indexes.values()}
         if self.stats:
-            files.add(self.stats["file"])
+            files.add(self.stats.file)
         for entries in self.tables.values():
             files |= set(entries)
         return files
 
     def data_version(self) -> str:
         """A fingerprint of what derived tables are computed from: the committed parts and the statistics."""
-        key = json.dumps([sorted(self.part_files()), (self.stats or {}).get("file")])
+        key = json.dumps([sorted(self.part_files()), self.stats.file if self.stats else None])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def stale_derived(self) -> dict[str, int]:
         """Derived tables computed from other samples or statistics than this version's: name -> base commit."""
         now = self.data_version()
-        return {name: rec["base_commit"] for name, rec in self.derived.items()
-                if name in self.tables and rec.get("data") != now}
+        return {name: rec.base_commit for name, rec in self.derived.items()
+                if name in self.tables and rec.data != now}
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                v = {k: _write_field(x) for k, x in v.items()}
+            out[f.name] = _write_field(v)
+        return out
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=False)
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        m = cls(**{k: copy.deepcopy(v) for k, v in d.items() if k in known})
+        m.model = m.model if isinstance(m.model, ModelRecord) else ModelRecord.from_dict(m.model)
+        m.splits = {k: SplitEntry.from_dict(v) for k, v in m.splits.items()}
+        m.parts = [PartEntry.from_dict(v) for v in m.parts]
+        m.stats = None if m.stats is None else StatsEntry.from_dict(m.stats)
+        m.indexes = {k: IndexEntry.from_dict(v) for k, v in m.indexes.items()}
+        m.pending = {k: PendingReplace.from_dict(v) for k, v in m.pending.items()}
+        m.files = {k: FileRecord.from_dict(v) for k, v in m.files.items()}
+        m.derived = {k: DerivedBase.from_dict(v) for k, v in m.derived.items()}
+        return m
 
 
 def now_iso() -> str:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DamagedError, DatabaseError, DiskFullError, ReadOnlyError
+from ..schemas.manifest import FileRecord
 
 TMP_SUFFIX = ".tmp"  # temporary files never end in .parquet or .json
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -107,15 +108,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def file_record(path: Path) -> dict:
-    """{"bytes", "sha256"} of a file, the manifest's record of it."""
+def file_record(path: Path) -> FileRecord:
+    """The size and SHA-256 of a file: the manifest's record of it."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-    return {"bytes": size, "sha256": h.hexdigest()}
+    return FileRecord(bytes=size, sha256=h.hexdigest())
 
 
 def shallow_problem(db: Path, rel: str, record: dict | None) -> str | None:
@@ -126,8 +127,8 @@ def shallow_problem(db: Path, rel: str, record: dict | None) -> str | None:
         return "missing"
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    if record is not None and size != record["bytes"]:
-        return f"{size} bytes, the manifest recorded {record['bytes']} (truncated or overwritten)"
+    if record is not None and size != record.bytes:
+        return f"{size} bytes, the manifest recorded {record.bytes} (truncated or overwritten)"
     return None
 
 

@@ -282,7 +282,7 @@ def _check_file(db: Path, m: Manifest, rel: str) -> str | None:
     problem = shallow_problem(db, rel, record)
     if problem:
         return problem
-    if record is not None and file_record(db / rel)["sha256"] != record["sha256"]:
+    if record is not None and file_record(db / rel).sha256 != record.sha256:
         return "its checksum does not match the manifest's (the bytes changed)"
     if rel.endswith(".faiss"):
         return _check_index(db, m, rel)
@@ -300,10 +300,10 @@ def _check_file(db: Path, m: Manifest, rel: str) -> str | None:
 
 
 def _expected_table(m: Manifest, rel: str) -> tuple[pa.Schema | None, int | None]:
-    for p in m.parts + [p for v in m.pending.values() for p in v["parts"]]:
-        if p["file"] == rel:
-            return samples_schema(m.n_units, m.feature_dim), p["rows"]
-    if m.stats and m.stats["file"] == rel:
+    for p in m.parts + [p for v in m.pending.values() for p in v.parts]:
+        if p.file == rel:
+            return samples_schema(m.n_units, m.feature_dim), p.rows
+    if m.stats and m.stats.file == rel:
         return UNITS_SCHEMA, m.n_units
     for name, files in m.tables.items():
         if rel in files:
@@ -319,10 +319,10 @@ def _check_index(db: Path, m: Manifest, rel: str) -> str | None:
     except RuntimeError as e:
         return f"not a readable FAISS index ({str(e).strip().splitlines()[0]})"
     for space, e in m.indexes.items():
-        if e["file"] == rel:
+        if e.file == rel:
             dim = m.n_units if space == "saliency" else m.feature_dim
-            if index.ntotal != e["ntotal"]:
-                return f"holds {index.ntotal} vectors, the manifest says {e['ntotal']}"
+            if index.ntotal != e.ntotal:
+                return f"holds {index.ntotal} vectors, the manifest says {e.ntotal}"
             if index.d != dim:
                 return f"holds {index.d}-dimensional vectors, the {space} space has {dim}"
     return None
@@ -345,16 +345,16 @@ def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = N
 def _fix(db: Path, m: Manifest, rel: str, kept: list[int], bad: set[str]) -> str:
     if rel.startswith("versions/"):
         return "any command that writes (e.g. `saliencydb vacuum`) keeps the current version again"
-    if m.stats and rel == m.stats["file"] or rel.startswith("index/"):
-        splits = ",".join((m.stats or {}).get("splits", []))
+    if m.stats and rel == m.stats.file or rel.startswith("index/"):
+        splits = ",".join(m.stats.splits if m.stats else [])
         return f"saliencydb restat --db {db}" + (f" --splits {splits}" if splits else "") + " (rebuilds statistics and indexes from the samples)"
-    split = next((p["split"] for p in m.parts if p["file"] == rel), None)
+    split = next((p.split for p in m.parts if p.file == rel), None)
     older = _restorable(db, kept, bad, before=m.commit, split=split)
     restore = f"saliencydb restore --db {db} --commit {older}" if older is not None else None
     for p in m.parts:
-        if p["file"] == rel:
-            source = m.splits[p["split"]]["source"]
-            again = f"saliencydb ingest --db {db} --data {source} --split {p['split']} --replace"
+        if p.file == rel:
+            source = m.splits[p.split].source
+            again = f"saliencydb ingest --db {db} --data {source} --split {p.split} --replace"
             return f"{restore} (or re-profile the split: {again})" if restore else again
     for name, files in m.tables.items():
         if rel in files:

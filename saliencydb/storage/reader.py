@@ -29,7 +29,7 @@ class Snapshot:
         self.path = Path(path)
         self.manifest, self._pin = pin_version(self.path, as_of)
         if check:
-            pending = {p["file"] for v in self.manifest.pending.values() for p in v["parts"]}  # unseen by readers
+            pending = {p.file for v in self.manifest.pending.values() for p in v.parts}  # unseen by readers
             for rel, problem in find_damage(self.path, self.manifest, self.manifest.listed_files() - pending)[:1]:
                 self.close()
                 raise damaged(self.path, rel, problem)
@@ -81,7 +81,7 @@ class Snapshot:
         entry = self.manifest.indexes.get(space)
         if entry is None:
             raise DatabaseError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
-        return read_index(self.path, entry["file"])
+        return read_index(self.path, entry.file)
 
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def read_stats(db: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """Frozen (mean, std) per unit from the units table."""
     if manifest.stats is None:
         raise DatabaseError(f"database '{db}' has no standardisation statistics yet; finish indexing its first split")
-    rel = manifest.stats["file"]
+    rel = manifest.stats.file
     try:
         t = pq.read_table(Path(db) / rel, columns=["mean", "std"])
     except (OSError, pa.ArrowInvalid) as e:

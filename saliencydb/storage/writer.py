@@ -19,6 +19,7 @@ from typing import Callable
 import pyarrow as pa
 
 from ..errors import DatabaseError, LockedError, StaleError
+from ..schemas.manifest import DerivedBase
 from ..schemas import DERIVED_TABLES, MANIFEST, TABLE_SCHEMAS, Manifest, now_iso
 from .files import (TMP_SUFFIX, damaged, file_record, find_damage, is_disk_full, is_read_only, new_file,
                     write_atomic, write_error, write_parquet)
@@ -239,4 +240,4 @@ class DatabaseWriter:
                 f"statistics changed) while {name} was computed; nothing was stored. Rerun the command"
             )
         self.manifest.tables[name] = list(files)
-        self.manifest.derived[name] = {"base_commit": base.commit, "data": base.data_version()}
+        self.manifest.derived[name] = DerivedBase(base_commit=base.commit, data=base.data_version())
