@@ -62,7 +62,7 @@ def build(db: Path, weights: Path, aggregate: str) -> dict:
     Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, aggregate=aggregate).run(VAL_DATA, split="val")
     seconds = time.perf_counter() - t
     with saliencydb.open(db) as d:
-        report = d.mistakes(k=K, n_boot=1000, seed=0)["splits"]["val"]["saliency"]  # writes the knn table
+        report = d.mistakes(k=K, n_boot=1000, seed=0).to_dict()["splits"]["val"]["saliency"]  # writes the knn table
     with saliencydb.open(db) as d:
         ids = d.ids_where(split="val")
         z = standardize(d.rows("raw_profile", ids), *d.stats)

@@ -27,6 +27,7 @@ from saliencydb.storage import DatabaseWriter
 from saliencydb.saliency import RunningStats, UnitLayout
 from saliencydb.saliency.layout import Layer
 from saliencydb.schemas import UNITS_SCHEMA, Manifest, samples_schema
+from saliencydb.schemas.manifest import ModelRecord, PartEntry, SplitEntry, StatsEntry
 
 CLASSES = 10
 
@@ -39,17 +40,16 @@ def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, se
     layers = tuple(Layer(f"layer{i}", f"layer{i}.weight", i, per_layer, 576, i * per_layer) for i in range(20))
     layout = UnitLayout(layers)
     manifest = Manifest(
-        model={"spec": "synthetic", "weights": None, "weights_sha256": "0" * 64, "num_classes": CLASSES,
-               "num_classes_arg": None, "class_names": [str(i) for i in range(CLASSES)],
-               "transform": {"mode": "L", "resize": None, "crop": None, "size": 28, "mean": [0.0], "std": [1.0]},
-               "scripted": False},
+        model=ModelRecord(spec="synthetic", weights=None, weights_sha256="0" * 64, num_classes=CLASSES,
+                          class_names=[str(i) for i in range(CLASSES)],
+                          transform={"mode": "L", "resize": None, "crop": None, "size": 28, "mean": [0.0], "std": [1.0]}),
         units=layout.to_dict(), feature_dim=features)
     # 12 latent "failure modes": mistakes share a few abnormally large units, as real profiles do
     modes = rng.integers(0, layout.n_units, size=(12, 30))
     stats = RunningStats(layout.n_units)
     with DatabaseWriter(db, manifest) as w:
         m = w.manifest
-        m.splits["val"] = {"source": "synthetic", "rows": 0, "complete": True}
+        m.splits["val"] = SplitEntry(source="synthetic", rows=0, complete=True)
         for start in range(0, n, part_rows):
             k = min(part_rows, n - start)
             raw = rng.lognormal(-6, 0.5, size=(k, layout.n_units)).astype(np.float32)
@@ -71,14 +71,14 @@ def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, se
                 "feature": pa.FixedSizeListArray.from_arrays(feat.reshape(-1), features),
             }, schema=samples_schema(layout.n_units, features))
             rel = w.write_parquet(w.unique_name("samples/val", "part", ".parquet"), table)
-            m.parts.append({"file": rel, "split": "val", "rows": k, "min_id": int(ids[0]), "max_id": int(ids[-1])})
-            m.splits["val"]["rows"] += k
+            m.parts.append(PartEntry(file=rel, split="val", rows=k, min_id=int(ids[0]), max_id=int(ids[-1])))
+            m.splits["val"].rows += k
             m.next_sample_id += k
             stats.update(raw)
             w.commit()
         units_table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
         rel = w.write_parquet(w.unique_name("units", "units", ".parquet"), units_table)
-        m.stats = {"file": rel, "splits": ["val"], "count": stats.count, "frozen": False}
+        m.stats = StatsEntry(file=rel, splits=["val"], count=stats.count, frozen=False)
         update_indexes(w, index_kind, rebuild=True)
         w.commit()
     return time.perf_counter() - t0
@@ -120,7 +120,7 @@ def main() -> None:
         report = db.mistakes(10, n_boot=200, write=True)
         graph_s = time.perf_counter() - t
         disk = sum(p.stat().st_size for p in db_path.rglob("*") if p.is_file())
-    sal = report["splits"]["val"]["saliency"]
+    sal = report.to_dict()["splits"]["val"]["saliency"]
     result = {
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "database": {"samples": args.samples, "units": args.units, "features": args.features, "bytes_on_disk": disk},

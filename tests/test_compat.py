@@ -42,3 +42,21 @@ def test_old_database_through_the_python_api(old_db):
         assert db.info()["splits"] == want["splits"]
         mistakes = db.sql("SELECT count(*) AS n FROM samples WHERE NOT correct").column("n")[0].as_py()
     assert mistakes == sum(s["mistakes"] for s in want["splits"].values())
+
+
+def test_manifests_round_trip_byte_for_byte():
+    """The typed manifest reads and writes the format-2 JSON unchanged, including a format-1 style
+    entry without the keys added later and a key this version does not know."""
+    from saliencydb.schemas import Manifest
+
+    files = sorted((FIXTURES / "format2-db").rglob("manifest*.json"))
+    assert len(files) > 5
+    for path in files:
+        text = path.read_text()
+        assert Manifest.from_dict(json.loads(text)).to_json() == text.rstrip("\n")
+    doc = json.loads((FIXTURES / "format2-db" / "manifest.json").read_text())
+    del doc["model"]["aggregate"], doc["indexes"]["saliency"]["built"], doc["indexes"]["saliency"]["next_id"]
+    doc["indexes"]["saliency"]["added_by_a_later_version"] = [1, 2]
+    m = Manifest.from_dict(doc)
+    assert m.aggregate == "mean_abs" and m.indexes["saliency"].built_kind == m.indexes["saliency"].kind
+    assert m.to_json() == json.dumps(doc, indent=1)

@@ -152,12 +152,13 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
     mean, std = read_stats(writer.path, m)
     for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
         if dim:
-            _update_index(writer, space, dim, (mean, std), kind, progress or NullProgress(), rebuild)
+            _update_index(writer, space, (mean, std), kind, progress or NullProgress(), rebuild)
 
 
-def _update_index(writer: DatabaseWriter, space: str, dim: int, stats, kind: str | None, progress: Progress,
+def _update_index(writer: DatabaseWriter, space: str, stats, kind: str | None, progress: Progress,
                   rebuild: bool) -> None:
     m = writer.manifest
+    dim = m.n_units if space == "saliency" else m.feature_dim
     entry = m.indexes.get(space)
     space_kind = kind or (entry.kind if entry else "flat")
     # extend what was built as asked; an index that fell back to flat (too few rows to train

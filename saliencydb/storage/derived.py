@@ -78,7 +78,7 @@ class DerivedWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self._writer.__exit__(*exc)  # closes; a full disk or read-only medium becomes its one-line error
 
 
 def store_derived(db, build: Callable[[DerivedWriter], dict[str, list[str]]], *, operation: str,
