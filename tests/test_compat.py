@@ -60,3 +60,33 @@ def test_manifests_round_trip_byte_for_byte():
     m = Manifest.from_dict(doc)
     assert m.aggregate == "mean_abs" and m.indexes["saliency"].built_kind == m.indexes["saliency"].kind
     assert m.to_json() == json.dumps(doc, indent=1)
+
+
+def _recorded(*args):
+    return next(a["output"] for a in ANSWERS if a["args"][: len(args)] == list(args))
+
+
+def test_typed_results_are_the_recorded_json_and_csv(old_db):
+    """The Python API's typed results: ``to_dict()`` is the JSON the old version printed, ``rows()``
+    its CSV rows, and ``result["key"]`` reads that JSON."""
+    import csv
+    import io
+
+    with saliencydb.open(old_db) as db:
+        info = db.info()
+        mistakes = db.mistakes(5, n_boot=50, write=False)
+        clusters = db.clusters(3, write=False)
+        triage = db.triage("extra", write=False)
+        near = db.neighbors(3, k=5)
+    want_info = json.loads(_recorded("info"))
+    assert info.to_dict() == {**want_info, "path": str(old_db)}
+    assert info.splits["val"].samples == want_info["splits"]["val"]["samples"] == info["splits"]["val"]["samples"]
+    assert mistakes.to_dict() == json.loads(_recorded("mistakes", "-k", "5", "--bootstrap", "50", "--no-store", "--format", "json"))
+    rows = list(csv.DictReader(io.StringIO(_recorded("mistakes", "-k", "5", "--bootstrap", "50", "--no-store", "--format", "csv"))))
+    assert [{k: ("" if v is None else repr(v) if isinstance(v, float) else str(v)) for k, v in r.items()}
+            for r in mistakes.rows()] == rows
+    assert clusters.to_dict() == json.loads(_recorded("clusters", "--n-clusters", "3", "--no-store", "--format", "json"))
+    assert [g.size for g in clusters.clusters] == [g["size"] for g in clusters["clusters"]]
+    assert triage.to_dict() == json.loads(_recorded("triage"))
+    assert near.to_dict() == json.loads(_recorded("neighbors", "--db-id", "3"))
+    assert near.query.sample_id == 3 and near.summary.neighbors == 5 == len(near.rows())

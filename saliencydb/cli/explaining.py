@@ -82,27 +82,14 @@ def _gallery(d, out, *, split, limit: int, n_neighbors: int, top_k: int, fmt: st
 @handle_errors
 def profile_plot(db, split, cluster, out, fmt, as_of):
     """Mean standardised profile of correct vs incorrect samples, layer by layer (each layer sorted)."""
-    from ..explain import check_out_file, group_profiles
-    from ..explain.figures import group_profile_figure
-    from ..errors import QueryError
+    from ..explain import check_out_file, profile_plot as draw
     from ..query import open as open_db
-    from ..saliency import UnitLayout
 
-    check_out_file(out)
+    check_out_file(out)  # before the database is read
     with open_db(db, as_of=as_of) as d:
-        result = group_profiles(d, split=split, cluster=cluster)
-        layout = UnitLayout.from_dict(d.manifest.units)
-    try:
-        group_profile_figure(out, groups=[(g.name, g.z, g.count) for g in result.groups], layout=layout,
-                             title=f"mean standardised saliency profile: {result.scope}")
-    except OSError as e:
-        raise QueryError(f"cannot write --out {out!r}: {e.strerror or e}") from None
-    result.out = out
-    if fmt == "json":
-        emit(result, "json")
-        return
-    if fmt == "csv":
-        emit_rows(result.rows(), "csv")
+        result = draw(d, out, split=split, cluster=cluster)
+    if fmt != "table":
+        emit(result, fmt)
         return
     counts = ", ".join(f"{g.count} {g.name}" for g in result.groups)
     emit_rows(result.rows(), "table", title=f"mean standardised saliency per layer, {result.scope} ({counts})")

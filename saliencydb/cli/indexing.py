@@ -100,7 +100,7 @@ def restat(db, splits, wait, quiet):
     from ..indexer import restat as do_restat
 
     with progress_bars(not quiet) as progress:
-        result = do_restat(db, splits.split(",") if splits else None, progress=progress, wait=wait)
+        result = do_restat(db, splits or None, progress=progress, wait=wait)
     click.echo(f"statistics over {', '.join(result.splits)} ({result.count} samples), frozen; indexes rebuilt "
                f"({', '.join(f'{k}: {v}' for k, v in result.indexes.items())}); knn, clusters and triage tables dropped")
 

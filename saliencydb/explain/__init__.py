@@ -16,7 +16,7 @@ _WHERE = {
     "GradCamInfo": ".explanation", "MapStats": ".explanation", "UnitRow": ".explanation",
     "explain_sample": ".explanation", "check_out_file": ".outputs", "Gallery": ".gallery", "GalleryEntry": ".gallery",
     "gallery": ".gallery", "GroupProfile": ".groups", "GroupProfiles": ".groups", "LayerMean": ".groups",
-    "group_profiles": ".groups", "mean_profile": ".groups", "display_map": ".maps", "gradcam": ".maps", "spearman": ".maps",
+    "group_profiles": ".groups", "profile_plot": ".groups", "mean_profile": ".groups", "display_map": ".maps", "gradcam": ".maps", "spearman": ".maps",
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)

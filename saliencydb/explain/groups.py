@@ -86,3 +86,21 @@ def group_profiles(db, *, split: str | None = None, cluster: int | None = None) 
     if not len(correct) and not len(wrong):
         raise QueryError(f"{scope} holds no samples")
     return out
+
+
+def profile_plot(db, out, *, split: str | None = None, cluster: int | None = None) -> GroupProfiles:
+    """``saliencydb profile-plot``: the mean standardised profiles of correct and incorrect samples
+    (of ``split`` or of error group ``cluster``), drawn layer by layer to ``out`` (a PNG)."""
+    from .figures import group_profile_figure
+    from .outputs import check_out_file
+
+    check_out_file(out)
+    result = group_profiles(db, split=split, cluster=cluster)
+    try:
+        group_profile_figure(out, groups=[(g.name, g.z, g.count) for g in result.groups],
+                             layout=UnitLayout.from_dict(db.manifest.units),
+                             title=f"mean standardised saliency profile: {result.scope}")
+    except OSError as e:
+        raise QueryError(f"cannot write --out {str(out)!r}: {e.strerror or e}") from None
+    result.out = out
+    return result

@@ -21,12 +21,14 @@ class RestatResult(Result):
     indexes: dict[str, int]  # space -> vectors in the rebuilt index
 
 
-def restat(db: str | os.PathLike, splits: list[str] | None = None, *, progress: Progress | None = None,
+def restat(db: str | os.PathLike, splits: list[str] | str | None = None, *, progress: Progress | None = None,
            wait: bool = False) -> RestatResult:
-    """Recompute the standardisation statistics over ``splits`` (default: all) and rebuild the
-    indexes, in one atomic commit; the new statistics are frozen. The derived tables, computed
-    with the old statistics, are dropped."""
+    """Recompute the standardisation statistics over ``splits`` (a list, or comma-separated names as
+    ``--splits`` takes them; default: all) and rebuild the indexes, in one atomic commit; the new
+    statistics are frozen. The derived tables, computed with the old statistics, are dropped."""
     progress = progress or NullProgress()
+    if isinstance(splits, str):
+        splits = splits.split(",")
     with DatabaseWriter(db, wait=wait, operation="restat") as writer:
         # statistics and indexes are rebuilt from the samples: only the samples must be intact
         parts = set(writer.manifest.part_files())
