@@ -144,6 +144,9 @@ def story(result: DemoResult) -> str:
     sal_ok = sal_space.correct_neighbors_of_correct.mean
     pair = sal_space.same_confusion_of_incorrect.mean
     pair_f = feat_space.same_confusion_of_incorrect.mean
+    base = result.mistakes.splits["val"].baselines
+    pair_loss, pair_random = base["loss"].same_confusion_of_incorrect.mean, base["random"].same_confusion_of_incorrect.mean
+    wrong_loss = 1 - base["loss"].correct_neighbors_of_incorrect.mean
     ratio = f"{sal / feat:.1f}x as often" if feat > 0 else "where feature neighbours never are"
     lines = [
         f"A small CNN trained on 3,000 real handwritten digits classifies {val.samples:,} held-out digits "
@@ -154,6 +157,9 @@ def story(result: DemoResult) -> str:
         f"  - the saliency neighbours of a mistake are mistakes {sal:.0%} of the time; feature neighbours {feat:.0%} ({ratio});",
         f"  - {pair:.0%} of a mistake's saliency neighbours make the very same confusion (feature space: {pair_f:.0%});",
         f"  - the saliency neighbours of a correct digit are correct {sal_ok:.0%} of the time.",
+        f"  - without the profile, the 10 digits of closest loss are mistakes {wrong_loss:.0%} of the time (a high loss",
+        f"    nearly means a mistake), but only {pair_loss:.0%} make the same confusion (random digits: {pair_random:.1%}):",
+        "    the shared confusion is what saliency adds beyond the loss.",
         "",
         f"The {result.clusters.samples} mistakes fall into {len(result.clusters.clusters)} error groups by profile; the largest:",
     ]

@@ -139,7 +139,7 @@ def test_mistakes_graph_and_statistic(digits_copy):
     assert e["correct_neighbors_of_incorrect"]["mean"] < e["correct_neighbors_of_correct"]["mean"]
     out = run_cli("mistakes", "--db", digits_copy, "--format", "csv", "--bootstrap", 50).output.splitlines()
     assert out[0] == "split,space,group,samples,correct_neighbors,ci95_low,ci95_high,same_confusion"
-    assert len(out) == 1 + 2 * 2 * 2  # 2 splits x 2 spaces x 2 groups
+    assert len(out) == 1 + 2 * (2 + 3) * 2  # 2 splits x (2 spaces + 3 baselines) x 2 groups
 
 
 def test_clusters_deterministic_and_joinable(digits_copy):
@@ -208,7 +208,8 @@ def test_json_shapes_are_the_documented_ones(digits_copy):
     assert set(info["splits"]["val"]) == {"source", "complete", "samples", "accuracy", "mistakes", "failures"}
     mis = json.loads(run_cli("mistakes", "--db", digits_copy, "--format", "json", "--bootstrap", 20).output)
     assert set(mis) == {"k", "bootstrap", "seed", "splits", "base_commit", "stored"}
-    assert set(mis["splits"]["val"]) == {"samples", "correct", "incorrect", "saliency", "feature"}
+    assert set(mis["splits"]["val"]) == {"samples", "correct", "incorrect", "saliency", "feature", "baselines"}
+    assert set(mis["splits"]["val"]["baselines"]) == {"loss", "label", "random"}
     assert set(mis["splits"]["val"]["saliency"]["correct_neighbors_of_incorrect"]) == {"mean", "ci95", "n"}
     cl = json.loads(run_cli("clusters", "--db", digits_copy, "--n-clusters", 3, "--format", "json").output)
     assert set(cl) == {"run", "n_clusters", "samples", "clusters", "base_commit", "stored"}

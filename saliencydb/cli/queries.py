@@ -167,6 +167,20 @@ def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
             ratio = f"{sal / feat:.1f}x" if feat > 0 else "infinitely"
             click.echo(f"{split}: neighbours of a mistake are mistakes {sal:.0%} of the time in saliency space, "
                        f"{feat:.0%} in feature space ({ratio} as often)")
+        if e.incorrect and e.baselines:
+            click.echo(f"{split}: {_baseline_line(e)}")
+
+
+def _baseline_line(e) -> str:
+    """What saliency adds beyond neighbours chosen without it: the same-confusion share above all."""
+    def pct(stat):
+        return "-" if stat.mean is None else f"{stat.mean:.1%}"
+
+    found = {**e.spaces, **{f"{name}-matched" if name != "random" else name: s for name, s in e.baselines.items()}}
+    same = ", ".join(f"{name} {pct(s.same_confusion_of_incorrect)}" for name, s in found.items())
+    wrong = ", ".join(f"{name} {'-' if s.correct_neighbors_of_incorrect.mean is None else f'{1 - s.correct_neighbors_of_incorrect.mean:.0%}'}"
+                      for name, s in found.items())
+    return f"a mistake's neighbours make its exact confusion: {same}; are mistakes: {wrong}"
 
 
 @click.command()

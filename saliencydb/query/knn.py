@@ -17,6 +17,7 @@ from ..progress import NullProgress
 from ..schemas import KNN_SCHEMA
 from ..storage.derived import store_derived
 from ..storage.indexes import build_index, to_search_device
+from .baselines import baseline_shares
 from .neighbors import search
 from .results import Estimate, MistakesReport, SpaceShares, SplitShares
 
@@ -103,7 +104,7 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
-    meta = db._execute("SELECT sample_id, split, label, pred, correct FROM samples ORDER BY sample_id").fetchnumpy()
+    meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     order = meta["sample_id"]
     spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
@@ -125,6 +126,7 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
                 correct_neighbors_of_incorrect=bootstrap_mean(share_correct[sel & ~correct_q], n_boot, rng),
                 same_confusion_of_incorrect=bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
             )
+    _add_baselines(report, meta, k, n_boot, seed)
     report.base_commit = db.commit
     if write:
         store_derived(db, lambda w: {"knn": [w.write("knn", graph_table(g)) for g in graphs]},
@@ -132,3 +134,19 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
         report.stored = True
     return report
 
+
+def _add_baselines(report: MistakesReport, meta: dict, k: int, n_boot: int, seed: int) -> None:
+    """The same statistics for neighbours chosen without the profile (``query.baselines``), per split."""
+    for split, entry in report.splits.items():
+        sel = meta["split"] == split
+        correct = np.asarray(meta["correct"][sel], dtype=bool)
+        label, pred = np.asarray(meta["label"][sel]), np.asarray(meta["pred"][sel])
+        loss = np.asarray(meta["loss"][sel], dtype=np.float64)
+        for name, (share_correct, same_pair) in baseline_shares(correct, label, pred, loss, k).items():
+            rng = np.random.default_rng(seed)
+            ok = ~np.isnan(share_correct)
+            entry.baselines[name] = SpaceShares(
+                correct_neighbors_of_correct=bootstrap_mean(share_correct[ok & correct], n_boot, rng),
+                correct_neighbors_of_incorrect=bootstrap_mean(share_correct[ok & ~correct], n_boot, rng),
+                same_confusion_of_incorrect=bootstrap_mean(same_pair[ok & ~correct], n_boot, rng),
+            )

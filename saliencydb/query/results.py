@@ -150,10 +150,14 @@ class SplitShares(Result):
     correct: int
     incorrect: int
     spaces: dict[str, SpaceShares] = field(default_factory=dict)  # in JSON, each space is a key of its own
+    baselines: dict[str, SpaceShares] = field(default_factory=dict)  # neighbours chosen without the profile
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "correct": self.correct, "incorrect": self.incorrect,
-                **{space: plain(s) for space, s in self.spaces.items()}}
+        doc = {"samples": self.samples, "correct": self.correct, "incorrect": self.incorrect,
+               **{space: plain(s) for space, s in self.spaces.items()}}
+        if self.baselines:
+            doc["baselines"] = {name: plain(s) for name, s in self.baselines.items()}
+        return doc
 
 
 @dataclass
@@ -172,8 +176,9 @@ class MistakesReport(Result):
         """One row per split, space and group (correctly or incorrectly classified)."""
         rows = []
         for split, entry in self.splits.items():
-            for space in SPACE_ORDER:
-                e = entry.spaces.get(space)
+            chosen = [(space, entry.spaces.get(space)) for space in SPACE_ORDER]
+            chosen += [(f"baseline:{name}", e) for name, e in entry.baselines.items()]
+            for space, e in chosen:
                 if e is None:
                     continue
                 for group, stat in (("correct", e.correct_neighbors_of_correct), ("incorrect", e.correct_neighbors_of_incorrect)):
