@@ -162,6 +162,19 @@ def test_report_of_a_full_database(digits_copy, tmp_path):
         parts = [e[space]["correct_neighbors_of_incorrect"] for e in mistakes["splits"].values()]
         pooled = sum((1 - p["mean"]) * p["n"] for p in parts) / sum(p["n"] for p in parts)
         assert shown[(space, "incorrect")] == f"{pooled:.1%}"
+    # the baselines and the same-confusion column: the mistakes report's numbers, pooled over its splits
+    base = {(b, g): v for b, g, v in re.findall(
+        r'data-stat="baseline-share-misclassified" data-baseline="(\w+)" data-query="(\w+)">([^<]*)<', text)}
+    assert {b for b, _ in base} == {"loss", "label", "random"}
+    for name in ("loss", "label", "random"):
+        parts = [e["baselines"][name]["correct_neighbors_of_incorrect"] for e in mistakes["splits"].values()]
+        pooled = sum((1 - p["mean"]) * p["n"] for p in parts) / sum(p["n"] for p in parts)
+        assert base[(name, "incorrect")] == f"{pooled:.1%}"
+    same = dict(re.findall(r'data-stat="same-confusion" data-row="([^"]+)">([^<]*)<', text))
+    parts = [e["saliency"]["same_confusion_of_incorrect"] for e in mistakes["splits"].values()]
+    assert same["saliency"] == f"{sum(p['mean'] * p['n'] for p in parts) / sum(p['n'] for p in parts):.1%}"
+    parts = [e["baselines"]["loss"]["same_confusion_of_incorrect"] for e in mistakes["splits"].values()]
+    assert same["closest loss (baseline)"] == f"{sum(p['mean'] * p['n'] for p in parts) / sum(p['n'] for p in parts):.1%}"
 
     # error groups: min(12, size) members per group, nearest the centre first
     sizes = dict(db.con.execute("SELECT cluster, count(*) FROM clusters GROUP BY cluster").fetchall())

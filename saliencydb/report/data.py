@@ -80,12 +80,14 @@ class Share:
 
     n: int
     share: float
+    same_confusion: float | None = None  # mistakes only: share of neighbours with the query's exact confusion
 
 
 @dataclass
 class SharedMistakes:
     k: int  # neighbours per sample in the knn table
     spaces: dict[str, dict[str, Share]]  # space -> {"incorrect" | "correct" (the queries): share}
+    baselines: dict[str, dict[str, Share]] = field(default_factory=dict)  # neighbours chosen without the profile
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import SaliencyDBError
 from ..progress import NullProgress
+from ..query.baselines import baseline_shares
 from ..query.lists import neighbor_lists
 from ..saliency import UnitLayout
 from ..storage import fixed_list_to_numpy, iter_part_batches
@@ -83,16 +84,44 @@ class _Gatherer:
         """Share of misclassified samples among each sample's knn neighbours, averaged per (space, query correctness)."""
         rows = self.q(
             """WITH per AS (
-                 SELECT k.sample_id, k.space, avg((NOT n.correct)::DOUBLE) AS share, count(*) AS k
-                 FROM knn k JOIN samples n ON n.sample_id = k.neighbor_id GROUP BY k.sample_id, k.space)
-               SELECT per.space, q.correct, count(*) AS queries, avg(per.share) AS share, max(per.k) AS k
+                 SELECT k.sample_id, k.space, avg((NOT n.correct)::DOUBLE) AS share, count(*) AS k,
+                        avg((n.label = q.label AND n.pred = q.pred)::DOUBLE) AS same
+                 FROM knn k JOIN samples n ON n.sample_id = k.neighbor_id JOIN samples q ON q.sample_id = k.sample_id
+                 GROUP BY k.sample_id, k.space)
+               SELECT per.space, q.correct, count(*) AS queries, avg(per.share) AS share, max(per.k) AS k, avg(per.same)
                FROM per JOIN samples q USING (sample_id) GROUP BY per.space, q.correct ORDER BY per.space, q.correct"""
         )
         if not rows:
             return None
         out = SharedMistakes(max(int(r[4]) for r in rows), {})
-        for space, correct, n, share, _ in rows:
-            out.spaces.setdefault(space, {})["correct" if correct else "incorrect"] = Share(int(n), float(share))
+        for space, correct, n, share, _, same in rows:
+            out.spaces.setdefault(space, {})["correct" if correct else "incorrect"] = Share(
+                int(n), float(share), None if correct else float(same))
+        out.baselines = self.baselines(out.k)
+        return out
+
+    def baselines(self, k: int) -> dict[str, dict[str, Share]]:
+        """The same shares for neighbours chosen without the profile (``query.baselines``), within each
+        split that the knn table covers, averaged over its samples."""
+        per: dict[str, dict[bool, list]] = {}
+        splits = [r[0] for r in self.q("SELECT DISTINCT s.split FROM knn k JOIN samples s USING (sample_id) ORDER BY 1")]
+        for split in splits:
+            meta = self.db.con.execute("SELECT correct, label, pred, loss FROM samples WHERE split = ? ORDER BY sample_id",
+                                       [split]).fetchnumpy()
+            correct = np.asarray(meta["correct"], dtype=bool)
+            for name, (share_correct, same) in baseline_shares(correct, np.asarray(meta["label"]), np.asarray(meta["pred"]),
+                                                               np.asarray(meta["loss"], dtype=np.float64), k).items():
+                for group in (True, False):
+                    sel = (correct == group) & ~np.isnan(share_correct)
+                    per.setdefault(name, {}).setdefault(group, []).append((1 - share_correct[sel], same[sel]))
+        out: dict[str, dict[str, Share]] = {}
+        for name, groups in per.items():
+            for group, parts in groups.items():
+                wrong = np.concatenate([w for w, _ in parts])
+                same = np.concatenate([s for _, s in parts])
+                if len(wrong):
+                    out.setdefault(name, {})["correct" if group else "incorrect"] = Share(
+                        len(wrong), float(wrong.mean()), None if group else float(same.mean()))
         return out
 
     # -- error groups ------------------------------------------------------------------------

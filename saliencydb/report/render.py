@@ -136,20 +136,33 @@ def _shared_table(shared: SharedMistakes | None, db_path: str) -> str:
         return ('<h3>Shared mistakes</h3><p class="note">The neighbour graph (<span class="mono">knn</span> table) is empty: run '
                 f'<span class="mono">saliencydb mistakes --db {_e(db_path)}</span> to measure how often the neighbours of a '
                 'mistake are mistakes too.</p>')
-    rows = []
-    for space in sorted(shared.spaces, key=space_order):
-        e = shared.spaces[space]
-        cells = []
-        for group in ("incorrect", "correct"):
-            v = e.get(group)
-            cells.append(f'<td class="num" data-stat="share-misclassified" data-space="{_e(space)}" data-query="{group}">'
-                         f'{_pct(v.share) if v else "–"}</td>')
-        rows.append(f"<tr><td>{_e(space)}</td>{''.join(cells)}</tr>")
+    rows = [_shared_row(space, shared.spaces[space], f'data-stat="share-misclassified" data-space="{_e(space)}"')
+            for space in sorted(shared.spaces, key=space_order)]
+    rows += [_shared_row(BASELINE_NAMES.get(name, name), shared.baselines[name],
+                         f'data-stat="baseline-share-misclassified" data-baseline="{_e(name)}"')
+             for name in ("loss", "label", "random") if name in shared.baselines]
     return f"""<h3>Shared mistakes</h3>
       <table class="data"><thead><tr><th>neighbours by</th><th class="num">misclassified among<br>neighbours of mistakes</th>
-      <th class="num">misclassified among<br>neighbours of correct samples</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+      <th class="num">misclassified among<br>neighbours of correct samples</th>
+      <th class="num">same confusion among<br>neighbours of mistakes</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
       <p class="small muted">Each sample's {shared.k} nearest neighbours within its split, from the <span class="mono">knn</span> table;
-      shares averaged over samples.</p>"""
+      shares averaged over samples. The baselines choose {shared.k} neighbours without the profile: the closest losses, or
+      random samples (of the same label) as an exact expectation. The loss alone explains much of "mistakes sit next to
+      mistakes"; the same-confusion share is what the profile adds.</p>"""
+
+
+BASELINE_NAMES = {"loss": "closest loss (baseline)", "label": "same label, random (baseline)", "random": "random (baseline)"}
+
+
+def _shared_row(name: str, e: dict, attrs: str) -> str:
+    cells = []
+    for group in ("incorrect", "correct"):
+        v = e.get(group)
+        cells.append(f'<td class="num" {attrs} data-query="{group}">{_pct(v.share) if v else "–"}</td>')
+    mis = e.get("incorrect")
+    same = mis.same_confusion if mis is not None else None
+    cells.append(f'<td class="num" data-stat="same-confusion" data-row="{_e(name)}">{_pct(same) if same is not None else "–"}</td>')
+    return f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>"
 
 
 # -- error groups ----------------------------------------------------------------------------
