@@ -40,11 +40,8 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         d.sample(sample_id)  # an unknown id fails before the model is loaded
         ex = Explainer(d)
         result = explain_sample(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None)
-    if fmt == "json":
-        emit(result, "json")
-        return
-    if fmt == "csv":  # the boosted units, one row each
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":  # csv: the rows of the main table
+        emit(result, fmt)
         return
     s, c, m = result.sample, result.confidences, result.map
     click.echo(f"sample {s.sample_id} ({s.split}, {s.key}): label {s.label_name}, predicted {s.pred_name} "
@@ -64,10 +61,8 @@ def _gallery(d, out, *, split, limit: int, n_neighbors: int, top_k: int, fmt: st
     with progress_bars(not quiet and fmt == "table") as progress:
         result = gallery(Explainer(d), out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k,
                          progress=progress)
-    if fmt == "json":
-        emit(result, "json")
-    elif fmt == "csv":
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":
+        emit(result, fmt)
     else:
         click.echo(f"wrote {result.out} ({len(result.mistakes)} mistakes)")
 
@@ -134,10 +129,8 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
             result = _run_check(d, "corrections" if find_corrections else what, sample_id, split=split, top_k=top_k,
                                 top_p=top_p, fill=fill, min_rise=min_rise, limit=limit, levels=level_list,
                                 n_noise=n_noise, stats_samples=stats_samples, seed=seed, progress=progress)
-    if fmt == "json":
-        emit(result, "json")
-    elif fmt == "csv":  # the rows of the check's table, unformatted
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":
+        emit(result, fmt)
     elif find_corrections:
         _print_corrections(result, top_k=top_k, top_p=top_p, min_rise=min_rise)
     else:

@@ -92,10 +92,8 @@ def intervene(db, sample_id, method, top_k, lr, sigma, n_neighbors, seed, device
         result.recorded = _record(d, sample_records(result, run_id=result.run_id, weights_sha256=bench.weights_sha256),
                                   no_record, wait)
         layout = bench.layout
-    if fmt == "json":
-        emit(result, "json")
-    elif fmt == "csv":
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":
+        emit(result, fmt)
     else:
         _print_intervention(result, layout, lr=lr, sigma=sigma)
 
@@ -160,10 +158,8 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
                          lr=lr, sigma=sigma, n_neighbors=n_neighbors, progress=progress)
     if out is not None:
         result.out = str(validate_figure(result, out))
-    if fmt == "json":
-        emit(result, "json")
-    elif fmt == "csv":
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":
+        emit(result, fmt)
     else:
         _print_validation(result)
 
@@ -254,10 +250,8 @@ def fix_group(db, cluster, method, top_k, lr, seed, device, no_record, fmt, wait
         result.recorded = _record(d, group_records(result, run_id=result.run_id, weights_sha256=bench.weights_sha256),
                                   no_record, wait)
         layout = bench.layout
-    if fmt == "json":
-        emit(result, "json")
-    elif fmt == "csv":
-        emit_rows(result.rows(), "csv")
+    if fmt != "table":
+        emit(result, fmt)
     else:
         _print_group_fix(result, layout, lr=lr)
 

@@ -26,7 +26,7 @@ from ..saliency import UnitLayout, standardize
 from ..models.modes import evaluating
 from ..saliency.variants import agreement
 from .editor import FilterEditor
-from .filters import parse_eps
+from .filters import parse_eps, seeded_subset
 
 DEFAULT_EPS = (1e-3, 1e-2, 1e-1)
 DEFAULT_STEPS = 10
@@ -179,12 +179,7 @@ def _attacked_samples(db, split: str | None, limit: int | None, seed: int) -> np
     ids = db.ids_where(split=split)
     if len(ids) == 0:
         raise QueryError("no samples to attack" + (f" in split '{split}'" if split else ""))
-    if limit is not None:
-        if limit < 1:
-            raise QueryError(f"--limit must be at least 1, got {limit}")
-        if limit < len(ids):
-            ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
-    return ids
+    return seeded_subset(ids, limit, seed)
 
 
 def _agreement_row(adv: AdversarialProfiles, e: float, maximize: bool, raw: np.ndarray, z: np.ndarray,

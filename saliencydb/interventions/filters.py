@@ -94,3 +94,13 @@ def describe_units(layout, unit_ids) -> list[str]:
         return []
     layers = layout.layers
     return [f"{layers[int(li)].name}[{int(u) - layers[int(li)].offset}]" for u, li in zip(ids, layout.layer_of(ids))]
+
+
+def seeded_subset(ids: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """``--limit``: a seeded random subset of ``limit`` of the sample ids (sorted), or all of them."""
+    if limit is not None:
+        if limit < 1:
+            raise QueryError(f"--limit must be at least 1, got {limit}")
+        if limit < len(ids):
+            ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+    return ids

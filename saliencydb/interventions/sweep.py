@@ -12,7 +12,7 @@ from ..errors import QueryError
 from ..progress import NullProgress
 from ..results import Result
 from .bench import Bench
-from .filters import CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k
+from .filters import CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, seeded_subset
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, check_method, check_params
 from .sample import DEFAULT_NEIGHBORS, sample_attempts
 
@@ -128,12 +128,7 @@ def select_samples(db, split: str, *, correct: bool = False, limit: int | None =
     what = "correctly classified" if correct else "misclassified"
     if len(ids) == 0:
         raise QueryError(f"split '{split}' has no {what} samples" + ("" if correct else "; try --correct"))
-    if limit is not None:
-        if limit < 1:
-            raise QueryError(f"--limit must be at least 1, got {limit}")
-        if limit < len(ids):
-            ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
-    return ids
+    return seeded_subset(ids, limit, seed)
 
 
 def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: bool = False, limit: int | None = None,
