@@ -35,16 +35,18 @@ def _recipe_tag() -> str:
     return hashlib.sha256(repr(sorted(RECIPE.items())).encode()).hexdigest()[:10]
 
 
-def train_demo_model(cache_dir: Path, progress: Progress | None = None, **recipe) -> Path:
-    """Train the demo CNN on builtin:mnist5k:train (or reuse the cached weights); returns the weights file."""
+def train_demo_model(cache_dir: Path, progress: Progress | None = None, *, data: str = TRAIN_DATA, **recipe) -> Path:
+    """Train the demo CNN on ``data`` (a builtin training split; the demo's is builtin:mnist5k:train) with the
+    demo's recipe (``recipe`` overrides it, e.g. ``seed=1``), or reuse the cached weights; returns the weights file."""
     recipe = {**RECIPE, **recipe}
     progress = progress or NullProgress()
     tag = hashlib.sha256(repr(sorted(recipe.items())).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"mnist5k-small-cnn-{tag}.pt"
+    name = "mnist5k" if data == TRAIN_DATA else data.replace(":", "-").replace("/", "-")
+    path = Path(cache_dir) / f"{name}-small-cnn-{tag}.pt"
     if path.is_file():
         return path
-    source = parse_data_spec(TRAIN_DATA)
-    transform = Transform.preset("mnist")
+    source = parse_data_spec(data)
+    transform = source.default_transform
     x = torch.stack([transform(source.load(i)) for i in range(len(source))])
     y = torch.tensor([source.label(i) for i in range(len(source))])
     g = torch.Generator().manual_seed(recipe["seed"])
