@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import Transform, parse_data_spec
+from .data import parse_data_spec
 from .data.zoo import small_cnn
 from .indexer import Indexer
 from .query.results import ClustersResult, DatabaseInfo, MistakesReport

@@ -22,7 +22,7 @@ LAYERS = [
     {"query"},
     {"explain"},
     {"interventions", "report"},
-    {"demo"},
+    {"demo", "seeds"},
     {"cli"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import explaining, indexing, interventions, queries, versions
+from . import evidence, explaining, indexing, interventions, queries, versions
 
 __all__ = ["cli", "main"]
 
@@ -24,7 +24,7 @@ def cli():
     keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
 
 
-for _module in (indexing, queries, versions, explaining, interventions):
+for _module in (indexing, queries, versions, explaining, interventions, evidence):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -15,7 +15,7 @@ from .output import db_option, handle_errors, progress_bars, wait_option
 @click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
 @click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
 @click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
-@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all].")
+@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], builtin:sklearn-digits[:train|val|all].")
 @click.option("--split", default="val", show_default=True, help="Name of the split the samples go into.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
@@ -29,6 +29,9 @@ from .output import db_option, handle_errors, progress_bars, wait_option
               help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "
                    "(default), or rms, an approximation that is faster at small feature maps (its measured agreement "
                    "and speed: README, 'Approximate profiles').")
+@click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
+              help="Chosen when the database is created (switch later with `restat --normalisation`). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
+                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--random-weights", is_flag=True,
@@ -38,14 +41,14 @@ from .output import db_option, handle_errors, progress_bars, wait_option
                    "(folders, CSV) are matched to them.")
 @handle_errors
 def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, wait, quiet, random_weights, classes):
+          aggregate, normalisation, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..indexer import Indexer, torchrun_job
 
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
-                         aggregate=aggregate, progress=progress, wait=wait,
+                         aggregate=aggregate, normalisation=normalisation, progress=progress, wait=wait,
                          random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
     _job_summary(report)
 
@@ -92,16 +95,19 @@ def _job_summary(report) -> None:
 @click.command()
 @db_option
 @click.option("--splits", help="Comma-separated splits to compute the statistics over (default: all).")
+@click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
+              help="Switch the database to this normalisation (default: keep its own). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
+                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
-def restat(db, splits, wait, quiet):
+def restat(db, splits, normalisation, wait, quiet):
     """Recompute the standardisation statistics and rebuild the indexes, atomically."""
     from ..indexer import restat as do_restat
 
     with progress_bars(not quiet) as progress:
-        result = do_restat(db, splits or None, progress=progress, wait=wait)
-    click.echo(f"statistics over {', '.join(result.splits)} ({result.count} samples), frozen; indexes rebuilt "
+        result = do_restat(db, splits or None, normalisation=normalisation, progress=progress, wait=wait)
+    click.echo(f"{result.normalisation} statistics over {', '.join(result.splits)} ({result.count} samples), frozen; indexes rebuilt "
                f"({', '.join(f'{k}: {v}' for k, v in result.indexes.items())}); knn, clusters and triage tables dropped")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from .output import emit, handle_errors, format_option, db_option, as_of_option, wait_option, emit_rows, progress_bars
+from .output import (emit, handle_errors, format_option, db_option, as_of_option, wait_option, emit_rows, progress_bars,
+                     ci_text as _ci)
 
 
 def _bench(d, device: str):
@@ -13,14 +14,6 @@ def _bench(d, device: str):
     from ..interventions import Bench
 
     return Bench(d, device=resolve_device(device))
-
-
-def _ci(stat, pct: bool = False) -> str | None:
-    """'mean [low, high]' of a bootstrap estimate."""
-    if stat.mean is None:
-        return None
-    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:+.3f}")
-    return f"{f(stat.mean)} [{f(stat.low)}, {f(stat.high)}]"
 
 
 def _units_cell(layout, ids, limit: int = 6) -> str:
@@ -137,17 +130,21 @@ def _print_intervention(result, layout, *, lr: float, sigma: float) -> None:
 @click.option("--sigma", default=1e-3, show_default=True, type=float, help="perturb: noise standard deviation.")
 @click.option("--neighbors", "n_neighbors", default=10, show_default=True, type=int, help="finetune: saliency neighbours scored per sample.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
+@click.option("--random-draws", "random_draws", default=10, show_default=True, type=int,
+              help="Independent seeded draws of the random control per sample and k; a sample's value is their mean.")
 @_device_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @as_of_option
 @handle_errors
-def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n_neighbors, seed, device, fmt, quiet, as_of):
+def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n_neighbors, seed, random_draws, device, fmt,
+             quiet, as_of):
     """Do the salient filters matter? An intervention on every mistake of a split over a range of k, vs random and least-salient filters."""
     from ..explain import check_out_file
-    from ..interventions import parse_ks, validate as run, validate_figure
+    from ..interventions import check_draws, parse_ks, validate as run, validate_figure
     from ..query import open as open_db
 
+    check_draws(random_draws)
     if out is not None:
         check_out_file(out)
     with progress_bars(not quiet and fmt == "table") as progress:
@@ -155,7 +152,7 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
             k_list = parse_ks(ks, d.manifest.n_units)
             d.ids_where(split=split)  # an unknown split fails before the model is loaded
             result = run(_bench(d, device), split, method, k_list, correct=correct, limit=limit, n_boot=bootstrap, seed=seed,
-                         lr=lr, sigma=sigma, n_neighbors=n_neighbors, progress=progress)
+                         lr=lr, sigma=sigma, n_neighbors=n_neighbors, random_draws=random_draws, progress=progress)
     if out is not None:
         result.out = str(validate_figure(result, out))
     if fmt != "table":
@@ -179,7 +176,8 @@ def _print_validation(result) -> None:
     extra = (f", step {result.lr:g}" if result.method == "finetune"
              else f", sigma {result.sigma:g}" if result.method == "perturb" else "")
     emit_rows(rows, "table", title=f"{result.method} on {result.samples} {result.which} samples of {result.split}{extra}; "
-                                   f"{result.bootstrap} bootstrap resamples")
+                                   f"{result.bootstrap} bootstrap resamples; random control: mean of "
+                                   f"{result.random_draws} draw{'s' if result.random_draws != 1 else ''} per sample")
     for p in result.paired_delta_true_conf:
         click.echo(f"k={p.k}: d_true_conf salient - random {_ci(p.salient_minus_random)}, "
                    f"salient - least salient {_ci(p.salient_minus_least_salient)} (paired)")

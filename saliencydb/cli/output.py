@@ -58,6 +58,13 @@ def as_of_option(fn):
                         help="Read a kept earlier version (its commit number, from `saliencydb versions`).")(fn)
 
 
+def normalisation_option(fn):
+    return click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
+                        help="See the profiles through this normalisation instead of the database's own: its statistics "
+                             "are computed over the reference splits on the fly, neighbours use an exact flat search, "
+                             "and nothing is stored (README, 'What the numbers mean').")(fn)
+
+
 def wait_option(fn):
     return click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")(fn)
 
@@ -112,6 +119,14 @@ def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
     for r in rows:
         table.add_row(*[cell(r[c]) for c in columns])
     Console(width=terminal_width()).print(table)
+
+
+def ci_text(stat, pct: bool = False) -> str | None:
+    """'mean [low, high]' of a bootstrap estimate (anything with ``mean``, ``low``, ``high``); None without a mean."""
+    if stat.mean is None:
+        return None
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:+.3f}")
+    return f"{f(stat.mean)} [{f(stat.low)}, {f(stat.high)}]"
 
 
 def pylist(table) -> list[dict]:

@@ -5,23 +5,31 @@ from __future__ import annotations
 
 import click
 
-from .output import as_of_option, db_option, emit, emit_rows, format_option, handle_errors, notes, progress_bars, pylist, wait_option
+from .output import (as_of_option, db_option, emit, emit_rows, format_option, handle_errors, normalisation_option, notes,
+                     progress_bars, pylist, wait_option)
 
 TINY_PER_GROUP = 3  # fewer samples than this per cluster (or per neighbour asked for): a warning, not a silent answer
 
 
-def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: str, compute):
+def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: str, compute,
+             normalisation: str | None = None):
     """Run a command that computes a derived table: ``compute(d, writer)``. The writer lock is
     taken before the version is read (so the result is stored on the version it was computed
     from, and a busy database is refused before any work); on a read-only database, with
-    --no-store or --as-of, the result is computed and printed and nothing is stored."""
+    --no-store, --as-of or a --normalisation that is not the database's own, the result is
+    computed and printed and nothing is stored."""
     from ..errors import ReadOnlyError
     from ..query import open as open_db
     from ..storage.derived import DerivedWriter
 
     if no_store or as_of is not None:
-        with open_db(db, as_of=as_of) as d:
+        with open_db(db, as_of=as_of, normalisation=normalisation) as d:
             return compute(d, None), "nothing was stored (" + ("--no-store" if no_store else f"--as-of {as_of}") + ")"
+    if normalisation is not None:
+        with open_db(db, normalisation=normalisation) as d:
+            if d.overridden:
+                return compute(d, None), (f"nothing was stored (--normalisation {normalisation}; the database's own is "
+                                          f"{d.manifest.profile_normalisation}, switch it with `saliencydb restat`)")
     try:
         writer = DerivedWriter(db, wait=wait, operation=operation)
     except ReadOnlyError:
@@ -102,14 +110,15 @@ def sql(db, query, as_of, fmt):
               help="Search by saliency profile, or by the penultimate-layer features (the baseline).")
 @click.option("--where", help="SQL predicate over samples restricting the candidates before the search, e.g. \"NOT correct\".")
 @click.option("--split", help="Only neighbours from this split.")
+@normalisation_option
 @as_of_option
 @format_option
 @handle_errors
-def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
+def neighbors(db, sample_id, image, label, k, space, where, split, normalisation, as_of, fmt):
     """Nearest neighbours of a sample by saliency profile (or feature), with their labels and predictions."""
     from ..query import open as open_db
 
-    with open_db(db, as_of=as_of) as d:
+    with open_db(db, as_of=as_of, normalisation=normalisation) as d:
         result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
     if result.note:
         notes([f"note: {result.note}"])
@@ -135,17 +144,18 @@ def neighbors(db, sample_id, image, label, k, space, where, split, as_of, fmt):
 @click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @click.option("--no-store", is_flag=True, help="Print the report without storing the neighbour graph (knn table).")
+@normalisation_option
 @as_of_option
 @wait_option
 @format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
-def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
+def mistakes(db, k, bootstrap, seed, no_store, normalisation, as_of, wait, fmt, quiet):
     """Do saliency neighbours share mistakes? Per split, saliency vs feature space; stores the knn table."""
     with progress_bars(not quiet and fmt == "table") as progress:
         report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
                                 lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
-                                                        write=w is not None, store=w))
+                                                        write=w is not None, store=w), normalisation)
     if note:
         notes([f"note: {note}"])
     for name, e in report.splits.items():
@@ -159,7 +169,8 @@ def mistakes(db, k, bootstrap, seed, no_store, as_of, wait, fmt, quiet):
     for r in rows:
         for c in ("correct_neighbors", "ci95_low", "ci95_high", "same_confusion"):
             r[c] = None if r[c] is None else f"{r[c]:.1%}"
-    emit_rows(rows, "table", title=f"share of correctly classified samples among the {k} nearest neighbours")
+    emit_rows(rows, "table", title=f"share of correctly classified samples among the {k} nearest neighbours"
+                                   + ("" if report.normalisation == "zscore" else f" ({report.normalisation} profiles)"))
     for split, e in report.splits.items():
         if "feature" in e.spaces and e.incorrect:
             sal = 1 - e.spaces["saliency"].correct_neighbors_of_incorrect.mean
@@ -190,15 +201,16 @@ def _baseline_line(e) -> str:
 @click.option("--split", help="Only samples of this split.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
 @click.option("--no-store", is_flag=True, help="Print the groups without storing the clusters and blame tables.")
+@normalisation_option
 @as_of_option
 @wait_option
 @format_option
 @handle_errors
-def clusters(db, n_clusters, errors_only, split, seed, no_store, as_of, wait, fmt):
+def clusters(db, n_clusters, errors_only, split, seed, no_store, normalisation, as_of, wait, fmt):
     """Group mistakes by saliency profile (k-means); stores the clusters and blame tables."""
     result, note = _derived(db, as_of, no_store, wait, f"clusters -n {n_clusters}",
                             lambda d, w: d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed,
-                                                    write=w is not None, store=w))
+                                                    write=w is not None, store=w), normalisation)
     if note:
         notes([f"note: {note}"])
     if result.samples < TINY_PER_GROUP * n_clusters:

@@ -24,11 +24,13 @@ from saliencydb.data.transforms import Transform
 from saliencydb.errors import DataError, SpecError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-DATA_SPEC_HELP = "use imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test] or builtin:mnist5k[:train|val|all]"
+DATA_SPEC_HELP = ("use imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all] "
+                  "or builtin:sklearn-digits[:train|val|all]")
 _MNIST_LIKE = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST")
 _CIFAR = ("CIFAR10", "CIFAR100")
-_MNIST5K_SPLITS = ("train", "val", "all")
+_BUILTIN_SPLITS = ("train", "val", "all")
 _MNIST5K_TRAIN_PER_CLASS = 300
+_SKLEARN_DIGITS_TRAIN_FRACTION = 0.6
 
 
 def _one_line(error: BaseException) -> str:
@@ -359,6 +361,65 @@ class Mnist5kSource(Source):
         return Image.fromarray(self._pixels[self._rows[i]])
 
 
+class SklearnDigitsSource(Source):
+    """``builtin:sklearn-digits[:train|val|all]``: the 1,797 real 8x8 handwritten digits shipped with
+    scikit-learn (``sklearn/datasets/data/digits.csv.gz``; read, never imported).
+
+    Each row of the file holds 64 pixel values 0..16 and the label. Images are 8x8, mode ``L``, with
+    pixel ``round(v * 255 / 16)`` (numpy rounding, half to even: 8 -> 128), so 0 -> 0 and 16 -> 255.
+    Key ``sklearn-digits/ROW`` is the row of the file. Within each class, in file order, the first
+    ``round(0.6 * n_class)`` rows are ``train`` (1,078 in all) and the rest ``val`` (719).
+    ``path`` replaces the file found in the installed scikit-learn.
+    """
+
+    decodes_files = False
+
+    def __init__(self, spec: str, split: str, path: Path | None = None) -> None:
+        if path is None:
+            found = importlib.util.find_spec("sklearn")
+            locations = list(found.submodule_search_locations or []) if found else []
+            path = Path(locations[0], "datasets", "data", "digits.csv.gz") if locations else None
+        if path is None or not path.is_file():
+            raise DataError(f"data spec '{spec}': scikit-learn's digits.csv.gz was not found; install scikit-learn "
+                            "(pip install scikit-learn)")
+        fix = "reinstall scikit-learn (pip install --force-reinstall scikit-learn)"
+        try:
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+        except (OSError, ValueError, EOFError, UnicodeDecodeError) as e:
+            raise DataError(f"data spec '{spec}': cannot read {path} ({_one_line(e)}); {fix}") from None
+        if table.shape[0] == 0 or table.shape[1] != 8 * 8 + 1:
+            raise DataError(f"data spec '{spec}': {path} has shape {table.shape}, expected (N, 65); {fix}")
+        pixels, labels = table[:, :-1], table[:, -1]
+        if not (np.isin(pixels, np.arange(17)).all()):
+            raise DataError(f"data spec '{spec}': {path} has pixel values outside the whole numbers 0..16; {fix}")
+        if not (np.isin(labels, np.arange(10)).all()):
+            raise DataError(f"data spec '{spec}': {path} has labels outside the digits 0..9; {fix}")
+        self._pixels = np.round(pixels * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)
+        self._labels = labels.astype(np.int64)
+        in_train = np.zeros(len(table), dtype=bool)
+        for c in np.unique(self._labels):
+            rows = np.flatnonzero(self._labels == c)
+            in_train[rows[: round(_SKLEARN_DIGITS_TRAIN_FRACTION * len(rows))]] = True
+        self._rows = np.arange(len(table)) if split == "all" else np.flatnonzero(in_train == (split == "train"))
+        super().__init__(spec, [str(d) for d in range(10)], Transform.preset("sklearn-digits"))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def key(self, i: int) -> str:
+        return f"sklearn-digits/{self._rows[i]}"
+
+    def label(self, i: int) -> int:
+        return int(self._labels[self._rows[i]])
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self._pixels[self._rows[i]])
+
+
+_BUILTINS = {"mnist5k": Mnist5kSource, "sklearn-digits": SklearnDigitsSource}
+
+
 def parse_data_spec(spec: str) -> Source:
     """Open the source a data spec names (see ``DATA_SPEC_HELP``); SpecError when the spec is malformed."""
     kind, sep, rest = spec.partition(":")
@@ -375,11 +436,12 @@ def parse_data_spec(spec: str) -> Source:
         return TorchvisionSource(spec, parts[0], str(Path(parts[1]).expanduser()), parts[2] if len(parts) == 3 else "test")
     if kind == "builtin":
         name, _, split = rest.partition(":")
-        if name != "mnist5k":
-            raise SpecError(f"data spec '{spec}': unknown builtin {name!r}; the only builtin is mnist5k[:train|val|all]")
-        if split and split not in _MNIST5K_SPLITS:
-            raise SpecError(f"data spec '{spec}': unknown split {split!r}; use builtin:mnist5k:train, :val or :all")
-        return Mnist5kSource(spec, split or "val")
+        if name not in _BUILTINS:
+            choices = " or ".join(f"builtin:{n}[:train|val|all]" for n in _BUILTINS)
+            raise SpecError(f"data spec '{spec}': unknown builtin {name!r}; use {choices}")
+        if split and split not in _BUILTIN_SPLITS:
+            raise SpecError(f"data spec '{spec}': unknown split {split!r}; use builtin:{name}:train, :val or :all")
+        return _BUILTINS[name](spec, split or "val")
     raise SpecError(f"data spec '{spec}': unknown kind '{kind}'; {DATA_SPEC_HELP}")
 
 

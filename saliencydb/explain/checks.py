@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import QueryError
 from ..results import Result
-from ..saliency import ProfileEngine, RunningStats, standardize
+from ..saliency import ProfileEngine, RunningStats
+from ..saliency.normalise import dlogit_norms, prescale
 from ..saliency.input_space import random_units
 from ..saliency.variants import agreement, smoothgrad_profiles
 from .context import Explainer
@@ -297,12 +298,14 @@ def smoothgrad(ex: Explainer, sample_id: int, *, levels=SMOOTHGRAD_LEVELS, n: in
     s = ex.sample(sample_id)
     engine = ProfileEngine(ex.model, aggregate=ex.aggregate)
     plain = engine.profile(s.x, s.y)
-    z_plain = standardize(plain.raw.numpy(), ex.mean, ex.std)[0]
+    # SmoothGrad profiles are prescaled with the plain input's ||dL/dlogits|| (zscore-dlogit)
+    dlogit = dlogit_norms(plain.logits, s.y).numpy()
+    z_plain = ex.normaliser(plain.raw.numpy(), dlogit)[0]
     plain_pred = int(plain.pred[0])
     rows = []
     for level in levels:
         sg = smoothgrad_profiles(engine, s.x, s.y, level=level, n=n, seed=seed)
-        z = standardize(sg.raw.numpy(), ex.mean, ex.std)[0]
+        z = ex.normaliser(sg.raw.numpy(), dlogit)[0]
         preds = sg.preds[0].numpy()
         majority = int(np.bincount(preds, minlength=len(ex.class_names)).argmax())
         rows.append(NoiseLevel(level=level, noise_std=float(sg.noise_std[0]), **agreement(z_plain, z, k),
@@ -334,7 +337,8 @@ def _reference_stats(ex: Explainer, model: nn.Module, xs: torch.Tensor, ys: torc
     engine = ProfileEngine(model, aggregate=ex.aggregate)
     stats = RunningStats(ex.layout.n_units)
     for i in range(0, len(xs), 128):
-        stats.update(engine.profile(xs[i : i + 128], ys[i : i + 128]).raw.double().numpy())
+        out = engine.profile(xs[i : i + 128], ys[i : i + 128])
+        stats.update(prescale(out.raw.double().numpy(), ex.normalisation, dlogit_norms(out.logits, ys[i : i + 128]).numpy()))
     return stats.mean, stats.std
 
 

@@ -12,7 +12,8 @@ from ..data.sources import SourceCatalog
 from ..errors import QueryError
 from ..models.inference import predict
 from ..models.stored import load_stored_model
-from ..saliency import UnitLayout, standardize
+from ..saliency import UnitLayout
+from ..saliency.normalise import Normaliser
 from ..saliency.input_space import input_saliency
 
 
@@ -38,6 +39,7 @@ class Explainer:
         self.db = db
         m = db.manifest
         self.mean, self.std = db.stats
+        self.normalisation = db.normalisation
         self.layout = UnitLayout.from_dict(m.units)
         self.aggregate = m.aggregate
         self.transform = Transform.from_dict(m.model.transform)
@@ -69,7 +71,7 @@ class Explainer:
     def sample(self, sample_id: int) -> StoredSample:
         meta = self.db.sample(sample_id)
         x = self.image_tensor(meta["split"], meta["key"])
-        z = standardize(self.db.rows("raw_profile", [sample_id]), self.mean, self.std)[0]
+        z = self.db.z([sample_id])[0]
         return StoredSample(meta, x, z)
 
     def samples(self, ids) -> list[StoredSample]:
@@ -122,12 +124,18 @@ class Explainer:
                          "z": round(float(z[int(u)]), 4)})
         return rows
 
+    @property
+    def normaliser(self) -> Normaliser:
+        """Raw profiles -> standardised profiles, as the database's view standardises them."""
+        return Normaliser(self.normalisation, self.mean, self.std)
+
     # -- model --------------------------------------------------------------------------
     def input_map(self, x: torch.Tensor, y: torch.Tensor, *, units=None, top_k: int = 10, model=None,
                   mean=None, std=None) -> np.ndarray:
         """Input-space saliency (B, H, W) with the database's statistics (or the given ones)."""
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
-                              self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate).numpy()
+                              self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate,
+                              normalisation=self.normalisation).numpy()
 
     def confidences(self, x: torch.Tensor, y: torch.Tensor, model=None) -> dict[str, np.ndarray]:
         """Predicted label, true-class and predicted-class softmax probability per row of ``x``."""

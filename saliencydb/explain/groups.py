@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import QueryError
 from ..results import Result
 from ..saliency import UnitLayout, standardize
+from ..saliency.normalise import prescale
 
 
 @dataclass
@@ -50,14 +51,17 @@ class GroupProfiles(Result):
 def mean_profile(db, ids: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
     """Mean standardised profile of the samples ``ids`` (None when there are none), read in bounded chunks.
 
-    Standardisation is affine, so this is the standardised mean raw profile (summed in float64)."""
+    Standardisation is affine in the prescaled profile, so this is the standardised mean prescaled
+    profile (summed in float64)."""
     if len(ids) == 0:
         return None
+    norm = db.normaliser
     total = np.zeros(db.manifest.n_units, dtype=np.float64)
     for i in range(0, len(ids), chunk):
-        total += db.rows("raw_profile", ids[i : i + chunk]).astype(np.float64).sum(0)
-    mean, std = db.stats
-    return standardize(total / len(ids), mean, std)
+        sel = ids[i : i + chunk]
+        dlogit = db.dlogit_norms(sel) if norm.needs_dlogit else None
+        total += prescale(db.rows("raw_profile", sel), norm.name, dlogit).sum(0)
+    return standardize(total / len(ids), norm.mean, norm.std)
 
 
 def group_profiles(db, *, split: str | None = None, cluster: int | None = None) -> GroupProfiles:

@@ -14,10 +14,11 @@ import pyarrow as pa
 from ..data.sources import Source
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
-from ..saliency import RunningStats, UnitLayout, l2_normalize, standardize
+from ..saliency import RunningStats, UnitLayout, l2_normalize
+from ..saliency.normalise import Normaliser, prescale
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
-from ..storage import DatabaseWriter, iter_profiles, read_index, read_stats, write_index
+from ..storage import DatabaseWriter, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
 from ..storage.indexes import build_index, kind_of
 
 
@@ -58,13 +59,14 @@ class PartWriter:
     def __init__(self, m: Manifest, split: str, source: Source, write_file: Callable[[pa.Table], str],
                  with_stats: bool):
         self.split, self.source, self.write_file, self.with_stats = split, source, write_file, with_stats
-        self.n_units, self.class_names = m.n_units, m.class_names
+        self.n_units, self.class_names, self.normalisation = m.n_units, m.class_names, m.profile_normalisation
         self.schema = samples_schema(m.n_units, m.feature_dim)
 
     def write(self, cols: dict[str, np.ndarray], ids: np.ndarray) -> WrittenPart:
         rel = self.write_file(part_table(cols, ids, self.split, self.source, self.class_names, self.schema))
         entry = PartEntry(file=rel, split=self.split, rows=len(ids), min_id=int(ids.min()), max_id=int(ids.max()))
-        stats = RunningStats(self.n_units).update(cols["raw"]) if self.with_stats else None
+        stats = (RunningStats(self.n_units).update(prescale(cols["raw"], self.normalisation, cols["dlogit_norm"]))
+                 if self.with_stats else None)
         return WrittenPart(entry, stats, int((cols["label"] == cols["pred"]).sum()))
 
 
@@ -98,6 +100,7 @@ def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source:
             "pred_conf": cols["pred_conf"],
             "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
             "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size),
+            "dlogit_norm": cols["dlogit_norm"].astype(np.float32),
         },
         schema=schema,
     )
@@ -113,17 +116,26 @@ def write_stats(writer: DatabaseWriter, stats: RunningStats, splits: list[str], 
     m.stats = StatsEntry(file=rel, splits=splits, count=stats.count, frozen=frozen)
 
 
-def split_stats(writer: DatabaseWriter, split: str, run_stats: dict[str, RunningStats]) -> RunningStats:
-    """Statistics over every part of ``split``: merged from this run's parts, read back for the others."""
+def profile_stats(writer: DatabaseWriter, files: list[str], run_stats: dict[str, RunningStats] | None = None,
+                  task=None) -> RunningStats:
+    """Statistics of the prescaled profiles (the database's normalisation) of the parts ``files``:
+    merged from ``run_stats`` (this run's parts), read back for the others."""
     m = writer.manifest
     stats = RunningStats(m.n_units)
-    for rel in m.part_files(split):
-        if rel in run_stats:
+    for rel in files:
+        if run_stats is not None and rel in run_stats:
             stats.merge(run_stats[rel])
-        else:
-            for _, rows in iter_profiles(writer.path, m, files=[rel]):
-                stats.update(rows)
+            continue
+        for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=[rel]):
+            stats.update(prescale(raw, m.profile_normalisation, dlogit))
+            if task is not None:
+                task.advance(len(ids))
     return stats
+
+
+def split_stats(writer: DatabaseWriter, split: str, run_stats: dict[str, RunningStats]) -> RunningStats:
+    """Statistics over every part of ``split``: merged from this run's parts, read back for the others."""
+    return profile_stats(writer, writer.manifest.part_files(split), run_stats)
 
 
 def finish(writer: DatabaseWriter, plan, run_stats: dict[str, RunningStats], rebuild: bool, settings) -> None:
@@ -149,13 +161,13 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
     m = writer.manifest
     if m.stats is None or m.rows() == 0:
         return
-    mean, std = read_stats(writer.path, m)
+    normaliser = Normaliser(m.profile_normalisation, *read_stats(writer.path, m))
     for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
         if dim:
-            _update_index(writer, space, (mean, std), kind, progress or NullProgress(), rebuild)
+            _update_index(writer, space, normaliser, kind, progress or NullProgress(), rebuild)
 
 
-def _update_index(writer: DatabaseWriter, space: str, stats, kind: str | None, progress: Progress,
+def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, kind: str | None, progress: Progress,
                   rebuild: bool) -> None:
     m = writer.manifest
     dim = m.n_units if space == "saliency" else m.feature_dim
@@ -174,9 +186,13 @@ def _update_index(writer: DatabaseWriter, space: str, stats, kind: str | None, p
     task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
 
     def chunks():
-        column = "raw_profile" if space == "saliency" else "feature"
-        for ids, rows in iter_profiles(writer.path, m, column=column, files=files):
-            yield ids, l2_normalize(standardize(rows, *stats) if space == "saliency" else rows)
+        if space == "saliency":
+            for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=files):
+                yield ids, l2_normalize(normaliser(raw, dlogit))
+                task.advance(len(ids))
+            return
+        for ids, rows in iter_profiles(writer.path, m, column="feature", files=files):
+            yield ids, l2_normalize(rows)
             task.advance(len(ids))
 
     index = build_index(dim, chunks, space_kind, m.rows(), base=base)

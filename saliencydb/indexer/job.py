@@ -30,6 +30,7 @@ from ..results import Result
 from ..saliency import RunningStats
 from ..schemas.manifest import SplitEntry
 from ..saliency.aggregates import check_aggregate
+from ..saliency.normalise import check_normalisation
 from ..storage import DatabaseWriter, iter_part_batches, read_current
 from ..storage.indexes import INDEX_KINDS
 from .commit import PartWriter, RowBuffer, WrittenPart, failures_table, finish, job_table, list_part
@@ -100,7 +101,8 @@ class Indexer:
     def __init__(self, db: str | os.PathLike, *, model: str | None = None, weights: str | None = None,
                  transform: str | None = None, num_classes: int | None = None, device: str = "auto",
                  batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str = "flat",
-                 aggregate: str | None = None, progress: Progress | None = None, wait: bool = False,
+                 aggregate: str | None = None, normalisation: str | None = None, progress: Progress | None = None,
+                 wait: bool = False,
                  random_weights: bool = False, classes: str | os.PathLike | None = None):
         if batch_size < 1:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
@@ -113,6 +115,7 @@ class Indexer:
         self.choice = ModelChoice(spec=model, weights=weights, transform=transform, num_classes=num_classes,
                                   classes=read_class_names(classes) if classes is not None else None,
                                   aggregate=None if aggregate is None else check_aggregate(aggregate),
+                                  normalisation=None if normalisation is None else check_normalisation(normalisation),
                                   random_weights=random_weights)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",

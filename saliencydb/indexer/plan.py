@@ -49,6 +49,7 @@ class ModelChoice:
     num_classes: int | None = None
     classes: list[str] | None = None
     aggregate: str | None = None
+    normalisation: str | None = None
     random_weights: bool = False
 
 
@@ -105,6 +106,9 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
             )
     if choice.aggregate is not None and choice.aggregate != manifest.aggregate:
         raise SpecError(f"database '{db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
+    if choice.normalisation is not None and choice.normalisation != manifest.profile_normalisation:
+        raise SpecError(f"database '{db}' uses the {manifest.profile_normalisation} normalisation; omit --normalisation, "
+                        f"or switch the whole database with `saliencydb restat --db {db} --normalisation {choice.normalisation}`")
     if choice.transform is not None and Transform.parse(choice.transform).to_dict() != manifest.model.transform:
         if manifest.rows() == 0 and not manifest.pending:
             raise SpecError(f"database '{db}' has no samples yet: to start over with this transform, pass "
@@ -129,7 +133,8 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
     probe(loaded, transform, source)  # before anything is written
     layout = UnitLayout.from_module(loaded.module)
     manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE),
-                        units=layout.to_dict(), feature_dim=feature_dim(loaded, transform))
+                        units=layout.to_dict(), feature_dim=feature_dim(loaded, transform),
+                        normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation)
     _name_classes(manifest, loaded, source, choice.classes)
     return manifest, loaded, transform
 

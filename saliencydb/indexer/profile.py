@@ -12,6 +12,7 @@ from ..errors import ModelError
 from ..models.inference import outputs_from_logits
 from ..models.loading import LoadedModel
 from ..saliency import ProfileEngine, UnitLayout, reference_profiles
+from ..saliency.normalise import dlogit_norms
 from ..schemas import Manifest
 
 
@@ -39,7 +40,8 @@ class Profiler:
             raise ModelError(f"profiling a batch of inputs of shape {tuple(x.shape)} failed ({type(e).__name__}: {text}); "
                              "committed samples are kept. Check the model and its --transform, or lower --batch-size "
                              "if memory ran out") from None
-        finite = np.isfinite(rows["loss"]) & np.isfinite(rows["raw"]).all(1) & np.isfinite(rows["feature"]).all(1)
+        finite = (np.isfinite(rows["loss"]) & np.isfinite(rows["dlogit_norm"]) & np.isfinite(rows["raw"]).all(1)
+                  & np.isfinite(rows["feature"]).all(1))
         for i in idx.numpy()[~finite].tolist():
             failures.append((self.source.key(i), "non-finite loss, profile or feature"))
         if not finite.any():
@@ -72,6 +74,7 @@ class Profiler:
             outs = outputs_from_logits(logits, y)
             return {
                 "raw": raw.cpu().numpy(), "feature": torch.zeros(len(x), 0).numpy(),
+                "dlogit_norm": dlogit_norms(logits, y).cpu().numpy().astype(np.float32),
                 **{k: v.cpu().numpy().astype(np.float32) if v.is_floating_point() else v.cpu().numpy() for k, v in outs.items()},
             }
         out = self.engine.profile(x, y)
@@ -82,6 +85,7 @@ class Profiler:
             "pred": out.pred.cpu().numpy(),
             "true_conf": out.true_conf.cpu().numpy().astype(np.float32),
             "pred_conf": out.pred_conf.cpu().numpy().astype(np.float32),
+            "dlogit_norm": dlogit_norms(out.logits, y).cpu().numpy().astype(np.float32),
         }
 
 

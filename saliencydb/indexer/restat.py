@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from ..errors import SpecError
 from ..progress import NullProgress, Progress
 from ..results import Result
-from ..saliency import RunningStats
-from ..storage import DatabaseWriter, iter_profiles
-from .commit import update_indexes, write_stats
+from ..saliency.normalise import DEFAULT_NORMALISATION, check_normalisation
+from ..storage import DatabaseWriter
+from .commit import profile_stats, update_indexes, write_stats
 
 
 @dataclass
@@ -19,14 +19,19 @@ class RestatResult(Result):
     splits: list[str]  # the splits the statistics are computed over
     count: int  # their samples
     indexes: dict[str, int]  # space -> vectors in the rebuilt index
+    normalisation: str = "zscore"  # the profile normalisation the statistics are of
 
 
-def restat(db: str | os.PathLike, splits: list[str] | str | None = None, *, progress: Progress | None = None,
-           wait: bool = False) -> RestatResult:
+def restat(db: str | os.PathLike, splits: list[str] | str | None = None, *, normalisation: str | None = None,
+           progress: Progress | None = None, wait: bool = False) -> RestatResult:
     """Recompute the standardisation statistics over ``splits`` (a list, or comma-separated names as
     ``--splits`` takes them; default: all) and rebuild the indexes, in one atomic commit; the new
-    statistics are frozen. The derived tables, computed with the old statistics, are dropped."""
+    statistics are frozen. ``normalisation``: switch the database to that profile normalisation
+    (saliency.normalise; None keeps its own). The derived tables, computed with the old
+    statistics, are dropped."""
     progress = progress or NullProgress()
+    if normalisation is not None:
+        normalisation = check_normalisation(normalisation)
     if isinstance(splits, str):
         splits = splits.split(",")
     with DatabaseWriter(db, wait=wait, operation="restat") as writer:
@@ -41,14 +46,14 @@ def restat(db: str | os.PathLike, splits: list[str] | str | None = None, *, prog
         files = [p.file for p in m.parts if p.split in set(chosen)]
         if not files:
             raise SpecError(f"splits {', '.join(chosen)} hold no samples; index some first")
-        stats = RunningStats(m.n_units)
+        if normalisation is not None:
+            m.normalisation = None if normalisation == DEFAULT_NORMALISATION else normalisation
         task = progress.task("statistics", sum(p.rows for p in m.parts if p.file in set(files)))
-        for ids, rows in iter_profiles(writer.path, m, files=files):
-            stats.update(rows)
-            task.advance(len(ids))
+        stats = profile_stats(writer, files, task=task)
         task.close()
         write_stats(writer, stats, chosen, frozen=True)
         update_indexes(writer, progress=progress, rebuild=True)
         writer.drop_derived()  # computed with the old statistics
         writer.commit()
-        return RestatResult(splits=chosen, count=stats.count, indexes={k: v.ntotal for k, v in m.indexes.items()})
+        return RestatResult(splits=chosen, count=stats.count, indexes={k: v.ntotal for k, v in m.indexes.items()},
+                            normalisation=m.profile_normalisation)

@@ -9,20 +9,21 @@ from .bench import Bench
 from .editor import FilterEditor
 from .figures import validate_figure
 from .filters import (CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, choose_filters,
-                      describe_units, least_salient_filters, parse_eps, parse_ks, random_filters, salient_filters)
+                      describe_units, draw_seed, least_salient_filters, parse_eps, parse_ks, random_filters, salient_filters)
 from .groups import ClusterEffect, GroupAttempt, GroupFix, fix_group, group_records
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, METHODS, edited, grad_scales
 from .record import attempts_table, new_run_id, write_attempts
 from .sample import Attempt, Intervention, InterventionSample, intervene, sample_attempts, sample_records
-from .sweep import Estimate, PairedDifference, Validation, ValidationRow, bootstrap, bootstrap_ci, validate
+from .sweep import (Estimate, PairedDifference, Validation, ValidationRow, bootstrap, bootstrap_ci, check_draws,
+                    validate)
 
 __all__ = [
     "AdversarialAgreement", "AdversarialProfiles", "AgreementRow", "adversarial_agreement", "adversarial_profiles",
     "Bench", "FilterEditor", "validate_figure",
     "CHOICES", "LEAST_SALIENT", "RANDOM", "SALIENT", "WHOLE_NETWORK", "check_k", "choose_filters",
-    "describe_units", "least_salient_filters", "parse_eps", "parse_ks", "random_filters", "salient_filters",
+    "describe_units", "draw_seed", "least_salient_filters", "parse_eps", "parse_ks", "random_filters", "salient_filters",
     "ClusterEffect", "GroupAttempt", "GroupFix", "fix_group", "group_records",
     "DEFAULT_LR", "DEFAULT_SIGMA", "METHODS", "edited", "grad_scales", "attempts_table", "new_run_id",
     "write_attempts", "Attempt", "Intervention", "InterventionSample", "intervene", "sample_attempts", "sample_records",
-    "Estimate", "PairedDifference", "Validation", "ValidationRow", "bootstrap", "bootstrap_ci", "validate",
+    "Estimate", "PairedDifference", "Validation", "ValidationRow", "bootstrap", "bootstrap_ci", "check_draws", "validate",
 ]

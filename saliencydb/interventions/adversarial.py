@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import QueryError
 from ..progress import NullProgress
 from ..results import Result
-from ..saliency import UnitLayout, standardize
+from ..saliency import UnitLayout
 from ..models.modes import evaluating
 from ..saliency.variants import agreement
 from .editor import FilterEditor
@@ -159,6 +159,9 @@ def adversarial_agreement(bench, *, split: str | None = None, limit: int | None 
     bench.prepare(ids)
     raw = db.rows("raw_profile", ids).astype(np.float64)
     z = bench.z(ids)
+    # the database's normalisation; zscore-dlogit prescales with the sample's stored ||dL/dlogits||
+    norm = db.normaliser
+    dlogit = db.dlogit_norms(ids) if norm.needs_dlogit else None
     x, y = bench.inputs(ids), torch.as_tensor(bench.labels(ids))
     progress = progress or NullProgress()
     task = progress.task(f"adversarial profiles of {len(ids)} samples", len(eps) * 2 * len(ids), unit="samples")
@@ -168,7 +171,7 @@ def adversarial_agreement(bench, *, split: str | None = None, limit: int | None 
             adv = adversarial_profiles(bench.model, x, y, e, steps=steps, maximize=maximize, layout=bench.layout,
                                        editor=bench.editor)
             task.advance(len(ids))
-            rows.append(_agreement_row(adv, e, maximize, raw, z, bench.ex.mean, bench.ex.std))
+            rows.append(_agreement_row(adv, e, maximize, raw, z, lambda v: norm(v, dlogit)))
     task.close()
     return AdversarialAgreement(split=split, samples=int(len(ids)), steps=steps, seed=seed, top_k=TOP_K,
                                 sample_ids=[int(i) for i in ids], table=rows)
@@ -183,11 +186,11 @@ def _attacked_samples(db, split: str | None, limit: int | None, seed: int) -> np
 
 
 def _agreement_row(adv: AdversarialProfiles, e: float, maximize: bool, raw: np.ndarray, z: np.ndarray,
-                   mean: np.ndarray, std: np.ndarray) -> AgreementRow:
+                   standardise) -> AgreementRow:
     """Mean agreement of the batch's adversarial profiles with the stored raw (``raw``) and standardised (``z``) ones."""
     n = len(raw)
     a = adv.raw.double().numpy()
-    za = standardize(a * (adv.grad_norm.double().numpy() / e)[:, None], mean, std)
+    za = standardise(a * (adv.grad_norm.double().numpy() / e)[:, None])
     raw_agree = [agreement(a[i], raw[i], TOP_K) for i in range(n)]
     z_agree = [agreement(za[i], z[i], TOP_K) for i in range(n)]
     return AgreementRow(

@@ -21,7 +21,6 @@ from ..explain.context import Explainer
 from ..models.inference import logits_of, predict
 from ..models.modes import evaluating
 from ..query.lists import neighbor_lists
-from ..saliency import standardize
 from .editor import FilterEditor
 
 DEFAULT_BATCH = 256
@@ -106,7 +105,7 @@ class Bench:
 
     def z(self, ids) -> np.ndarray:
         """Standardised stored profiles (n, U) of ``ids``."""
-        return standardize(self.db.rows("raw_profile", _ids(ids)), self.ex.mean, self.ex.std)
+        return self.db.z(_ids(ids))
 
     # -- the (possibly edited) model ------------------------------------------------------------
     def evaluate(self, ids) -> dict[str, np.ndarray]:

@@ -37,6 +37,8 @@ def validate_figure(result, out: str | Path) -> Path:
             if not stats:
                 continue
             colour, marker, label = STYLE[name]
+            if name == RANDOM and getattr(result, "random_draws", 1) > 1:
+                label += f" (mean of {result.random_draws} draws)"
             if name == WHOLE_NETWORK:
                 s = stats[0][1]
                 ax.axhline(s.mean, color=colour, linestyle="--", linewidth=1.4, label=label)

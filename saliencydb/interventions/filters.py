@@ -79,6 +79,13 @@ def random_filters(n_units: int, k: int, exclude: np.ndarray, seed) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(pool, size=k, replace=False)).astype(np.int64)
 
 
+def draw_seed(seed: int, sample_id: int, k: int, draw: int = 0) -> list[int]:
+    """The seed of draw ``draw`` of the random control of one sample at one k: ``[seed, sample_id, k]`` for the
+    first draw (the single draw of earlier versions), ``[seed, sample_id, k, draw]`` for the others."""
+    key = [int(seed), int(sample_id), int(k)]
+    return key if draw == 0 else key + [int(draw)]
+
+
 def choose_filters(z: np.ndarray, k: int, seed) -> dict[str, np.ndarray]:
     """The three filter choices for profile ``z`` at ``k``: salient, random (outside the salient set), least salient."""
     z = np.asarray(z)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..results import Result
 from .bench import Bench
-from .filters import WHOLE_NETWORK, check_k, choose_filters
+from .filters import RANDOM, SALIENT, WHOLE_NETWORK, check_k, choose_filters, draw_seed, random_filters
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, check_method, check_params, edited, grad_scales, noise_generator
 
 DEFAULT_NEIGHBORS = 10
@@ -91,31 +91,47 @@ class Intervention(Result):
 
 
 def sample_attempts(bench: Bench, sample_id: int, method: str, ks, *, z: np.ndarray, lr: float = DEFAULT_LR,
-                    sigma: float = DEFAULT_SIGMA, seed: int = 0, neighbors: np.ndarray | None = None) -> list[Attempt]:
+                    sigma: float = DEFAULT_SIGMA, seed: int = 0, neighbors: np.ndarray | None = None,
+                    random_draws: int = 1) -> list[Attempt]:
     """Every filter choice at every k (and, for finetune, the whole-network step) on one sample.
 
     The caller has ``prepare``d the sample and its ``neighbors`` (used by finetune: they are scored under
     each edited model in the same forward pass as the sample). The sample's gradient is computed once and
-    shared by all choices and ks; each edit is undone before the next."""
+    shared by all choices and ks; each edit is undone before the next. With ``random_draws`` N > 1, each k
+    has N random attempts: draw 0 (seed ``[seed, sample_id, k]``) in the order of the choices, draws 1..N-1
+    (seeds ``draw_seed(seed, sample_id, k, d)``) after the least-salient attempt; finetune rescales each
+    draw's gradient to the salient norm."""
     ids = np.array([sample_id], dtype=np.int64)
     if neighbors is not None:
         ids = np.concatenate([ids, np.asarray(neighbors, dtype=np.int64)])
     grads = bench.gradient([sample_id]) if method == "finetune" else None
+    edit = dict(bench=bench, method=method, ids=ids, grads=grads, lr=lr, sigma=sigma)
     rows = []
     for k in ks:
-        choices = choose_filters(z, k, [seed, sample_id, k])
+        choices = choose_filters(z, k, draw_seed(seed, sample_id, k))
         scales = grad_scales(bench.editor, choices, grads) if grads is not None else {c: None for c in choices}
         for ci, (name, units) in enumerate(choices.items()):
-            scale = 1.0 if scales[name] is None else scales[name]
-            with edited(bench.editor, method, units, grads=grads, lr=lr, scale=scale, sigma=sigma,
-                        generator=noise_generator(seed, sample_id, k, ci)):
-                ev = bench.evaluate(ids)
-            rows.append(attempt_row(k, name, units, scales[name], ev, bench.class_names))
+            rows.append(_attempt(k, name, units, scales[name], noise_generator(seed, sample_id, k, ci), **edit))
+        random_ci = list(choices).index(RANDOM)
+        for d in range(1, random_draws):
+            units = random_filters(len(z), k, choices[SALIENT], draw_seed(seed, sample_id, k, d))
+            scale = (grad_scales(bench.editor, {SALIENT: choices[SALIENT], RANDOM: units}, grads)[RANDOM]
+                     if grads is not None else None)
+            rows.append(_attempt(k, RANDOM, units, scale, noise_generator(seed, sample_id, k, random_ci, d), **edit))
     if method == "finetune":
         with edited(bench.editor, method, None, grads=grads, lr=lr):
             ev = bench.evaluate(ids)
         rows.append(attempt_row(None, WHOLE_NETWORK, np.array([], dtype=np.int64), None, ev, bench.class_names))
     return rows
+
+
+def _attempt(k: int, name: str, units: np.ndarray, scale, generator, *, bench: Bench, method: str, ids: np.ndarray,
+             grads, lr: float, sigma: float) -> Attempt:
+    """One edit of the model (undone afterwards), scored on ``ids`` (the target first)."""
+    with edited(bench.editor, method, units, grads=grads, lr=lr, scale=1.0 if scale is None else scale, sigma=sigma,
+                generator=generator):
+        ev = bench.evaluate(ids)
+    return attempt_row(k, name, units, scale, ev, bench.class_names)
 
 
 def attempt_row(k, filters: str, units: np.ndarray, scale, ev: dict, class_names) -> Attempt:

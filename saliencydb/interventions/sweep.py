@@ -1,10 +1,13 @@
 """Dataset-level validation of the salient filters (paper figures 10, 16, 17): the same intervention on
 every misclassified (or, as in A.2, correctly classified) sample of a split, over a range of k, with
-percentile-bootstrap 95% intervals per filter choice."""
+percentile-bootstrap 95% intervals per filter choice.
+
+The random control of a sample at one k is the mean over ``random_draws`` independent seeded draws of k
+filters (``filters.draw_seed``); the intervals and the paired differences are over the samples' values."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,7 +76,11 @@ class PairedDifference(Result):
 
 @dataclass
 class Validation(Result):
-    """A ``validate`` result. ``table`` is the JSON document's ``rows``."""
+    """A ``validate`` result. ``table`` is the JSON document's ``rows``. ``per_sample`` (not in the JSON):
+    per (k, filter choice), each metric's value per sample, in the order of ``sample_ids`` (the random
+    control's: the mean over its draws)."""
+
+    internal = ("sample_ids", "per_sample")
 
     split: str
     method: str
@@ -82,6 +89,7 @@ class Validation(Result):
     ks: list[int]
     bootstrap: int
     seed: int
+    random_draws: int  # random-control draws per sample and k; a sample's random value is their mean
     lr: float | None
     sigma: float | None
     neighbors: int | None
@@ -90,6 +98,8 @@ class Validation(Result):
     table: list[ValidationRow]
     paired_delta_true_conf: list[PairedDifference]
     out: str | None = None  # the figure, when one was written (left out of the JSON otherwise)
+    sample_ids: list[int] = field(default_factory=list, repr=False)
+    per_sample: dict[tuple, dict[str, list]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         doc = {("rows" if key == "table" else key): value for key, value in super().to_dict().items()}
@@ -122,6 +132,13 @@ def bootstrap_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
     return bootstrap(values, n_boot, rng).to_dict()
 
 
+def check_draws(random_draws) -> int:
+    """``--random-draws``: a whole number of at least 1."""
+    if isinstance(random_draws, bool) or not isinstance(random_draws, (int, np.integer)) or random_draws < 1:
+        raise QueryError(f"--random-draws must be at least 1, got {random_draws}")
+    return int(random_draws)
+
+
 def select_samples(db, split: str, *, correct: bool = False, limit: int | None = None, seed: int = 0) -> np.ndarray:
     """The misclassified (or correct) samples of ``split``; with ``limit``, a seeded random subset of them."""
     ids = db.ids_where("correct" if correct else "NOT correct", split)
@@ -133,11 +150,14 @@ def select_samples(db, split: str, *, correct: bool = False, limit: int | None =
 
 def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: bool = False, limit: int | None = None,
              n_boot: int = 1000, seed: int = 0, lr: float = DEFAULT_LR, sigma: float = DEFAULT_SIGMA,
-             n_neighbors: int = DEFAULT_NEIGHBORS, progress=None) -> Validation:
+             n_neighbors: int = DEFAULT_NEIGHBORS, random_draws: int = 1, progress=None) -> Validation:
     """Run ``method`` on the salient, random and least-salient filters of every selected sample at every k
-    (and the whole-network step for finetune); summarise per (k, filter choice) with bootstrap intervals."""
+    (and the whole-network step for finetune); summarise per (k, filter choice) with bootstrap intervals.
+    The random control is ``random_draws`` seeded draws per sample and k, averaged per sample (1: one draw,
+    seeded ``[seed, sample_id, k]`` as in earlier versions)."""
     check_method(method)
     check_params(lr, sigma)
+    random_draws = check_draws(random_draws)
     if n_boot < 1:
         raise QueryError(f"--bootstrap must be at least 1, got {n_boot}")
     ks = sorted({check_k(k, bench.n_units, "--ks value") for k in ks})
@@ -147,17 +167,18 @@ def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: b
     neighbors = _prepare(bench, ids, method, n_neighbors)
     base = bench.baseline(ids)
     per = _collect(bench, ids, method, ks, neighbors, split=split, lr=lr, sigma=sigma, seed=seed,
-                   progress=progress or NullProgress())
+                   random_draws=random_draws, progress=progress or NullProgress())
     rng = np.random.default_rng(seed)
     table = _summarise(per, ks, method, n_boot, rng)
     return Validation(
         split=split, method=method, samples=int(len(ids)), which="correct" if correct else "misclassified", ks=ks,
-        bootstrap=n_boot, seed=seed, lr=lr if method == "finetune" else None,
+        bootstrap=n_boot, seed=seed, random_draws=random_draws, lr=lr if method == "finetune" else None,
         sigma=sigma if method == "perturb" else None, neighbors=n_neighbors if method == "finetune" else None,
         baseline_accuracy_of_selected=float(base["correct"].mean()),
         # recomputed correctness that differs from the stored one
         baseline_mismatches=int((base["correct"] != correct).sum()),
         table=table, paired_delta_true_conf=_paired(per, ks, n_boot, rng),
+        sample_ids=[int(i) for i in ids], per_sample=per,
     )
 
 
@@ -172,22 +193,41 @@ def _prepare(bench: Bench, ids: np.ndarray, method: str, n_neighbors: int) -> np
 
 
 def _collect(bench: Bench, ids: np.ndarray, method: str, ks: list[int], neighbors, *, split: str, lr: float,
-             sigma: float, seed: int, progress) -> dict[tuple, dict[str, list]]:
-    """Every attempt on every sample: per (k, filter choice), the per-sample values of each metric."""
+             sigma: float, seed: int, random_draws: int, progress) -> dict[tuple, dict[str, list]]:
+    """Every attempt on every sample: per (k, filter choice), the per-sample values of each metric (for a
+    choice tried several times on a sample, the random control, the mean over its attempts)."""
     z = bench.z(ids)
     per: dict[tuple, dict[str, list]] = {}
     task = progress.task(f"{method} on {len(ids)} samples of {split}", len(ids), unit="samples")
     for i, sid in enumerate(ids.tolist()):
         attempts = sample_attempts(bench, sid, method, ks, z=z[i], lr=lr, sigma=sigma, seed=seed,
-                                   neighbors=None if neighbors is None else neighbors[i])
-        for a in attempts:
-            cell = per.setdefault((a.k, a.filters), {m: [] for m in METRICS + NEIGHBOR_METRICS})
-            for m, values in cell.items():
-                value = getattr(a, m)
-                values.append(None if value is None else float(value))
+                                   neighbors=None if neighbors is None else neighbors[i], random_draws=random_draws)
+        for key, values in _per_attempt_values(attempts).items():
+            cell = per.setdefault(key, {m: [] for m in METRICS + NEIGHBOR_METRICS})
+            for m, vs in values.items():
+                cell[m].append(_mean(vs))
         task.advance(1)
     task.close()
     return per
+
+
+def _per_attempt_values(attempts) -> dict[tuple, dict[str, list]]:
+    """The attempts on one sample grouped by (k, filter choice): each metric's value per attempt."""
+    grouped: dict[tuple, dict[str, list]] = {}
+    for a in attempts:
+        cell = grouped.setdefault((a.k, a.filters), {m: [] for m in METRICS + NEIGHBOR_METRICS})
+        for m, values in cell.items():
+            value = getattr(a, m)
+            values.append(None if value is None else float(value))
+    return grouped
+
+
+def _mean(values: list) -> float | None:
+    """The mean of the values that are not None (None when there are none); one value is returned as it is."""
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else float(np.mean(kept))
 
 
 def _summarise(per: dict, ks: list[int], method: str, n_boot: int, rng: np.random.Generator) -> list[ValidationRow]:

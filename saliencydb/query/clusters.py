@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import QueryError
-from ..saliency import UnitLayout, l2_normalize, standardize
+from ..saliency import UnitLayout, l2_normalize
 from ..schemas import BLAME_SCHEMA, CLUSTERS_SCHEMA
 from ..storage.derived import store_derived
 from .results import ClustersResult, Confusion, ErrorGroup, Exemplar, LayerScore, UnitScore
@@ -29,10 +29,11 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     what = ("misclassified " if errors_only else "") + "samples" + (f" in split '{split}'" if split else "")
     if len(ids) < n_clusters:
         raise QueryError(f"--n-clusters {n_clusters} is more than the {len(ids)} {what}; lower --n-clusters")
-    mean, std = db.stats
-    z = standardize(db.rows("raw_profile", ids), mean, std)
+    z = db.z(ids)
     assign, sim = _kmeans(l2_normalize(z), ids, n_clusters, seed, niter)
     run = f"kmeans:k={n_clusters}:seed={seed}:" + ("errors" if errors_only else "all") + f":split={split or '*'}"
+    if db.normalisation != "zscore":  # the paper's needs no mark (and runs stored before the option have none)
+        run += f":norm={db.normalisation}"
 
     layout = UnitLayout.from_dict(db.manifest.units)
     layer_of = layout.layer_of(np.arange(layout.n_units))

@@ -16,12 +16,19 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..errors import DamagedError, QueryError
-from ..saliency import l2_normalize, standardize
+from ..errors import DamagedError, DatabaseError, QueryError, SpecError
+from ..saliency import UnitLayout, l2_normalize
+from ..saliency.normalise import Normaliser, check_normalisation, needs_dlogit, running_stats
 from ..schemas import TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
 from ..storage import Snapshot, fixed_list_to_numpy
 from ..storage.indexes import SPACES, build_index
 
+# the per-sample prescale of each normalisation in SQL (saliency.normalise.prescale; a zero scale is 1)
+_SCALE_SQL = {
+    "zscore": "1.0::DOUBLE",
+    "zscore-unitnorm": "coalesce(nullif(sqrt(list_inner_product(raw_profile::DOUBLE[], raw_profile::DOUBLE[])), 0), 1.0)",
+    "zscore-dlogit": "CASE WHEN dlogit_norm > 0 THEN dlogit_norm::DOUBLE WHEN dlogit_norm = 0 THEN 1.0 END",
+}
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (the top-k of the standardised profile)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 _PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
@@ -36,15 +43,25 @@ class Database:
 
     >>> db = saliencydb.open("./db")
     >>> db.sql("SELECT split, avg(correct::int) FROM samples GROUP BY split")
+
+    ``normalisation`` (saliency.normalise) other than the database's own: the statistics of that
+    normalisation are computed over the database's reference splits when it is opened, and every
+    standardised profile (neighbours, groups, the ``zscores`` view, top units) uses them, with an
+    exact flat index in place of the stored saliency index. Nothing is written under it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, as_of: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None):
         self.path = Path(path)
         self.snapshot = Snapshot(self.path, as_of)
         self.manifest: Manifest = self.snapshot.manifest
         self._indexes: dict = {}
         self.stale_indexes: dict[str, tuple[int, int]] = {}  # space -> (vectors in the index, committed rows)
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
+        try:
+            self.normalisation = check_normalisation(normalisation or self.manifest.profile_normalisation)
+        except SpecError as e:
+            self.snapshot.close()
+            raise QueryError(str(e)) from None
         try:
             self.con = duckdb.connect(":memory:")
             self._create_views()
@@ -68,7 +85,13 @@ class Database:
         m = self.manifest
         self._view("samples", m.part_files(), samples_schema(m.n_units, m.feature_dim),
                    "*, label_name || ' -> ' || pred_name AS confusion")
-        self._view("units", [m.stats.file] if m.stats else [], UNITS_SCHEMA)
+        if self.overridden and m.stats is not None:
+            mean, std = self.stats
+            units = pa.table({**UnitLayout.from_dict(m.units).columns(), "mean": mean, "std": std}, schema=UNITS_SCHEMA)
+            self.con.register("_units_data", units)
+            self.con.execute("CREATE OR REPLACE VIEW units AS SELECT * FROM _units_data")
+        else:
+            self._view("units", [m.stats.file] if m.stats else [], UNITS_SCHEMA)
         for name, schema in TABLE_SCHEMAS.items():
             self._view(name, m.tables.get(name, []), schema)
         names = m.class_names
@@ -76,10 +99,11 @@ class Database:
         self.con.execute("CREATE OR REPLACE VIEW classes AS SELECT * FROM _classes")
         # every sample's standardised profile, one row per (sample, unit); evaluated lazily
         self.con.execute(
-            """CREATE OR REPLACE VIEW zscores AS
+            f"""CREATE OR REPLACE VIEW zscores AS
                SELECT s.sample_id, u.unit_id, u.layer, u.layer_index, u.channel,
-                      (s.raw_profile[u.unit_id + 1] - u.mean) / u.std AS z
-               FROM samples s CROSS JOIN units u"""
+                      (s.raw_profile[u.unit_id + 1] / s._scale - u.mean) / u.std AS z
+               FROM (SELECT sample_id, raw_profile, {_SCALE_SQL[self.normalisation]} AS _scale FROM samples) s
+               CROSS JOIN units u"""
         )
         self.con.execute(
             f"""CREATE OR REPLACE VIEW salient_units AS
@@ -89,10 +113,11 @@ class Database:
         )
         # the standardised profile of one sample, one row per unit; and its top-k units
         self.con.execute(
-            """CREATE OR REPLACE MACRO profile(id) AS TABLE
+            f"""CREATE OR REPLACE MACRO profile(id) AS TABLE
                SELECT u.unit_id, u.layer, u.layer_index, u.channel, s.raw_profile[u.unit_id + 1] AS raw,
-                      (s.raw_profile[u.unit_id + 1] - u.mean) / u.std AS z
-               FROM samples s, units u WHERE s.sample_id = id ORDER BY u.unit_id"""
+                      (s.raw_profile[u.unit_id + 1] / s._scale - u.mean) / u.std AS z
+               FROM (SELECT sample_id, raw_profile, {_SCALE_SQL[self.normalisation]} AS _scale FROM samples) s, units u
+               WHERE s.sample_id = id ORDER BY u.unit_id"""
         )
         self.con.execute(
             """CREATE OR REPLACE MACRO top_units(id, k) AS TABLE
@@ -131,11 +156,55 @@ class Database:
 
     # -- vectors ------------------------------------------------------------------------
     @property
+    def overridden(self) -> bool:
+        """Whether this view's normalisation is not the database's own (its statistics computed on opening)."""
+        return self.normalisation != self.manifest.profile_normalisation
+
+    @property
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Frozen (mean, std) per unit."""
+        """Frozen (mean, std) per unit of this view's normalisation."""
         if self._stats is None:
-            self._stats = self.snapshot.read_stats()
+            self._stats = self._override_stats() if self.overridden else self.snapshot.read_stats()
         return self._stats
+
+    def _override_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        m = self.manifest
+        if m.stats is None:
+            raise DatabaseError(f"database '{self.path}' has no standardisation statistics yet; finish indexing its first split")
+        files = [p.file for p in m.parts if p.split in set(m.stats.splits)]
+        chunks = ((raw, dlogit) for _, raw, dlogit in self.snapshot.iter_raw_profiles(files=files))
+        try:
+            stats = running_stats(chunks, self.normalisation, m.n_units)
+        except SpecError as e:
+            raise QueryError(f"database '{self.path}' cannot use {self.normalisation}: {e}") from None
+        return stats.mean, stats.std
+
+    @property
+    def normaliser(self) -> Normaliser:
+        """Raw profiles -> standardised profiles, with this view's normalisation and statistics."""
+        return Normaliser(self.normalisation, *self.stats)
+
+    def z(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Standardised profiles (float32) of the given sample ids, in that order."""
+        return self.standardise(self.rows("raw_profile", ids), ids)
+
+    def standardise(self, raw: np.ndarray, ids: np.ndarray | list[int] | None = None,
+                    dlogit: np.ndarray | None = None) -> np.ndarray:
+        """Raw profiles of the samples ``ids`` (or with their ``dlogit`` norms) standardised."""
+        if dlogit is None and ids is not None and needs_dlogit(self.normalisation):
+            dlogit = self.dlogit_norms(ids)
+        try:
+            return self.normaliser(raw, dlogit)
+        except SpecError as e:
+            raise QueryError(f"database '{self.path}' cannot use {self.normalisation}: {e}") from None
+
+    def dlogit_norms(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """The stored ||dL/dlogits|| of the given sample ids, in that order (NaN where not stored)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        t = self._execute("SELECT sample_id, dlogit_norm FROM samples WHERE list_contains(?, sample_id)",
+                          [sorted(set(ids.tolist()))]).fetchall()
+        found = {int(i): np.nan if v is None else float(v) for i, v in t}
+        return np.array([found.get(int(i), np.nan) for i in ids], dtype=np.float64)
 
     def index(self, space: str):
         """The FAISS index of ``space`` (loaded once, on the CPU: single queries are cheap there, and
@@ -151,7 +220,9 @@ class Database:
             if entry is None:
                 raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
             rows = self.manifest.rows()
-            if entry.ntotal != rows:
+            if space == "saliency" and self.overridden:
+                self._indexes[space] = self._exact_index(space)
+            elif entry.ntotal != rows:
                 self.stale_indexes[space] = (entry.ntotal, rows)
                 self._indexes[space] = self._exact_index(space)
             else:
@@ -159,19 +230,23 @@ class Database:
         return self._indexes[space]
 
     def _exact_index(self, space: str):
-        column, dim = ("raw_profile", self.manifest.n_units) if space == "saliency" else ("feature", self.manifest.feature_dim)
-
         def chunks():
-            for ids, rows in self.snapshot.iter_profiles(column):
-                yield ids, self.search_vectors(space, rows)
+            if space == "saliency":
+                for ids, raw, dlogit in self.snapshot.iter_raw_profiles():
+                    yield ids, l2_normalize(self.standardise(raw, dlogit=dlogit))
+                return
+            for ids, rows in self.snapshot.iter_profiles("feature"):
+                yield ids, l2_normalize(rows)
 
-        return build_index(dim, chunks, "flat")
+        return build_index(self.manifest.n_units if space == "saliency" else self.manifest.feature_dim, chunks, "flat")
 
     def vectors(self, space: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """Search vectors of the given sample ids, in that order: standardised + L2-normalised
         profiles (saliency) or L2-normalised features (feature)."""
         check_space(space)
-        return self.search_vectors(space, self.rows("raw_profile" if space == "saliency" else "feature", ids))
+        if space == "saliency":
+            return l2_normalize(self.z(ids))
+        return l2_normalize(self.rows("feature", ids))
 
     def rows(self, column: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32.
@@ -200,11 +275,11 @@ class Database:
             raise QueryError(f"no sample with id {missing} in '{self.path}' ({self.manifest.rows()} samples)")
         return out
 
-    def search_vectors(self, space: str, rows: np.ndarray) -> np.ndarray:
-        """Raw profiles (or features) turned into the vectors the index of ``space`` holds."""
+    def search_vectors(self, space: str, rows: np.ndarray, dlogit: np.ndarray | None = None) -> np.ndarray:
+        """Raw profiles (with their ``dlogit`` norms, for zscore-dlogit) or features turned into the
+        vectors the index of ``space`` holds."""
         if space == "saliency":
-            mean, std = self.stats
-            rows = standardize(rows, mean, std)
+            rows = self.standardise(rows, dlogit=dlogit)
         return l2_normalize(rows)
 
     def sample(self, sample_id: int) -> dict:
@@ -359,6 +434,7 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def open(path: str | os.PathLike, *, as_of: int | None = None) -> Database:  # noqa: A001 - mirrors sqlite3.connect / lancedb.connect
-    """Open a database for reading: its current version, or ``as_of`` a kept commit."""
-    return Database(path, as_of=as_of)
+def open(path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None) -> Database:  # noqa: A001 - mirrors sqlite3.connect / lancedb.connect
+    """Open a database for reading: its current version, or ``as_of`` a kept commit; ``normalisation``:
+    see every profile through another normalisation than the database's (``Database``)."""
+    return Database(path, as_of=as_of, normalisation=normalisation)

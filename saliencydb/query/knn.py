@@ -41,13 +41,17 @@ def knn_graph(db, space: str, k: int, progress=None) -> Graph:
     """
     progress = progress or NullProgress()
     m = db.manifest
-    column = "raw_profile" if space == "saliency" else "feature"
     dim = m.n_units if space == "saliency" else m.feature_dim
     out_ids, out_nb, out_sim = [], [], []
     task = progress.task(f"neighbour graph ({space})", 2 * m.rows())
 
     def chunks(split):
-        for ids, rows in db.snapshot.iter_profiles(column, split=split, batch_rows=BLOCK_ROWS):
+        if space == "saliency":
+            for ids, raw, dlogit in db.snapshot.iter_raw_profiles(split=split, batch_rows=BLOCK_ROWS):
+                task.advance(len(ids))
+                yield ids, db.search_vectors(space, raw, dlogit)
+            return
+        for ids, rows in db.snapshot.iter_profiles("feature", split=split, batch_rows=BLOCK_ROWS):
             task.advance(len(ids))
             yield ids, db.search_vectors(space, rows)
 
@@ -108,7 +112,7 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     order = meta["sample_id"]
     spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
-    report = MistakesReport(k=k, bootstrap=n_boot, seed=seed)
+    report = MistakesReport(k=k, bootstrap=n_boot, seed=seed, normalisation=db.normalisation)
     for g in graphs:
         rng = np.random.default_rng(seed)
         q = np.searchsorted(order, g.ids)

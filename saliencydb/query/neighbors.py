@@ -123,6 +123,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.
     from ..data.sources import open_image
     from ..models.stored import load_stored_model
     from ..saliency import ProfileEngine
+    from ..saliency.normalise import dlogit_norms
 
     m = db.manifest
     names = m.class_names
@@ -146,4 +147,4 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.
                        pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),
                        true_conf=float(out.true_conf[0]), pred_conf=float(out.pred_conf[0]))
     raw = out.raw.numpy() if space == "saliency" else out.feature.numpy()
-    return query, db.search_vectors(space, raw)
+    return query, db.search_vectors(space, raw, dlogit=dlogit_norms(out.logits, out.pred.new_tensor([y])).numpy())

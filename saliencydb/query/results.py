@@ -171,6 +171,7 @@ class MistakesReport(Result):
     splits: dict[str, SplitShares] = field(default_factory=dict)
     base_commit: int | None = None
     stored: bool = False
+    normalisation: str = "zscore"  # the profile normalisation of the saliency space
 
     def rows(self) -> list[dict]:
         """One row per split, space and group (correctly or incorrectly classified)."""

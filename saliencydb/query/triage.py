@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import QueryError
-from ..saliency import UnitLayout, standardize
+from ..saliency import UnitLayout
 from ..schemas import TRIAGE_SCHEMA
 from ..storage.derived import store_derived
 from .results import GroupCount, LayerDrift, TriageResult
@@ -19,11 +19,10 @@ RADIUS_QUANTILE = 5  # a new mistake joins a group when it is closer than the gr
 def layer_means(db, split: str) -> np.ndarray:
     """Mean standardised saliency per layer over one split."""
     m = db.manifest
-    mean, std = db.stats
     total, n = np.zeros(m.n_units), 0
-    for _, rows in db.snapshot.iter_profiles(split=split):
-        total += standardize(rows, mean, std).sum(axis=0, dtype=np.float64)
-        n += len(rows)
+    for _, raw, dlogit in db.snapshot.iter_raw_profiles(split=split):
+        total += db.standardise(raw, dlogit=dlogit).sum(axis=0, dtype=np.float64)
+        n += len(raw)
     layout = UnitLayout.from_dict(m.units)
     per_unit = total / max(n, 1)
     return np.array([per_unit[l.offset : l.stop].mean() for l in layout.layers])

@@ -14,7 +14,7 @@ from ..progress import NullProgress
 from ..query.baselines import baseline_shares
 from ..query.lists import neighbor_lists
 from ..saliency import UnitLayout
-from ..storage import fixed_list_to_numpy, iter_part_batches
+from ..saliency.normalise import prescale
 from .data import (CLUSTER_THUMBS, NEIGHBORS, About, ErrorGroup, ErrorGroups, GroupProfile, Mistake, Mistakes, Overview,
                    Picture, Profiles, ReportData, Sample, Share, SharedMistakes, SplitCounts, space_order)
 from .images import Thumbnails, overlay, png_data_uri
@@ -239,7 +239,8 @@ class _Gatherer:
             x = torch.stack(xs)
             maps = []
             for i in range(len(shown)):  # one at a time, to report progress
-                maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std, aggregate=self.m.aggregate)[0].numpy())
+                maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std, aggregate=self.m.aggregate,
+                                           normalisation=self.db.normalisation)[0].numpy())
                 task.advance(1)
         except (SaliencyDBError, OSError, RuntimeError, ValueError) as e:
             return f"Input-space maps could not be computed: {' '.join(str(e).split())[:300]}"
@@ -261,18 +262,19 @@ class _Gatherer:
         U = self.m.n_units
         sums = {True: np.zeros(U), False: np.zeros(U)}
         counts = {True: 0, False: 0}
+        norm = self.db.normaliser
+        correct_ids = self.db.ids_where("correct")
         task = self.progress.task("report: average profiles", self.m.rows())
-        for batch in iter_part_batches(self.db.path, self.m.part_files(), ["correct", "raw_profile"], 4096):
-            correct = batch.column(0).to_numpy(zero_copy_only=False).astype(bool)
-            rows = fixed_list_to_numpy(batch.column(1), U).astype(np.float64)
+        for ids, raw, dlogit in self.db.snapshot.iter_raw_profiles():
+            correct = np.isin(ids, correct_ids)
+            rows = prescale(raw, norm.name, dlogit)  # standardisation is affine in the prescaled profile
             for flag in (True, False):
                 sel = correct == flag
                 sums[flag] += rows[sel].sum(axis=0)
                 counts[flag] += int(sel.sum())
-            task.advance(batch.num_rows)
+            task.advance(len(ids))
         task.close()
-        mean, std = self.db.stats
-        return {flag: ((sums[flag] / counts[flag] - mean) / std, counts[flag]) for flag in (True, False) if counts[flag]}
+        return {flag: ((sums[flag] / counts[flag] - norm.mean) / norm.std, counts[flag]) for flag in (True, False) if counts[flag]}
 
     def largest_group_profile(self) -> GroupProfile | None:
         rows = self.q("SELECT run, cluster, count(*) AS n FROM clusters GROUP BY run, cluster ORDER BY run, n DESC, cluster LIMIT 1")
@@ -286,8 +288,7 @@ class _Gatherer:
                 prof[u] = v
         else:  # no blame table: average the members' standardised profiles
             ids = np.array([r[0] for r in self.q("SELECT sample_id FROM clusters WHERE run = ? AND cluster = ?", [run, c])])
-            mean, std = self.db.stats
-            prof = ((self.db.rows("raw_profile", ids) - mean) / std).mean(axis=0)
+            prof = self.db.z(ids).astype(np.float64).mean(axis=0)
         return GroupProfile(int(c), int(n), prof)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import ModelError
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows
 from .layout import UnitLayout
+from .normalise import DEFAULT_NORMALISATION, Normaliser, check_normalisation
 from ..models.modes import evaluating
 
 
@@ -42,8 +43,10 @@ def conv_weights(model: nn.Module, layout: UnitLayout) -> list[torch.Tensor]:
 
 
 def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor, layout: UnitLayout,
-                           weights: Sequence[torch.Tensor], aggregate: str = DEFAULT_AGGREGATE) -> torch.Tensor:
-    """The raw profile (U,) of ONE sample ``x1`` (1, C, H, W), as a function of ``x1`` (graph kept).
+                           weights: Sequence[torch.Tensor], aggregate: str = DEFAULT_AGGREGATE,
+                           return_dlogit: bool = False):
+    """The raw profile (U,) of ONE sample ``x1`` (1, C, H, W), as a function of ``x1`` (graph kept);
+    with ``return_dlogit``, also ||dL/dlogits|| (0-d, differentiable too).
 
     The caller sets eval mode and ``requires_grad`` on ``weights`` (see ``input_saliency``).
     """
@@ -58,6 +61,9 @@ def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor,
             parts.append(torch.zeros(layer.out_channels, dtype=x1.dtype, device=x1.device))
         else:
             parts.append(aggregate_rows(g.flatten(1), aggregate, differentiable=True))
+    if return_dlogit:
+        residual = logits.softmax(dim=1) - F.one_hot(y1, logits.shape[1]).to(logits.dtype)
+        return torch.cat(parts), residual.norm()
     return torch.cat(parts)
 
 
@@ -71,10 +77,12 @@ def _check_units(units, n_units: int) -> torch.Tensor:
 
 
 def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
-                   boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE) -> torch.Tensor:
+                   boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE,
+                   normalisation: str = DEFAULT_NORMALISATION) -> torch.Tensor:
     """Input-space saliency maps, shaped (B, H, W), for the batch ``x`` (B, C, H, W) with labels ``y`` (B,).
 
-    ``mean``/``std``: the per-unit standardisation statistics (U,). ``units``: unit ids to boost for
+    ``mean``/``std``: the per-unit standardisation statistics (U,) of the profile ``normalisation``
+    (saliency.normalise; its prescale is applied to the differentiable profile). ``units``: unit ids to boost for
     every sample instead of each sample's own top ``top_k``. ``aggregate``: the database's profile
     aggregate (``mean_abs`` or ``rms``). The model is evaluated in eval mode; its
     training and ``requires_grad`` flags are restored, no hook is registered, ``x`` and ``y`` are not
@@ -98,11 +106,13 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
     elif not 1 <= top_k <= U:
         raise ModelError(f"top-k must lie in 1..{U}, got {top_k}")
     weights = conv_weights(model, layout)
+    norm = Normaliser(check_normalisation(normalisation), mean_t.double().cpu().numpy(), std_t.double().cpu().numpy())
     maps = []
     with evaluating(model, grad_params=weights):
         for i in range(x.shape[0]):
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
-            s = (differentiable_profile(model, xi, y[i : i + 1], layout, weights, aggregate) - mean_t) / std_t
+            raw, dlogit = differentiable_profile(model, xi, y[i : i + 1], layout, weights, aggregate, return_dlogit=True)
+            s = norm.torch(raw, dlogit)
             target = s.detach().clone()
             idx = chosen if units is not None else torch.topk(target, top_k).indices
             target[idx] = target[idx] * boost

@@ -178,6 +178,11 @@ class Manifest:
     pending: dict[str, PendingReplace] = field(default_factory=dict)  # split -> its unfinished --replace
     files: dict[str, FileRecord] = field(default_factory=dict)  # every listed file -> its size and checksum
     derived: dict[str, DerivedBase] = field(default_factory=dict)  # derived table -> what it was computed from
+    # the profile normalisation the statistics and the saliency index use (saliency.normalise);
+    # absent (None): zscore, the paper's, and the only one before the option
+    normalisation: str | None = None
+
+    OPTIONAL = ("normalisation",)
 
     @property
     def n_units(self) -> int:
@@ -221,10 +226,16 @@ class Manifest:
         return {name: rec.base_commit for name, rec in self.derived.items()
                 if name in self.tables and rec.data != now}
 
+    @property
+    def profile_normalisation(self) -> str:
+        return self.normalisation or "zscore"
+
     def to_dict(self) -> dict:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name in self.OPTIONAL and v is None:
+                continue
             if isinstance(v, dict):
                 v = {k: _write_field(x) for k, x in v.items()}
             out[f.name] = _write_field(v)
@@ -296,6 +307,8 @@ def manifest_problem(d) -> str | None:
             bad = _entry_problem(p, {"file": str, "split": str, "rows": int, "min_id": int, "max_id": int})
             if bad:
                 return f"pending['{split}'].parts[{i}] {bad}"
+    if "normalisation" in d and not isinstance(d["normalisation"], str):
+        return "'normalisation' is not a string"
     for key in ("files", "derived"):
         if not isinstance(d.get(key, {}), dict):
             return f"'{key}' is not an object"

@@ -25,6 +25,8 @@ def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
             pa.field("pred_conf", pa.float32(), nullable=False),
             pa.field("raw_profile", pa.list_(pa.float32(), n_units), nullable=False),
             pa.field("feature", pa.list_(pa.float32(), feature_dim), nullable=False),
+            # ||dL/dlogits||_2 (the zscore-dlogit normalisation's scale); null in parts written before it was stored
+            pa.field("dlogit_norm", pa.float32()),
         ]
     )
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ..errors import StaleError
+from ..errors import QueryError, StaleError
 from ..schemas import DERIVED_TABLES, Manifest
 from .writer import DatabaseWriter
 
@@ -84,7 +84,11 @@ class DerivedWriter:
 def store_derived(db, build: Callable[[DerivedWriter], dict[str, list[str]]], *, operation: str,
                   store: DerivedWriter | None = None, wait: bool = False) -> None:
     """Store tables computed on ``db`` (a reader: ``path`` and ``manifest``) through ``store``, a
-    writer the caller opened before reading (so the version cannot move), or a new one."""
+    writer the caller opened before reading (so the version cannot move), or a new one. Tables
+    computed under another normalisation than the database's own are refused."""
+    if getattr(db, "overridden", False):
+        raise QueryError(f"results computed with the {db.normalisation} normalisation are not stored: the database's own is "
+                         f"{db.manifest.profile_normalisation}; pass write=False, or switch it with `saliencydb restat --normalisation`")
     if store is not None:
         store.store(db.manifest, build, operation)
         return

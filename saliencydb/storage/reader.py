@@ -74,6 +74,10 @@ class Snapshot:
                       files: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return iter_profiles(self.path, self.manifest, column, split, batch_rows, files)
 
+    def iter_raw_profiles(self, split: str | None = None, batch_rows: int = 4096,
+                          files: list[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return iter_raw_profiles(self.path, self.manifest, split, batch_rows, files)
+
     def read_stats(self) -> tuple[np.ndarray, np.ndarray]:
         return read_stats(self.path, self.manifest)
 
@@ -111,6 +115,24 @@ def iter_profiles(
     for batch in iter_part_batches(db, files if files is not None else manifest.part_files(split), ["sample_id", column], batch_rows):
         ids = batch.column(0).to_numpy()
         yield ids, fixed_list_to_numpy(batch.column(1), width)
+
+
+def iter_raw_profiles(
+    db: Path, manifest: Manifest, split: str | None = None, batch_rows: int = 4096, files: list[str] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(sample_ids, raw profiles, dlogit norms) chunks in committed order; a dlogit norm is NaN
+    in parts written before the column was stored."""
+    for rel in files if files is not None else manifest.part_files(split):
+        try:
+            has = "dlogit_norm" in pq.ParquetFile(Path(db) / rel).schema_arrow.names
+        except (OSError, pa.ArrowInvalid) as e:
+            raise damaged(Path(db), rel, f"unreadable: {_first_line(e)}") from None
+        columns = ["sample_id", "raw_profile"] + (["dlogit_norm"] if has else [])
+        for batch in iter_part_batches(db, [rel], columns, batch_rows):
+            ids = batch.column(0).to_numpy()
+            dlogit = (batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64) if has
+                      else np.full(len(ids), np.nan))
+            yield ids, fixed_list_to_numpy(batch.column(1), manifest.n_units), dlogit
 
 
 def read_stats(db: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
