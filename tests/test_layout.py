@@ -22,7 +22,8 @@ LAYERS = [
     {"query"},
     {"explain"},
     {"interventions", "report"},
-    {"demo", "seeds"},
+    {"demo"},
+    {"seeds"},  # orchestration too, over the demo: it trains the demo model with other seeds
     {"cli"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
