@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 import saliencydb  # noqa: E402
 from saliencydb.demo import MODEL_SPEC, VAL_DATA, default_cache_dir, train_demo_model  # noqa: E402
 from saliencydb.indexer import Indexer  # noqa: E402
-from saliencydb.saliency import standardize  # noqa: E402
 
 K = 10
 
@@ -65,7 +64,7 @@ def build(db: Path, weights: Path, aggregate: str) -> dict:
         report = d.mistakes(k=K, n_boot=1000, seed=0).to_dict()["splits"]["val"]["saliency"]  # writes the knn table
     with saliencydb.open(db) as d:
         ids = d.ids_where(split="val")
-        z = standardize(d.rows("raw_profile", ids), *d.stats)
+        z = d.z(ids)
         knn = d.sql("SELECT sample_id, neighbor_id FROM knn WHERE space = 'saliency'").to_pylist()
     neighbours: dict[int, set] = {}
     for row in knn:

@@ -207,7 +207,7 @@ def test_json_shapes_are_the_documented_ones(digits_copy):
                          "feature_dim", "metric", "samples", "splits", "statistics", "indexes", "derived"}
     assert set(info["splits"]["val"]) == {"source", "complete", "samples", "accuracy", "mistakes", "failures"}
     mis = json.loads(run_cli("mistakes", "--db", digits_copy, "--format", "json", "--bootstrap", 20).output)
-    assert set(mis) == {"k", "bootstrap", "seed", "splits", "base_commit", "stored"}
+    assert set(mis) == {"k", "bootstrap", "seed", "splits", "base_commit", "stored", "normalisation"}
     assert set(mis["splits"]["val"]) == {"samples", "correct", "incorrect", "saliency", "feature", "baselines"}
     assert set(mis["splits"]["val"]["baselines"]) == {"loss", "label", "random"}
     assert set(mis["splits"]["val"]["saliency"]["correct_neighbors_of_incorrect"]) == {"mean", "ci95", "n"}

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import SpecError
 from .stats import RunningStats, standardize
@@ -70,8 +69,11 @@ def prescale(raw: np.ndarray, name: str, dlogit: np.ndarray | None = None) -> np
     raise SpecError(f"unknown profile normalisation {name!r}; use one of {', '.join(NORMALISATIONS)}")
 
 
-def dlogit_norms(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """||softmax(logits) - onehot(y)||_2 per row, in float64 (the cross-entropy's dL/dlogits)."""
+def dlogit_norms(logits, y):
+    """||softmax(logits) - onehot(y)||_2 per row of the tensor ``logits`` (B, K), in float64 (the
+    cross-entropy's dL/dlogits)."""
+    import torch
+
     p = logits.detach().double().softmax(dim=1)
     p[torch.arange(len(y), device=p.device), y] -= 1.0
     return p.norm(dim=1)
@@ -93,8 +95,10 @@ class Normaliser:
         """Standardised profiles (N, U) float32 of raw profiles (N, U)."""
         return standardize(prescale(raw, self.name, dlogit), self.mean, self.std)
 
-    def torch(self, raw: torch.Tensor, dlogit: torch.Tensor | None = None) -> torch.Tensor:
-        """The same on a differentiable profile ``raw`` (U,) (``dlogit``: a 0-d tensor, differentiable too)."""
+    def torch(self, raw, dlogit=None):
+        """The same on a differentiable profile ``raw`` (U,), a tensor (``dlogit``: a 0-d tensor, differentiable too)."""
+        import torch
+
         mean = torch.as_tensor(self.mean, device=raw.device).to(raw.dtype)
         std = torch.as_tensor(self.std, device=raw.device).to(raw.dtype)
         if self.name == "zscore-unitnorm":
