@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 
 
@@ -40,3 +42,21 @@ def test_index_end_to_end_separates_start_up():
     assert report["images"] == 24 and report["index_end_to_end_samples_per_s"] > 0 and report["bare_loop_samples_per_s"] > 0
     assert 0 < report["startup_seconds"] < report["index_seconds"]
     assert abs(report["index_job_seconds"] + report["startup_seconds"] - report["index_seconds"]) <= 0.02  # rounding
+
+
+def test_fidelity_reports_every_normalisation_against_the_baselines(tmp_path):
+    """One dataset and one seed: every statistic, with intervals, and the script's own check that its
+    neighbours are the tool's (an assertion inside the script)."""
+    report = _run("fidelity.py", "--seeds", "0", "--datasets", "sklearn-digits", "--cache-dir", str(tmp_path))
+    run = report["runs"]["sklearn-digits/seed0"]
+    assert run["samples"] == 719 and 0 < run["mistakes"] < 100
+    assert list(run["normalisations"]) == ["zscore", "zscore-unitnorm", "zscore-dlogit"]
+    for name, row in run["normalisations"].items():
+        for stat in ("same_confusion", "mistakes", "gap_vs_loss"):
+            e = row[stat]
+            assert e["low"] <= e["mean"] <= e["high"] and e["n"] == run["mistakes"]
+        assert 0 < row["purity_random"] <= row["purity"] <= 1
+        assert ("vs_zscore" in row) == (name != "zscore")
+        assert row["gap_vs_loss"]["mean"] == pytest.approx(row["same_confusion"]["mean"] - run["baselines"]["loss"]["same_confusion"])
+    # the random baseline is the exact expectation: far below what the profile finds
+    assert run["baselines"]["random"]["same_confusion"] < run["normalisations"]["zscore"]["same_confusion"]["low"]
