@@ -3,7 +3,6 @@ and a small CNN trained on its train split that the CLI indexes on its val split
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

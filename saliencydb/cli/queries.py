@@ -65,7 +65,8 @@ def info(db, as_of, fmt):
                f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
     st = s.statistics
     click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st.splits)} ({st.count} samples)"
-                                + (", frozen" if st.frozen else "")))
+                                + (", frozen" if st.frozen else "")
+                                + ("" if st.normalisation == "zscore" else f"; {st.normalisation} profiles")))
     idx = ", ".join(f"{k}: {v.kind} {v.ntotal}" + (" (stale)" if v.stale else "") for k, v in s.indexes.items())
     click.echo(f"indexes    {idx or 'none'}")
     derived = ", ".join(f"{k} (commit {v.base_commit}" + (", stale" if v.stale else "") + ")" for k, v in s.derived.items())

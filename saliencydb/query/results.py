@@ -46,6 +46,7 @@ class StatsInfo(Result):
     splits: list[str]
     count: int
     frozen: bool
+    normalisation: str = "zscore"  # the profile normalisation they are the statistics of
 
 
 @dataclass

@@ -29,7 +29,8 @@ def database_info(db) -> DatabaseInfo:
                         num_classes=m.model.num_classes, transform=m.model.transform),
         units=UnitsInfo(kind=m.units["kind"], count=m.n_units, layers=len(m.units["layers"]), aggregate=m.aggregate),
         feature_dim=m.feature_dim, metric=m.metric, samples=m.rows(), splits=splits,
-        statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen),
+        statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen,
+                                                                 m.profile_normalisation),
         indexes={k: IndexInfo(kind=v.built_kind, requested=v.kind, ntotal=v.ntotal, stale=v.ntotal != m.rows())
                  for k, v in m.indexes.items()},
         derived={name: DerivedInfo(base_commit=m.derived[name].base_commit if name in m.derived else None, stale=name in stale)
