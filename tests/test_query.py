@@ -283,6 +283,11 @@ def test_ivfpq_index_is_small_and_reranked_neighbours_are_exact(tmp_path):
         wrong = set(db.ids_where("NOT correct").tolist())
         filtered = db.neighbors(5, k=5, where="NOT correct").neighbors
         assert len(filtered) == 5 and all(r["sample_id"] in wrong for r in filtered)
+        # a filter so narrow that the probed lists may hold none of it: still the exact answer
+        few = [17, 4_321, 9_876, 11_111]
+        got = db.neighbors(5, k=3, where=f"sample_id IN ({', '.join(map(str, few))})").neighbors
+        sims = vectors[few] @ vectors[5]
+        assert [r["sample_id"] for r in got] == [few[i] for i in np.argsort(-sims, kind="stable")[:3]]
     small = _synthetic_db(tmp_path / "small", 2_000, 200, "ivfpq")
     with saliencydb.open(small) as db:
         info = db.info()["indexes"]["saliency"]

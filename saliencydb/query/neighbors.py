@@ -66,6 +66,8 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     if kind_of(index) == "ivfpq":  # compressed codes: take more candidates, rank them by their exact profiles
         sims, ids = search(index, vector, min(n + (exclude is not None), max(RERANK * want, 100)), candidates)
         found = ids[0][ids[0] >= 0]
+        if len(found) < min(want, n + (exclude is not None)):  # the probed lists held too few candidates: scan them all
+            found = candidates if candidates is not None else db.ids_where()
         exact = db.vectors(space, found) @ vector[0]
         order = np.argsort(-exact, kind="stable")[:want]
         sims, ids = exact[order][None], found[order][None]
