@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import parse_data_spec
-from .data.zoo import small_cnn
+from .data.zoo import small_cnn, small_vit
+from .errors import SpecError
 from .indexer import Indexer
 from .query.results import ClustersResult, DatabaseInfo, MistakesReport
 from .storage.derived import DerivedWriter
@@ -21,6 +22,9 @@ from .progress import NullProgress, Progress
 from .query import open as open_db
 
 MODEL_SPEC = "python:saliencydb.data.zoo:small_cnn"
+VIT_SPEC = "python:saliencydb.data.zoo:small_vit"
+# the demo's models: their spec, and how their recipe differs from RECIPE
+DEMO_MODELS = {"cnn": (MODEL_SPEC, {}), "vit": (VIT_SPEC, {"max_lr": 3e-3})}
 TRAIN_DATA = "builtin:mnist5k:train"
 VAL_DATA = "builtin:mnist5k:val"
 RECIPE = {"epochs": 15, "batch_size": 64, "max_lr": 1e-2, "weight_decay": 1e-4, "seed": 0}
@@ -35,14 +39,18 @@ def _recipe_tag() -> str:
     return hashlib.sha256(repr(sorted(RECIPE.items())).encode()).hexdigest()[:10]
 
 
-def train_demo_model(cache_dir: Path, progress: Progress | None = None, *, data: str = TRAIN_DATA, **recipe) -> Path:
-    """Train the demo CNN on ``data`` (a builtin training split; the demo's is builtin:mnist5k:train) with the
-    demo's recipe (``recipe`` overrides it, e.g. ``seed=1``), or reuse the cached weights; returns the weights file."""
-    recipe = {**RECIPE, **recipe}
+def train_demo_model(cache_dir: Path, progress: Progress | None = None, *, data: str = TRAIN_DATA, model: str = "cnn",
+                     **recipe) -> Path:
+    """Train the demo's ``model`` (``cnn``, the small CNN, or ``vit``, the small ViT; see DEMO_MODELS) on ``data``
+    (a builtin training split; the demo's is builtin:mnist5k:train) with the demo's recipe (``recipe``
+    overrides it, e.g. ``seed=1``), or reuse the cached weights; returns the weights file."""
+    if model not in DEMO_MODELS:
+        raise SpecError(f"unknown demo model {model!r}; use one of {', '.join(DEMO_MODELS)}")
+    recipe = {**RECIPE, **DEMO_MODELS[model][1], **recipe}
     progress = progress or NullProgress()
     tag = hashlib.sha256(repr(sorted(recipe.items())).encode()).hexdigest()[:10]
     name = "mnist5k" if data == TRAIN_DATA else data.replace(":", "-").replace("/", "-")
-    path = Path(cache_dir) / f"{name}-small-cnn-{tag}.pt"
+    path = Path(cache_dir) / f"{name}-small-{model}-{tag}.pt"
     if path.is_file():
         return path
     source = parse_data_spec(data)
@@ -51,11 +59,11 @@ def train_demo_model(cache_dir: Path, progress: Progress | None = None, *, data:
     y = torch.tensor([source.label(i) for i in range(len(source))])
     g = torch.Generator().manual_seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
-    model = small_cnn()
+    model = small_cnn() if model == "cnn" else small_vit()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["max_lr"], weight_decay=recipe["weight_decay"])
     steps = recipe["epochs"] * ((len(x) + recipe["batch_size"] - 1) // recipe["batch_size"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["max_lr"], total_steps=steps)
-    task = progress.task("training the demo CNN", recipe["epochs"], unit="epochs")
+    task = progress.task("training the demo model", recipe["epochs"], unit="epochs")
     model.train()
     for _ in range(recipe["epochs"]):
         for batch in torch.randperm(len(x), generator=g).split(recipe["batch_size"]):
@@ -85,7 +93,7 @@ class DemoResult:
 
 
 def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None, n_clusters: int = 8,
-             progress: Progress | None = None, report: bool = True, wait: bool = False) -> DemoResult:
+             progress: Progress | None = None, report: bool = True, wait: bool = False, model: str = "cnn") -> DemoResult:
     """Train (or reuse) the CNN, index builtin:mnist5k:val, run the mistakes report and the clusters.
 
     An existing demo database made with the same weights is brought up to date, never
@@ -94,10 +102,13 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     db = Path(db)
-    _check_demo_db(db, None)  # another database is refused before minutes of training
-    weights = train_demo_model(cache_dir or default_cache_dir(), progress)
-    _check_demo_db(db, weights)
-    Indexer(db, model=MODEL_SPEC, weights=str(weights), batch_size=128, workers=0, progress=progress,
+    if model not in DEMO_MODELS:
+        raise SpecError(f"unknown demo model {model!r}; use one of {', '.join(DEMO_MODELS)}")
+    spec = DEMO_MODELS[model][0]
+    _check_demo_db(db, None, spec)  # another database is refused before minutes of training
+    weights = train_demo_model(cache_dir or default_cache_dir(), progress, model=model)
+    _check_demo_db(db, weights, spec)
+    Indexer(db, model=spec, weights=str(weights), batch_size=128, workers=0, progress=progress,
             wait=wait).run(VAL_DATA, split="val")
     # the lock is taken before reading, so the tables are computed from the version they are stored on
     with DerivedWriter(db, wait=wait, operation="demo") as w:
@@ -117,7 +128,7 @@ def run_demo(db: str | os.PathLike = "demo-db", *, cache_dir: Path | None = None
     return result
 
 
-def _check_demo_db(db: Path, weights: Path | None) -> None:
+def _check_demo_db(db: Path, weights: Path | None, spec: str = MODEL_SPEC) -> None:
     """Refuse a directory that holds anything but this demo's own database."""
     from .errors import DatabaseError
     from .storage import is_database, read_current
@@ -129,10 +140,10 @@ def _check_demo_db(db: Path, weights: Path | None) -> None:
     m = read_current(db)
     from .models import load_model
 
-    if m.model.spec != MODEL_SPEC or (m.splits["val"].source if "val" in m.splits else VAL_DATA) != VAL_DATA:
+    if m.model.spec != spec or (m.splits["val"].source if "val" in m.splits else VAL_DATA) != VAL_DATA:
         raise DatabaseError(f"'{db}' holds a database that is not the demo's (model {m.model.spec}); "
                             "the demo never replaces it: pass another --db")
-    if weights is not None and load_model(MODEL_SPEC, str(weights)).weights_sha256 != m.model.weights_sha256:
+    if weights is not None and load_model(spec, str(weights)).weights_sha256 != m.model.weights_sha256:
         raise DatabaseError(f"'{db}' holds a demo database made with other weights; remove it (`rm -r {db}`) "
                             "or pass another --db")
 
@@ -150,11 +161,14 @@ def story(result: DemoResult) -> str:
     pair_loss, pair_random = base["loss"].same_confusion_of_incorrect.mean, base["random"].same_confusion_of_incorrect.mean
     wrong_loss = 1 - base["loss"].correct_neighbors_of_incorrect.mean
     ratio = f"{sal / feat:.1f}x as often" if feat > 0 else "where feature neighbours never are"
+    units = result.info.units
+    conv = units.kind == "conv-filter"
+    what = f"{units.count:,} filters" if conv else f"{units.count:,} linear units (rows of its linear layers' weights)"
     lines = [
-        f"A small CNN trained on 3,000 real handwritten digits classifies {val.samples:,} held-out digits "
-        f"with {val.accuracy:.1%} accuracy: {val.mistakes} mistakes.",
+        f"A small {'CNN' if conv else 'vision transformer'} trained on 3,000 real handwritten digits classifies "
+        f"{val.samples:,} held-out digits with {val.accuracy:.1%} accuracy: {val.mistakes} mistakes.",
         "",
-        "For every digit, saliencydb stored which of the network's 112 filters its loss leans on abnormally hard,",
+        f"For every digit, saliencydb stored which of the network's {what} its loss leans on abnormally hard,",
         "and found its 10 nearest neighbours by that profile (and, as a baseline, by the network's features).",
         f"  - the saliency neighbours of a mistake are mistakes {sal:.0%} of the time; feature neighbours {feat:.0%} ({ratio});",
         f"  - {pair:.0%} of a mistake's saliency neighbours make the very same confusion (feature space: {pair_f:.0%});",
@@ -168,7 +182,7 @@ def story(result: DemoResult) -> str:
     for g in result.clusters.clusters[:4]:
         pairs = ", ".join(f"{p.pair} x{p.count}" for p in g.top_confusions[:2])
         unit = g.top_units[0]
-        lines.append(f"  - group {g.cluster}: {g.size} mistakes ({pairs}); most blamed filter {unit.layer}[{unit.channel}]")
+        lines.append(f"  - group {g.cluster}: {g.size} mistakes ({pairs}); most blamed {'filter' if conv else 'unit'} {unit.layer}[{unit.channel}]")
     worst = _first_confident_mistake(result)
     lines += [
         "",

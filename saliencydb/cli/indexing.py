@@ -11,7 +11,7 @@ from .output import db_option, handle_errors, progress_bars, wait_option
 
 @click.command()
 @db_option
-@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
+@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, timm:NAME (pip install 'saliencydb[timm]'), hf:DIR (a save_pretrained image classifier; pip install 'saliencydb[hf]'), torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
 @click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
 @click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
 @click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
@@ -29,6 +29,12 @@ from .output import db_option, handle_errors, progress_bars, wait_option
               help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "
                    "(default), or rms, an approximation that is faster at small feature maps (its measured agreement "
                    "and speed: README, 'Approximate profiles').")
+@click.option("--units", type=click.Choice(["auto", "conv", "linear", "all"]),
+              help="Which weights are units, chosen when the database is created: conv filters, linear layers (and "
+                   "attention projections), all, or auto (default): conv when the model has at least as many conv "
+                   "layers as linear ones (CNNs), else linear (ViTs, MLPs).")
+@click.option("--linear-units", type=click.Choice(["out", "in"]),
+              help="A linear unit is an output feature, the row W[o, :] (out, default), or an input column W[:, j] (in).")
 @click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
               help="Chosen when the database is created (switch later with `restat --normalisation`). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
                    "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
@@ -41,14 +47,15 @@ from .output import db_option, handle_errors, progress_bars, wait_option
                    "(folders, CSV) are matched to them.")
 @handle_errors
 def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, normalisation, wait, quiet, random_weights, classes):
+          aggregate, units, linear_units, normalisation, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..indexer import Indexer, torchrun_job
 
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
-                         aggregate=aggregate, normalisation=normalisation, progress=progress, wait=wait,
+                         aggregate=aggregate, units=units, linear_units=linear_units, normalisation=normalisation,
+                         progress=progress, wait=wait,
                          random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
     _job_summary(report)
 
@@ -112,22 +119,25 @@ def restat(db, splits, normalisation, wait, quiet):
 
 
 @click.command()
-@click.option("--db", default="demo-db", show_default=True, type=click.Path(file_okay=False), help="Where to build the demo database (an existing demo database is brought up to date; any other is refused).")
+@click.option("--db", type=click.Path(file_okay=False), help="Where to build the demo database (default demo-db, or demo-vit-db for --model vit; an existing demo database is brought up to date; any other is refused).")
+@click.option("--model", "model", type=click.Choice(["cnn", "vit"]), default="cnn", show_default=True,
+              help="The demo's small CNN (conv filters), or its small vision transformer (linear units).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
 @click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @wait_option
 @handle_errors
-def demo(db, cache_dir, n_clusters, no_report, quiet, wait):
-    """Train a small CNN on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
+def demo(db, model, cache_dir, n_clusters, no_report, quiet, wait):
+    """Train a small CNN (or ViT) on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
     from pathlib import Path
 
     from ..demo import run_demo, story
 
     with progress_bars(not quiet) as progress:
-        result = run_demo(db, cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
-                          progress=progress, report=not no_report, wait=wait)
+        result = run_demo(db or ("demo-db" if model == "cnn" else f"demo-{model}-db"),
+                          cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
+                          progress=progress, report=not no_report, wait=wait, model=model)
     click.echo(story(result))
 
 

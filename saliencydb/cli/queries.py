@@ -63,6 +63,9 @@ def info(db, as_of, fmt):
                f"classes {s.model.num_classes}")
     click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
                f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
+    if s.units.excluded:
+        click.echo(f"not units  {len(s.units.excluded)} weights: " + "; ".join(s.units.excluded[:6])
+                   + (f"; +{len(s.units.excluded) - 6} more" if len(s.units.excluded) > 6 else ""))
     st = s.statistics
     click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st.splits)} ({st.count} samples)"
                                 + (", frozen" if st.frozen else "")

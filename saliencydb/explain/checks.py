@@ -296,7 +296,7 @@ def smoothgrad(ex: Explainer, sample_id: int, *, levels=SMOOTHGRAD_LEVELS, n: in
     if n < 1:
         raise QueryError(f"--n-noise must be at least 1, got {n}")
     s = ex.sample(sample_id)
-    engine = ProfileEngine(ex.model, aggregate=ex.aggregate)
+    engine = ProfileEngine(ex.model, aggregate=ex.aggregate, layout=ex.layout)
     plain = engine.profile(s.x, s.y)
     # SmoothGrad profiles are prescaled with the plain input's ||dL/dlogits|| (zscore-dlogit)
     dlogit = dlogit_norms(plain.logits, s.y).numpy()
@@ -334,7 +334,7 @@ def randomized_copy(model: nn.Module, k: int, seed: int = 0) -> tuple[nn.Module,
 
 
 def _reference_stats(ex: Explainer, model: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    engine = ProfileEngine(model, aggregate=ex.aggregate)
+    engine = ProfileEngine(model, aggregate=ex.aggregate, layout=ex.layout)
     stats = RunningStats(ex.layout.n_units)
     for i in range(0, len(xs), 128):
         out = engine.profile(xs[i : i + 128], ys[i : i + 128])

@@ -135,7 +135,7 @@ class Explainer:
         """Input-space saliency (B, H, W) with the database's statistics (or the given ones)."""
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
                               self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate,
-                              normalisation=self.normalisation).numpy()
+                              normalisation=self.normalisation, layout=self.layout).numpy()
 
     def confidences(self, x: torch.Tensor, y: torch.Tensor, model=None) -> dict[str, np.ndarray]:
         """Predicted label, true-class and predicted-class softmax probability per row of ``x``."""

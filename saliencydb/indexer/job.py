@@ -30,6 +30,7 @@ from ..results import Result
 from ..saliency import RunningStats
 from ..schemas.manifest import SplitEntry
 from ..saliency.aggregates import check_aggregate
+from ..saliency.layout import LINEAR_AXES, UNIT_CHOICES
 from ..saliency.normalise import check_normalisation
 from ..storage import DatabaseWriter, iter_part_batches, read_current
 from ..storage.indexes import INDEX_KINDS
@@ -101,7 +102,8 @@ class Indexer:
     def __init__(self, db: str | os.PathLike, *, model: str | None = None, weights: str | None = None,
                  transform: str | None = None, num_classes: int | None = None, device: str = "auto",
                  batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str = "flat",
-                 aggregate: str | None = None, normalisation: str | None = None, progress: Progress | None = None,
+                 aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
+                 linear_units: str | None = None, progress: Progress | None = None,
                  wait: bool = False,
                  random_weights: bool = False, classes: str | os.PathLike | None = None):
         if batch_size < 1:
@@ -116,6 +118,8 @@ class Indexer:
                                   classes=read_class_names(classes) if classes is not None else None,
                                   aggregate=None if aggregate is None else check_aggregate(aggregate),
                                   normalisation=None if normalisation is None else check_normalisation(normalisation),
+                                  units=_choice(units, UNIT_CHOICES, "--units"),
+                                  linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
                                   random_weights=random_weights)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
@@ -246,3 +250,9 @@ def _workers(workers: int | None) -> int:
     """Decoding workers pay off when cores are left over from the profiling itself."""
     cores = os.cpu_count() or 1
     return (0 if cores <= 2 else min(8, cores - 1)) if workers is None else workers
+
+
+def _choice(value: str | None, choices: tuple[str, ...], option: str) -> str | None:
+    if value is not None and value not in choices:
+        raise SpecError(f"{option} {value!r} is unknown; use one of {', '.join(choices)}")
+    return value

@@ -50,6 +50,8 @@ class ModelChoice:
     classes: list[str] | None = None
     aggregate: str | None = None
     normalisation: str | None = None
+    units: str | None = None  # saliency.layout.UNIT_CHOICES; None: auto
+    linear_units: str | None = None  # out or in; None: out
     random_weights: bool = False
 
 
@@ -106,6 +108,10 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
             )
     if choice.aggregate is not None and choice.aggregate != manifest.aggregate:
         raise SpecError(f"database '{db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
+    if choice.units is not None or choice.linear_units is not None:
+        wanted = UnitLayout.from_module(stored.module, choice.units or "auto", choice.linear_units or "out")
+        if wanted.to_dict()["layers"] != manifest.units["layers"]:
+            raise SpecError(f"database '{db}' stores {manifest.units['kind']} units; omit --units/--linear-units, or use another --db")
     if choice.normalisation is not None and choice.normalisation != manifest.profile_normalisation:
         raise SpecError(f"database '{db}' uses the {manifest.profile_normalisation} normalisation; omit --normalisation, "
                         f"or switch the whole database with `saliencydb restat --db {db} --normalisation {choice.normalisation}`")
@@ -131,12 +137,21 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
     if transform is None:
         raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
     probe(loaded, transform, source)  # before anything is written
-    layout = UnitLayout.from_module(loaded.module)
+    layout = _layout(loaded, choice)
     manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE),
-                        units=layout.to_dict(), feature_dim=feature_dim(loaded, transform),
+                        units=layout.to_dict(), feature_dim=feature_dim(loaded, transform, layout),
                         normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation)
     _name_classes(manifest, loaded, source, choice.classes)
     return manifest, loaded, transform
+
+
+def _layout(loaded: LoadedModel, choice: ModelChoice) -> UnitLayout:
+    """The units of a new database: ``--units`` (auto) and ``--linear-units`` (out)."""
+    layout = UnitLayout.from_module(loaded.module, choice.units or "auto", choice.linear_units or "out")
+    if not layout.layers:
+        raise SpecError(f"model {choice.spec} has no {'convolution or linear' if choice.units in (None, 'auto', 'all') else choice.units} "
+                        "weights to profile; saliencydb profiles Conv2d filters and nn.Linear (or attention projection) units")
+    return layout
 
 
 def _name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classes: list[str] | None) -> None:
@@ -199,7 +214,7 @@ def plan_job(writer: DatabaseWriter, source: Source, data: str, split: str, limi
                 replace=replace)
 
 
-def feature_dim(model: LoadedModel, transform: Transform) -> int:
+def feature_dim(model: LoadedModel, transform: Transform, layout: UnitLayout | None = None) -> int:
     """The width of the feature vector: the input of the model's last linear layer."""
     if model.scripted:
         return 0  # compiled graphs take no hooks: no feature vector
@@ -210,7 +225,7 @@ def feature_dim(model: LoadedModel, transform: Transform) -> int:
     if shape is None:
         raise ModelError("the model has no nn.Linear layer and the transform has no fixed input size; cannot size the feature vector")
     with torch.no_grad():
-        out = ProfileEngine(model.module).profile(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+        out = ProfileEngine(model.module, layout=layout).profile(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
     return out.feature.shape[1]
 
 

@@ -22,8 +22,8 @@ class Profiler:
     def __init__(self, model: LoadedModel, m: Manifest, source: Source, device: torch.device,
                  label_map: tuple[np.ndarray, dict[int, str]] | None):
         self.module = model.module.to(device)
-        self.engine = None if model.scripted else ProfileEngine(self.module, aggregate=m.aggregate)
         self.layout = UnitLayout.from_dict(m.units)
+        self.engine = None if model.scripted else ProfileEngine(self.module, aggregate=m.aggregate, layout=self.layout)
         self.aggregate, self.num_classes = m.aggregate, m.model.num_classes
         self.source, self.device, self.label_map = source, device, label_map
 

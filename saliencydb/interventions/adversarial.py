@@ -137,7 +137,8 @@ def adversarial_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
             out["loss_before"].append(g0[1])
             out["pred_before"].append(g0[2])
             out["delta_norm"].append(float(torch.sqrt(sum(d.double().pow(2).sum() for d in delta))))
-            out["raw"].append(torch.cat([d.abs().flatten(1).mean(1).float().cpu() for d in delta]))
+            out["raw"].append(torch.cat([editor.unit_view(l.param_name, d).abs().flatten(1).mean(1).float().cpu()
+                                         for l, d in zip(layout.layers, delta)]))
     return AdversarialProfiles(raw=torch.stack(out["raw"]), **{k: torch.tensor(v) for k, v in out.items() if k != "raw"})
 
 

@@ -32,6 +32,12 @@ class FilterEditor:
             raise QueryError(f"the model has no parameter {missing[0]!r} of the database's unit layout; "
                              "was the database made with another model?")
         self.weights = [self.params[l.param_name] for l in layout.layers]
+        # a linear-in unit is a column W[:, j]: addressed through the transposed view, whose rows are the columns
+        self.transposed = {l.param_name for l in layout.layers if l.kind == "linear-in"}
+
+    def unit_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a weight, or its gradient) with one unit per row (a view: edits reach the weight)."""
+        return t.t() if name in self.transposed else t
 
     # -- addressing -------------------------------------------------------------------------
     def slices(self, units) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -43,7 +49,7 @@ class FilterEditor:
         out = []
         for li in np.unique(layer_of):
             layer = self.layout.layers[int(li)]
-            w = self.weights[int(li)]
+            w = self.unit_view(layer.param_name, self.weights[int(li)])
             channels = torch.as_tensor(np.unique(units[layer_of == li]) - layer.offset, dtype=torch.long, device=w.device)
             out.append((layer.param_name, w, channels))
         return out
@@ -86,7 +92,7 @@ class FilterEditor:
     def step(self, units, grads: dict[str, torch.Tensor], lr: float, scale: float = 1.0) -> None:
         """Fine-tuning: one SGD step ``W[o] -= lr * scale * dL/dW[o]`` on the filters only."""
         for name, w, ch in self.slices(units):
-            w[ch] -= (lr * scale) * grads[name][ch].to(w.dtype)
+            w[ch] -= (lr * scale) * self.unit_view(name, grads[name])[ch].to(w.dtype)
 
     @torch.no_grad()
     def step_all(self, grads: dict[str, torch.Tensor], lr: float) -> None:
@@ -100,5 +106,5 @@ class FilterEditor:
         """L2 norm of the gradient restricted to the filters ``units`` (all their weights together)."""
         total = 0.0
         for name, _, ch in self.slices(units):
-            total += float(grads[name][ch].double().pow(2).sum())
+            total += float(self.unit_view(name, grads[name])[ch].double().pow(2).sum())
         return total ** 0.5

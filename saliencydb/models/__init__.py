@@ -9,6 +9,7 @@ from ..lazy import lazy_attributes
 
 _WHERE = {
     "LoadedModel": ".loading", "load_model": ".loading", "state_dict_sha256": ".loading", "MODEL_SPEC_HELP": ".loading",
+    "HFImageClassifier": ".loading",
     "load_stored_model": ".stored", "model_record": ".stored", "initialised_at_random": ".stored",
     "resolve_device": ".device",
     "Predictions": ".inference", "predict": ".inference", "outputs_from_logits": ".inference", "logits_of": ".inference",

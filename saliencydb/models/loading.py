@@ -1,4 +1,5 @@
-"""Load a classifier named by a model spec (torchvision, TorchScript or a Python factory) onto the CPU."""
+"""Load a classifier named by a model spec (torchvision, timm, a Hugging Face directory, TorchScript or a
+Python factory) onto the CPU."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import math
 import sys
 import warnings
 from collections.abc import Mapping
@@ -20,7 +22,13 @@ from torch import nn
 from saliencydb.data.transforms import Transform
 from saliencydb.errors import ModelError, SpecError, WeightsUnavailableError
 
-MODEL_SPEC_HELP = "use torchvision:NAME, torchscript:PATH, python:MODULE:FACTORY or the path of a TorchScript file"
+MODEL_SPEC_HELP = ("use torchvision:NAME, timm:NAME, hf:DIR (a save_pretrained directory), torchscript:PATH, "
+                   "python:MODULE:FACTORY or the path of a TorchScript file")
+_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# Hugging Face tasks by the suffix of the class a config's ``architectures`` names
+HF_TASKS = {"ForImageClassification": "image-classification", "ForSequenceClassification": "sequence-classification",
+            "ForMaskedLM": "masked-lm"}
+_HF_TASKS_LATER = ("sequence-classification", "masked-lm")
 
 
 @dataclass
@@ -63,6 +71,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load a state dict saved with ``torch.save`` (unwrapping a ``state_dict`` or ``model`` entry), weights-only."""
     if not Path(path).is_file():
         raise SpecError(f"weights file {path} does not exist; give an existing .pt/.pth file with --weights")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
@@ -76,6 +86,25 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"weights file {path} does not hold a state dict of tensors; save one with torch.save(model.state_dict(), PATH)")
     return dict(obj)
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise SpecError(f"weights file {path} is a safetensors file, which needs safetensors: pip install safetensors") from None
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+        raise ModelError(f"weights file {path} is not a loadable safetensors file ({_first_sentence(e)})") from None
+    if not state:
+        raise ModelError(f"weights file {path} holds no tensors; save one with safetensors.torch.save_file(model.state_dict(), PATH)")
+    return dict(state)
+
+
+def _is_weights_file(weights: str) -> bool:
+    """Whether ``--weights`` names a local file (else it is a name of published weights)."""
+    return Path(weights).is_file() or Path(weights).suffix in _WEIGHTS_SUFFIXES or "/" in weights
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
@@ -128,7 +157,7 @@ def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: in
         raise SpecError(f"model spec '{spec}': torchvision has no classification model {name!r}; {hint}")
     enum = torchvision.models.get_model_weights(name)
     transform = Transform.from_torchvision(enum.DEFAULT)
-    if weights is not None and (Path(weights).is_file() or Path(weights).suffix in (".pt", ".pth", ".bin") or "/" in weights):
+    if weights is not None and _is_weights_file(weights):
         state = read_state_dict(weights)
         n = num_classes or next((v.shape[0] for v in reversed(state.values()) if v.dim() == 2), None)
         if n is None:
@@ -220,6 +249,242 @@ def _load_python(spec: str, target: str, weights: str | None, num_classes: int |
     return _finish(module, spec, weights, None, None, scripted=False, num_classes=num_classes)
 
 
+def _import_extra(spec: str, package: str, extra: str) -> Any:
+    """The optional package a spec kind needs, or a one-line SpecError naming the extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise SpecError(f"model spec '{spec}' needs {package}: pip install 'saliencydb[{extra}]'") from None
+
+
+def _timm_arch(spec: str, timm: Any, name: str) -> tuple[str, str]:
+    """(architecture, pretrained tag or '') of a timm name such as ``resnet18`` or ``resnet18.a1_in1k``."""
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch.lower(), timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        stem = "".join(c for c in arch.lower().split("_")[0] if c.isalpha()) or "resnet"
+        raise SpecError(f"model spec '{spec}': timm has no model {arch!r}; {hint}list the names with timm.list_models('*{stem}*')")
+    if tag and f"{arch}.{tag}" not in timm.list_pretrained(f"{arch}.*"):
+        raise SpecError(f"model spec '{spec}': timm has no pretrained tag {tag!r} for {arch}; list them with timm.list_pretrained('{arch}.*')")
+    return arch, tag
+
+
+def _timm_pretrained_name(spec: str, timm: Any, arch: str, tag: str, weights: str) -> str:
+    """``arch.tag`` of the published weights that ``--weights`` (DEFAULT, a tag, or arch.tag) names."""
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*") if n.partition(".")[0] == arch]
+    if not tags:
+        raise SpecError(f"timm:{arch} has no published pretrained weights; pass a local state-dict file with --weights")
+    wanted_arch, _, wanted = weights.rpartition(".")
+    if wanted_arch and wanted_arch != arch:
+        raise SpecError(f"weights {weights} are not for timm:{arch}; its weights are {arch}.*")
+    if wanted == "DEFAULT":
+        wanted = tag or timm.models.get_pretrained_cfg(arch).tag
+    if tag and wanted != tag:
+        raise SpecError(f"model spec '{spec}' names the pretrained tag {tag}, but --weights names {weights}; give one of them")
+    if wanted not in tags:
+        shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "")
+        raise SpecError(f"unknown weights {weights!r} for {spec}; use DEFAULT, one of {shown} or the path of a local weights file")
+    return f"{arch}.{wanted}"
+
+
+def _timm_transform(module: nn.Module) -> Transform | None:
+    """timm's evaluation preprocessing of ``module``: shorter side to floor(side / crop_pct), centre crop to side."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=module)
+    channels, side = int(cfg["input_size"][0]), int(cfg["input_size"][1])
+    interpolation = cfg.get("interpolation") if cfg.get("interpolation") in ("nearest", "bilinear", "bicubic") else "bilinear"
+    try:
+        return Transform(mode="L" if channels == 1 else "RGB", resize=math.floor(side / (cfg.get("crop_pct") or 0.875)),
+                         crop=side, size=None, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=interpolation)
+    except SpecError:  # e.g. a mean with another number of channels: the user passes --transform
+        return None
+
+
+def _load_timm_pretrained(spec: str, timm: Any, full: str, num_classes: int | None) -> LoadedModel:
+    cfg = timm.models.get_pretrained_cfg(full)
+    if num_classes is not None and cfg.num_classes and num_classes != cfg.num_classes:
+        raise SpecError(f"--num-classes {num_classes} does not match the {cfg.num_classes} classes of timm weights {full}; "
+                        "drop --num-classes or pass your own weights file with --weights")
+    try:
+        module = timm.create_model(full, pretrained=True)
+    except Exception as e:  # hub and URL downloads raise many types (OSError, RuntimeError, hub errors, ...)
+        where = (f"model.safetensors of https://huggingface.co/{cfg.hf_hub_id}", "model.safetensors") if cfg.hf_hub_id \
+            else (cfg.url or "them", "file.pth")
+        raise WeightsUnavailableError(
+            f"could not download timm weights {full} ({_first_sentence(e)}; no network?); download {where[0]} "
+            f"on a machine with internet and pass the file with --weights /path/to/{where[1]}"
+        ) from None
+    return _finish(module, spec, full, None, _timm_transform(module), scripted=False, num_classes=int(module.num_classes))
+
+
+def _timm_classes_of(timm: Any, arch: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes of a timm state dict: rows of its classifier weight (else of its last 2-D tensor)."""
+    classifier = timm.models.get_pretrained_cfg(arch).classifier if timm.list_pretrained(f"{arch}.*") else None
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    if classifier and f"{classifier}.weight" in state:
+        return int(state[f"{classifier}.weight"].shape[0])
+    return next((int(v.shape[0]) for v in reversed(state.values()) if v.dim() == 2), None)
+
+
+def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    timm = _import_extra(spec, "timm", "timm")
+    arch, tag = _timm_arch(spec, timm, name)
+    if weights is not None and not _is_weights_file(weights):
+        return _load_timm_pretrained(spec, timm, _timm_pretrained_name(spec, timm, arch, tag, weights), num_classes)
+    state = read_state_dict(weights) if weights is not None else None
+    n = num_classes or (_timm_classes_of(timm, arch, state) if state is not None else None)
+    try:
+        module = timm.create_model(name, pretrained=False, **({} if n is None else {"num_classes": n}))
+    except Exception as e:  # a model's constructor may raise anything for arguments it does not take
+        raise ModelError(f"model spec '{spec}': timm.create_model({name!r}) failed ({type(e).__name__}: {_first_sentence(e)})") from None
+    if state is not None:
+        _load_strict(module, state, str(weights), f"timm:{name} with {module.num_classes} classes")
+    return _finish(module, spec, weights, None, _timm_transform(module), scripted=False, num_classes=int(module.num_classes))
+
+
+class HFImageClassifier(nn.Module):
+    """A Hugging Face image classifier as a plain classifier: pixels in, the logits tensor out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def _hf_local(rest: str) -> bool:
+    """Whether an hf: spec names a local directory (a Hub id is ``name`` or ``owner/name`` that does not exist here)."""
+    return rest.startswith(("/", ".", "~")) or rest.count("/") > 1 or "\\" in rest or Path(rest).expanduser().exists()
+
+
+def _hf_source(spec: str, rest: str) -> str:
+    """The absolute directory, or the Hub id, that an hf: spec names."""
+    path = Path(rest).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise SpecError(f"model spec '{spec}': {rest} is a file; give the directory that save_pretrained wrote")
+    if _hf_local(rest):
+        raise SpecError(f"model spec '{spec}': directory {rest} does not exist; give a directory made by "
+                        "model.save_pretrained(DIR) (or, online, a Hub id such as google/vit-base-patch16-224)")
+    return rest
+
+
+def _hf_config(spec: str, transformers: Any, source: str) -> Any:
+    try:
+        return transformers.AutoConfig.from_pretrained(source)
+    except Exception as e:  # transformers and the hub raise many types (OSError, ValueError, hub errors, ...)
+        if Path(source).is_dir():
+            raise SpecError(f"model spec '{spec}': {source} is not a Hugging Face model directory ({_first_sentence(e)}); "
+                            "make one with model.save_pretrained(DIR)") from None
+        raise WeightsUnavailableError(
+            f"model spec '{spec}': could not fetch {source} from the Hugging Face Hub ({_first_sentence(e)}; no network?); "
+            f"on a machine with internet save it with AutoModelForImageClassification.from_pretrained('{source}')"
+            ".save_pretrained(DIR) (and its AutoImageProcessor likewise), then use --model hf:DIR"
+        ) from None
+
+
+def _hf_task(spec: str, config: Any, task: str | None) -> str:
+    """The task of an hf: model: ``task`` when given, else the one its config's architectures name."""
+    if task is None:
+        archs = [str(a) for a in getattr(config, "architectures", None) or []]
+        found = [t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)]
+        if not found:
+            raise SpecError(f"model spec '{spec}': its config names no classifier ({', '.join(archs) or 'no architectures'}); "
+                            "save a ...ForImageClassification model with save_pretrained")
+        task = found[0]
+    if task in _HF_TASKS_LATER:
+        raise SpecError(f"model spec '{spec}': the {task} task (a text model) is not supported yet; hf: loads image-classification models")
+    if task != "image-classification":
+        raise SpecError(f"model spec '{spec}': unknown task {task!r}; use image-classification")
+    return task
+
+
+def _hf_class_names(config: Any) -> list[str] | None:
+    """The config's labels in id order, unless they are the placeholder names LABEL_0, LABEL_1, ..."""
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    names = [id2label.get(i) for i in range(int(config.num_labels))]
+    if any(n is None for n in names) or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return [str(n) for n in names]
+
+
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _square_side(size: Any) -> int | None:
+    if isinstance(size, int):
+        return size
+    if isinstance(size, Mapping) and size.get("height") and size.get("height") == size.get("width"):
+        return int(size["height"])
+    return None
+
+
+def _processor_sides(d: Mapping[str, Any]) -> tuple[int | None, int | None] | None:
+    """(resize of the shorter side, centre crop) of an image processor's settings; None when they are not of that form."""
+    crop = _square_side(d.get("crop_size")) if d.get("do_center_crop") else None
+    if d.get("do_center_crop") and d.get("crop_size") and crop is None:
+        return None
+    size = d.get("size") if d.get("do_resize", True) else None
+    size = {"shortest_edge": size} if isinstance(size, int) else dict(size or {})
+    if size.get("height") or size.get("width"):  # resized to exactly height x width: resize + crop for square images
+        side = _square_side(size)
+        return None if side is None else (side, crop or side)
+    if size.get("shortest_edge"):
+        side = int(size["shortest_edge"])
+        if crop is None and d.get("crop_pct"):  # ConvNeXt: shorter side to side / crop_pct, then crop (a warp from 384 up)
+            return (int(side / d["crop_pct"]) if side < 384 else side), side
+        return side, crop
+    return None if any(size.values()) else (None, crop)
+
+
+def _processor_transform(d: Mapping[str, Any], channels: int) -> Transform | None:
+    """A saliencydb Transform doing what an image processor's settings (``to_dict()``) do; None when it cannot."""
+    sides = _processor_sides(d)  # a Transform scales pixels to [0, 1]: the processor must rescale by 1/255
+    if sides is None or not d.get("do_rescale", True) or not math.isclose(float(d.get("rescale_factor") or 0), 1 / 255):
+        return None
+    mean, std = (d.get("image_mean"), d.get("image_std")) if d.get("do_normalize", True) else (0.0, 1.0)
+    mean, std = ((v,) * channels if isinstance(v, (int, float)) else tuple(v) for v in (mean, std))
+    resample = d.get("resample")
+    try:
+        return Transform(mode="L" if channels == 1 else "RGB", resize=sides[0], crop=sides[1], size=None, mean=mean, std=std,
+                         interpolation=_PIL_RESAMPLE.get(int(resample) if resample is not None else 2, "bilinear"))
+    except SpecError:
+        return None
+
+
+def _hf_transform(transformers: Any, source: str, config: Any) -> Transform | None:
+    """The preprocessing of the image processor saved with the model; None without one (the user passes --transform)."""
+    if Path(source).is_dir() and not (Path(source) / "preprocessor_config.json").is_file():
+        return None
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(source)
+    except Exception:  # no processor, or one transformers cannot build: no default transform
+        return None
+    return _processor_transform(processor.to_dict(), int(getattr(config, "num_channels", 3) or 3))
+
+
+def _load_hf(spec: str, rest: str, weights: str | None, num_classes: int | None, task: str | None = None) -> LoadedModel:
+    if weights is not None:
+        raise SpecError(f"model spec '{spec}': a Hugging Face model directory carries its own weights; drop --weights")
+    transformers = _import_extra(spec, "transformers", "hf")
+    source = _hf_source(spec, rest)
+    config = _hf_config(spec, transformers, source)
+    _hf_task(spec, config, task)
+    if num_classes is not None and num_classes != int(config.num_labels):
+        raise SpecError(f"--num-classes {num_classes} does not match the {config.num_labels} labels of {spec}; drop --num-classes")
+    try:  # float32, and eager attention: per-sample and input gradients differentiate through every op
+        model = transformers.AutoModelForImageClassification.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+    except Exception as e:  # transformers raises many types (OSError, ValueError, hub errors, ...)
+        error = ModelError if Path(source).is_dir() else WeightsUnavailableError
+        raise error(f"model spec '{spec}': loading the image classifier from {source} failed ({type(e).__name__}: {_first_sentence(e)})") from None
+    return _finish(HFImageClassifier(model), spec, None, _hf_class_names(config), _hf_transform(transformers, source, config),
+                   scripted=False, num_classes=int(config.num_labels))
+
+
 def _finish(
     module: nn.Module,
     spec: str,
@@ -237,14 +502,17 @@ def _finish(
 
 
 def model_file(spec: str) -> Path | None:
-    """The code file a spec names (a ``python:FILE.py:FACTORY`` module, or a TorchScript file), absolute; else None."""
+    """The code file a spec names (a ``python:FILE.py:FACTORY`` module, a TorchScript file, or an ``hf:`` model's
+    directory), absolute; else None (also for an ``hf:`` Hub id)."""
     kind, _, rest = spec.partition(":")
+    if kind == "hf":
+        return Path(rest).expanduser().resolve() if rest and _hf_local(rest) else None
     if kind == "python":
         target = rest.rpartition(":")[0]
         return Path(target).expanduser().resolve() if target.endswith(".py") or "/" in target else None
     if kind == "torchscript":
         return Path(rest).expanduser().resolve()
-    if kind not in ("torchvision",) and Path(spec).is_file():
+    if kind not in ("torchvision", "timm") and Path(spec).is_file():
         return Path(spec).resolve()
     return None
 
@@ -257,6 +525,8 @@ def absolute_spec(spec: str) -> str:
     kind, _, rest = spec.partition(":")
     if kind == "python":
         return f"python:{path}:{rest.rpartition(':')[2]}"
+    if kind == "hf":
+        return f"hf:{path}"
     return f"torchscript:{path}"
 
 
@@ -268,14 +538,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(spec: str, weights: str | None = None, num_classes: int | None = None) -> LoadedModel:
+def load_model(spec: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None) -> LoadedModel:
     """Build the model a spec names, in eval mode on the CPU (see ``MODEL_SPEC_HELP``).
 
-    ``weights`` is a torchvision weights name (torchvision: only; default DEFAULT) or a local state-dict file.
+    ``weights`` is a local state-dict file, or the name of published weights: a torchvision weights name
+    (default DEFAULT) or a timm pretrained tag (DEFAULT, TAG or NAME.TAG; downloaded, so online only).
+    Without weights a torchvision or timm model is initialised at random. ``task`` (hf: only; default:
+    the one the config's architectures name) is ``image-classification``; the text tasks are not supported yet.
     """
     if num_classes is not None and num_classes <= 0:
         raise SpecError(f"--num-classes {num_classes} must be a positive integer")
     kind, sep, rest = spec.partition(":")
+    if task is not None and kind != "hf":
+        raise SpecError(f"model spec '{spec}': a task is chosen only for hf: models; drop it")
+    if sep and kind == "hf" and rest:
+        return _load_hf(spec, rest, weights, num_classes, task)
+    if sep and kind == "timm" and rest:
+        return _load_timm(spec, rest, weights, num_classes)
     if sep and kind == "torchvision" and rest:
         return _load_torchvision(spec, rest, weights, num_classes)
     if sep and kind == "torchscript" and rest:

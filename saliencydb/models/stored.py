@@ -1,9 +1,11 @@
 """A database's model: what the manifest records of it, and loading it back checked against
-those records (its weights hash, and for a ``python:`` model the hash of its code file)."""
+those records (its weights hash, and the hash of its code file: a ``python:`` model's module, an
+``hf:`` directory's config.json)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -14,9 +16,16 @@ from ..schemas.manifest import ModelRecord
 from .loading import LoadedModel, absolute_spec, file_sha256, load_model, model_file
 
 
+def code_file(spec: str) -> Path | None:
+    """The file whose hash the manifest keeps as ``code_sha256``: a ``python:`` model's module, or the
+    config.json of an ``hf:`` model's directory (its architecture; the weights hash covers the rest)."""
+    path = model_file(spec) if spec.startswith(("python:", "hf:")) else None
+    return path / "config.json" if path is not None and spec.startswith("hf:") else path
+
+
 def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str) -> ModelRecord:
     """The manifest's ``model`` entry for a model loaded from its spec (README "Database layout")."""
-    code = model_file(model.spec) if model.spec.startswith("python:") else None
+    code = code_file(model.spec)
     return ModelRecord(
         spec=absolute_spec(model.spec),
         code_sha256=file_sha256(code) if code is not None and code.is_file() else None,
@@ -34,7 +43,7 @@ def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int 
 def load_stored_model(manifest: Manifest) -> LoadedModel:
     """The database's model, checked against the stored weights hash."""
     rec = manifest.model
-    code = model_file(rec.spec) if rec.code_sha256 else None
+    code = code_file(rec.spec) if rec.code_sha256 else None
     if code is not None:
         if not code.is_file():
             raise ModelError(f"the database's model file {code} is gone; put it back (sha256 {rec.code_sha256[:12]}), "
@@ -54,12 +63,13 @@ def load_stored_model(manifest: Manifest) -> LoadedModel:
 
 
 def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
-    """Whether a model given without weights gets random ones: a torchvision architecture, or a
-    python: factory whose weights differ between two builds under different seeds (a factory
-    that loads its own weights builds the same model every time)."""
+    """Whether a model given without weights gets random ones: a torchvision or timm architecture, or
+    a python: factory or hf: directory whose weights differ between two builds under different seeds
+    (a factory that loads its own weights builds the same model every time; an hf: directory whose
+    weights miss a layer, e.g. a new classifier head, gets that layer at random)."""
     if model.weights is not None or model.scripted:
         return False
-    if model.spec.startswith("torchvision:"):
+    if model.spec.startswith(("torchvision:", "timm:")):
         return True
     with torch.random.fork_rng():
         torch.manual_seed(int(model.weights_sha256[:8], 16))

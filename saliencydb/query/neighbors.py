@@ -124,7 +124,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.
     from ..data import Transform
     from ..data.sources import open_image
     from ..models.stored import load_stored_model
-    from ..saliency import ProfileEngine
+    from ..saliency import ProfileEngine, UnitLayout
     from ..saliency.normalise import dlogit_norms
 
     m = db.manifest
@@ -143,7 +143,7 @@ def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.
     model = load_stored_model(m)
     if model.scripted:
         raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
-    out = ProfileEngine(model.module, aggregate=m.aggregate).profile(x[None], torch.tensor([y]))
+    out = ProfileEngine(model.module, aggregate=m.aggregate, layout=UnitLayout.from_dict(m.units)).profile(x[None], torch.tensor([y]))
     pred = int(out.pred[0])
     query = SampleMeta(sample_id=None, split=None, key=str(path), label=y, label_name=names[y], pred=pred,
                        pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),

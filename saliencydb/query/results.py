@@ -29,6 +29,7 @@ class UnitsInfo(Result):
     count: int
     layers: int
     aggregate: str
+    excluded: list[str] = field(default_factory=list)  # "param: why" of the weights that are not units (linear layouts)
 
 
 @dataclass

@@ -240,7 +240,7 @@ class _Gatherer:
             maps = []
             for i in range(len(shown)):  # one at a time, to report progress
                 maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std, aggregate=self.m.aggregate,
-                                           normalisation=self.db.normalisation)[0].numpy())
+                                           normalisation=self.db.normalisation, layout=self.layout)[0].numpy())
                 task.advance(1)
         except (SaliencyDBError, OSError, RuntimeError, ValueError) as e:
             return f"Input-space maps could not be computed: {' '.join(str(e).split())[:300]}"

@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import ModelError
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import Layer, UnitLayout
+from .linear import as_tokens, check_attention, mha_forward, per_sample_linear_grad, reduce_linear
 from ..models.inference import outputs_from_logits
 from ..models.modes import evaluating
 
@@ -277,6 +278,39 @@ def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor,
     return out
 
 
+def _units_by_module(model: nn.Module, layout: UnitLayout):
+    """The convolutions, the linear modules and the attentions whose weights are units of ``layout``."""
+    params = dict(model.named_parameters())
+    owners: dict[int, nn.Module] = {}
+    for module in model.modules():
+        for attr in ("weight", "in_proj_weight"):
+            w = getattr(module, attr, None)
+            if isinstance(w, torch.Tensor):
+                owners.setdefault(id(w), module)
+    attention_of = {id(m.out_proj.weight): m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    convs, linears, attentions = [], [], {}
+    for layer in layout.layers:
+        w = params.get(layer.param_name)
+        module = owners.get(id(w)) if w is not None else None
+        if layer.kind == "conv":
+            if not isinstance(module, nn.Conv2d):
+                raise ModelError(
+                    f"parameter '{layer.param_name}' is a 4-D weight but not the weight of an nn.Conv2d "
+                    f"({type(module).__name__ if module is not None else 'no module'}); only Conv2d filters can be profiled"
+                )
+            convs.append((layer, module))
+        elif isinstance(module, nn.MultiheadAttention) or id(w) in attention_of:
+            attention = module if isinstance(module, nn.MultiheadAttention) else attention_of[id(w)]
+            check_attention(attention)
+            attentions[id(attention)] = attention
+        elif isinstance(module, nn.Linear):
+            linears.append((layer, module))
+        else:
+            raise ModelError(f"parameter '{layer.param_name}' is not the weight of an nn.Linear or an attention's "
+                             "projection; it cannot be a linear unit")
+    return convs, linears, list(attentions.values())
+
+
 class ProfileEngine:
     """Computes raw filter-wise saliency profiles of a model, a batch at a time.
 
@@ -288,7 +322,7 @@ class ProfileEngine:
     """
 
     def __init__(self, model: nn.Module, *, aggregate: str = DEFAULT_AGGREGATE, block_bytes: int = _DEFAULT_BLOCK_BYTES,
-                 strategy: str | None = None):
+                 strategy: str | None = None, layout: UnitLayout | None = None):
         self.aggregate = check_aggregate(aggregate)
         self._p = 1 if aggregate == "mean_abs" else 2
         allowed = STRATEGIES + (("gram",) if self._p == 2 else ())
@@ -299,26 +333,19 @@ class ProfileEngine:
         self._chosen: dict = {}  # layer shape -> (strategy, block) measured fastest here
         self._workspace = _Workspace()
         self.has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
-        self.layout = UnitLayout.from_module(model)
+        self.layout = layout or UnitLayout.from_module(model)
         if not self.layout.layers:
-            raise ModelError("the model has no convolution weights (4-D parameters): nothing to profile")
+            raise ModelError("the model has no convolution weights (4-D parameters) to profile; for a model of linear "
+                             "layers (a ViT, an MLP) use --units linear or auto")
         self.block_bytes = block_bytes
+        self._convs, self._linears, self._attentions = _units_by_module(model, self.layout)
         params = dict(model.named_parameters())
-        modules = {id(m.weight): (name, m) for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
-        self._convs: list[tuple[Layer, nn.Conv2d]] = []
-        for layer in self.layout.layers:
-            mod_name, module = modules.get(id(params[layer.param_name]), (None, None))
-            if not isinstance(module, nn.Conv2d):
-                raise ModelError(
-                    f"parameter '{layer.param_name}' is a 4-D weight but not the weight of an nn.Conv2d "
-                    f"({type(module).__name__ if module is not None else 'no module'}); only Conv2d filters can be profiled"
-                )
-            self._convs.append((layer, module))
+        self.linear_by_weight = {id(params[l.param_name]): l for l in self.layout.layers if l.kind != "conv"}
 
     # -- public -------------------------------------------------------------------------
     def profile(self, x: torch.Tensor, y: torch.Tensor) -> Profiles:
         """Raw profiles and outputs for the batch ``x`` (B, C, H, W) with labels ``y`` (B,)."""
-        if x.dim() != 4:
+        if x.dim() != 4 and (self._convs or x.dim() < 2):
             raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
         y = y.to(device=x.device, dtype=torch.long)
         raw = torch.zeros(x.shape[0], self.layout.n_units, dtype=torch.float32, device=x.device)
@@ -329,19 +356,26 @@ class ProfileEngine:
             try:
                 for layer, module in self._convs:
                     handles.append(module.register_forward_hook(state.conv_hook(layer, module)))
+                for layer, module in self._linears:
+                    handles.append(module.register_forward_hook(state.linear_unit_hook(layer)))
                 for module in self.model.modules():
                     if isinstance(module, nn.Linear):
                         handles.append(module.register_forward_hook(state.linear_hook))
+                for module in self._attentions:  # its projections are routed through the pass (saliency.linear)
+                    module.forward = functools.partial(mha_forward, module, state.project)
                 logits = self.model(x_in)
                 if not isinstance(logits, torch.Tensor):  # e.g. inception's named tuple in train mode
                     logits = logits[0]
                 loss = F.cross_entropy(logits, y, reduction="none")
                 if not loss.requires_grad:
                     raise ModelError("the model's output does not depend on its input through autograd; cannot profile it")
+                state.check_linear_calls()
                 state.backward(loss.sum())
             finally:
                 for h in handles:
                     h.remove()
+                for module in self._attentions:
+                    module.__dict__.pop("forward", None)
                 state.entries.clear()  # they hold the graph, whose hooks hold the state: no cycle left
         outs = outputs_from_logits(logits, y)
         feature = state.feature if state.feature is not None else state.fallback_feature
@@ -426,6 +460,60 @@ class _PassState:
 
     def linear_hook(self, module, inputs, output):
         self.feature = inputs[0].detach().flatten(1)
+
+    def linear_unit_hook(self, layer: Layer):
+        def hook(mod, inputs, output):
+            self.record_linear(layer, inputs[0], output)
+
+        return hook
+
+    def project(self, weight: torch.Tensor, bias, x: torch.Tensor) -> torch.Tensor:
+        """A projection of a rewritten attention (saliency.linear.mha_forward): applied, and recorded when
+        its weight is a unit."""
+        out = F.linear(x, weight, bias)
+        layer = self.engine.linear_by_weight.get(id(weight))
+        if layer is not None:
+            self.record_linear(layer, x, out)
+        return out
+
+    def record_linear(self, layer: Layer, a: torch.Tensor, out: torch.Tensor) -> None:
+        """A linear unit layer was applied: keep its input, and receive its output's gradient."""
+        B = self.raw.shape[0]
+        a = as_tokens(a.detach(), B, f"the input of {layer.name}")
+        self.calls[layer.index] = self.calls.get(layer.index, 0) + 1
+        node = out.grad_fn
+        if node is None:
+            return
+
+        def prehook(grad_outputs):
+            if grad_outputs[0] is not None:
+                self.receive_linear(layer, a, as_tokens(grad_outputs[0].detach(), B, f"the output of {layer.name}"))
+            return None
+
+        node.register_prehook(prehook)
+
+    def receive_linear(self, layer: Layer, a: torch.Tensor, g: torch.Tensor) -> None:
+        i = layer.index
+        self.done[i] = self.done.get(i, 0) + 1
+        if self.calls[i] == 1:
+            self.raw[:, layer.offset : layer.stop] = reduce_linear(layer.kind, a, g, self.engine.aggregate,
+                                                                   self.engine.block_bytes)
+            return
+        contribution = per_sample_linear_grad(a, g)
+        if layer.kind == "linear-in":
+            contribution = contribution.transpose(1, 2)
+        self.pending[i] = contribution if i not in self.pending else self.pending[i].add_(contribution)
+        if self.done[i] == self.calls[i]:
+            self.raw[:, layer.offset : layer.stop] = aggregate_rows(self.pending.pop(i), self.engine.aggregate)
+
+    def check_linear_calls(self) -> None:
+        """A linear unit whose weight the forward pass never applied through its module (nor a rewritten
+        attention) may have been used functionally, out of the engine's sight: refused, never guessed."""
+        for layer in self.engine.layout.layers:
+            if layer.kind != "conv" and not self.calls.get(layer.index):
+                raise ModelError(f"the weight of {layer.name} was not applied through its module in the forward pass "
+                                 "(unused, or used functionally, e.g. F.linear(x, module.weight)); its linear units "
+                                 "cannot be profiled exactly: use --units conv, or a model that calls the module")
 
     def conv_hook(self, layer: Layer, module: nn.Conv2d):
         def hook(mod, inputs, output):

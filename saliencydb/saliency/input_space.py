@@ -60,7 +60,8 @@ def differentiable_profile(model: nn.Module, x1: torch.Tensor, y1: torch.Tensor,
         if g is None:  # a layer that does not reach the loss: zero saliency, no dependence on x
             parts.append(torch.zeros(layer.out_channels, dtype=x1.dtype, device=x1.device))
         else:
-            parts.append(aggregate_rows(g.flatten(1), aggregate, differentiable=True))
+            rows = g.t() if layer.kind == "linear-in" else g.flatten(1)
+            parts.append(aggregate_rows(rows, aggregate, differentiable=True))
     if return_dlogit:
         residual = logits.softmax(dim=1) - F.one_hot(y1, logits.shape[1]).to(logits.dtype)
         return torch.cat(parts), residual.norm()
@@ -78,7 +79,7 @@ def _check_units(units, n_units: int) -> torch.Tensor:
 
 def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
                    boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE,
-                   normalisation: str = DEFAULT_NORMALISATION) -> torch.Tensor:
+                   normalisation: str = DEFAULT_NORMALISATION, layout: UnitLayout | None = None) -> torch.Tensor:
     """Input-space saliency maps, shaped (B, H, W), for the batch ``x`` (B, C, H, W) with labels ``y`` (B,).
 
     ``mean``/``std``: the per-unit standardisation statistics (U,) of the profile ``normalisation``
@@ -93,7 +94,7 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
     y = torch.as_tensor(y).to(device=x.device, dtype=torch.long).reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise ModelError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    layout = UnitLayout.from_module(model)
+    layout = layout or UnitLayout.from_module(model)
     if not layout.layers:
         raise ModelError("the model has no convolution weights (4-D parameters): no input-space saliency")
     U = layout.n_units
@@ -108,7 +109,10 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
     weights = conv_weights(model, layout)
     norm = Normaliser(check_normalisation(normalisation), mean_t.double().cpu().numpy(), std_t.double().cpu().numpy())
     maps = []
-    with evaluating(model, grad_params=weights):
+    # a second-order backward pass: attention through the math kernel (the fused CPU/GPU kernels have no double backward)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with evaluating(model, grad_params=weights), sdpa_kernel([SDPBackend.MATH]):
         for i in range(x.shape[0]):
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
             raw, dlogit = differentiable_profile(model, xi, y[i : i + 1], layout, weights, aggregate, return_dlogit=True)

@@ -31,6 +31,7 @@ def reference_profiles(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layou
             loss = F.cross_entropy(logits, y[i : i + 1].long())
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             for layer, grad in zip(layout.layers, grads):
-                if grad is not None:
-                    out[i, layer.offset : layer.stop] = aggregate_rows(grad.flatten(1), aggregate)
+                if grad is not None:  # rows: a filter, an output feature's row, or an input column
+                    rows = grad.t() if layer.kind == "linear-in" else grad.flatten(1)
+                    out[i, layer.offset : layer.stop] = aggregate_rows(rows, aggregate)
     return out
