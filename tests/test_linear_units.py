@@ -58,6 +58,8 @@ CASES = {
     "token-mlp": (TokenMLP, (5, 1, 4, 8), 3),
     "torchvision-vit": (_tiny_vit, (3, 3, 32, 32), 4),
     "torchvision-convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=4), (2, 3, 32, 32), 4),
+    "torchvision-swin_t": (lambda: torchvision.models.swin_t(num_classes=4), (2, 3, 64, 64), 4),
+    "torchvision-vit_b_16": (lambda: torchvision.models.vit_b_16(num_classes=4), (2, 3, 224, 224), 4),
     "timm-vit_tiny_patch16_224": (lambda: timm.create_model("vit_tiny_patch16_224", num_classes=4), (2, 3, 224, 224), 4),
     "timm-deit_tiny_patch16_224": (lambda: timm.create_model("deit_tiny_patch16_224", num_classes=4), (2, 3, 224, 224), 4),
 }
@@ -155,10 +157,23 @@ def test_embeddings_and_weights_tied_to_them_are_not_units():
 
 
 def test_functional_weights_and_models_without_units_are_refused():
-    swin = torchvision.models.swin_t(num_classes=3)  # its attention calls F.linear(x, qkv.weight) itself
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):  # the weight is used without calling its module
+            return self.head(torch.tanh(nn.functional.linear(x.flatten(1), self.proj.weight)))
+
+    model = Functional()
     with pytest.raises(ModelError, match="not applied through its module"):
-        ProfileEngine(swin, layout=UnitLayout.from_module(swin, "linear")).profile(torch.randn(1, 3, 64, 64),
-                                                                                   torch.tensor([0]))
+        ProfileEngine(model, layout=UnitLayout.from_module(model, "linear")).profile(torch.randn(2, 1, 4, 4),
+                                                                                     torch.tensor([0, 1]))
+    # Swin V2's position-bias MLP runs once for the whole batch: no per-sample gradient to separate
+    swin2 = torchvision.models.swin_v2_t(num_classes=3)
+    with pytest.raises(ModelError, match="not the batch"):
+        ProfileEngine(swin2, layout=UnitLayout.from_module(swin2, "linear")).profile(torch.randn(2, 3, 64, 64),
+                                                                                     torch.tensor([0, 1]))
 
     class NoWeights(nn.Module):
         def __init__(self):

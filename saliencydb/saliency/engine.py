@@ -30,7 +30,8 @@ from torch import nn
 from ..errors import ModelError
 from .aggregates import DEFAULT_AGGREGATE, aggregate_rows, check_aggregate
 from .layout import Layer, UnitLayout
-from .linear import as_tokens, check_attention, mha_forward, per_sample_linear_grad, reduce_linear
+from .linear import (FunctionalLinears, as_tokens, check_attention, mha_forward, per_sample_linear_grad, reduce_linear,
+                     windowed_attentions)
 from ..models.inference import outputs_from_logits
 from ..models.modes import evaluating
 
@@ -288,6 +289,8 @@ def _units_by_module(model: nn.Module, layout: UnitLayout):
             if isinstance(w, torch.Tensor):
                 owners.setdefault(id(w), module)
     attention_of = {id(m.out_proj.weight): m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    windowed_types = windowed_attentions()
+    windowed_of = {id(child): m for m in model.modules() if isinstance(m, windowed_types) for child in m.children()}
     convs, linears, attentions = [], [], {}
     for layer in layout.layers:
         w = params.get(layer.param_name)
@@ -303,6 +306,8 @@ def _units_by_module(model: nn.Module, layout: UnitLayout):
             attention = module if isinstance(module, nn.MultiheadAttention) else attention_of[id(w)]
             check_attention(attention)
             attentions[id(attention)] = attention
+        elif isinstance(module, nn.Linear) and id(module) in windowed_of:
+            attentions[id(windowed_of[id(module)])] = windowed_of[id(module)]
         elif isinstance(module, nn.Linear):
             linears.append((layer, module))
         else:
@@ -361,8 +366,11 @@ class ProfileEngine:
                 for module in self.model.modules():
                     if isinstance(module, nn.Linear):
                         handles.append(module.register_forward_hook(state.linear_hook))
-                for module in self._attentions:  # its projections are routed through the pass (saliency.linear)
-                    module.forward = functools.partial(mha_forward, module, state.project)
+                for module in self._attentions:  # their projections are routed through the pass (saliency.linear)
+                    if isinstance(module, nn.MultiheadAttention):
+                        module.forward = functools.partial(mha_forward, module, state.project)
+                    else:
+                        module.forward = functools.partial(state.windowed_forward, module)
                 logits = self.model(x_in)
                 if not isinstance(logits, torch.Tensor):  # e.g. inception's named tuple in train mode
                     logits = logits[0]
@@ -476,10 +484,20 @@ class _PassState:
             self.record_linear(layer, x, out)
         return out
 
-    def record_linear(self, layer: Layer, a: torch.Tensor, out: torch.Tensor) -> None:
+    def windowed_forward(self, module: nn.Module, *args, **kwargs):
+        """A windowed attention's own forward, its functional projections recorded (saliency.linear)."""
+        def record(weight, x, out):
+            layer = self.engine.linear_by_weight.get(id(weight))
+            if layer is not None:
+                self.record_linear(layer, x, out, merged=True)
+
+        with FunctionalLinears(record):
+            return type(module).forward(module, *args, **kwargs)
+
+    def record_linear(self, layer: Layer, a: torch.Tensor, out: torch.Tensor, merged: bool = False) -> None:
         """A linear unit layer was applied: keep its input, and receive its output's gradient."""
         B = self.raw.shape[0]
-        a = as_tokens(a.detach(), B, f"the input of {layer.name}")
+        a = as_tokens(a.detach(), B, f"the input of {layer.name}", merged)
         self.calls[layer.index] = self.calls.get(layer.index, 0) + 1
         node = out.grad_fn
         if node is None:
@@ -487,7 +505,7 @@ class _PassState:
 
         def prehook(grad_outputs):
             if grad_outputs[0] is not None:
-                self.receive_linear(layer, a, as_tokens(grad_outputs[0].detach(), B, f"the output of {layer.name}"))
+                self.receive_linear(layer, a, as_tokens(grad_outputs[0].detach(), B, f"the output of {layer.name}", merged))
             return None
 
         node.register_prehook(prehook)

@@ -20,13 +20,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ModelError
 from .aggregates import aggregate_rows
 
 
-def as_tokens(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """``t`` (B, ..., features) as (B, T, features); ModelError when its first dimension is not the batch."""
+def as_tokens(t: torch.Tensor, batch: int, what: str, merged: bool = False) -> torch.Tensor:
+    """``t`` (B, ..., features) as (B, T, features); ModelError when its first dimension is not the batch.
+    ``merged``: the first dimension is the batch times windows, batch-major (a windowed attention's)."""
+    if merged and t.dim() >= 2 and t.shape[0] % batch == 0:
+        return t.reshape(batch, -1, t.shape[-1])
     if t.dim() < 2 or t.shape[0] != batch:
         raise ModelError(f"{what} has shape {tuple(t.shape)}, whose first dimension is not the batch of {batch}; "
                          "only linear layers applied batch-first can be profiled")
@@ -108,3 +112,27 @@ def mha_forward(module: nn.MultiheadAttention, project, query, key, value, key_p
 
 def plain_projection(weight, bias, x):
     return F.linear(x, weight, bias)
+
+
+def windowed_attentions() -> tuple[type, ...]:
+    """Modules that apply their projections functionally to windows merged into the batch dimension,
+    batch-major (torchvision's Swin: ``x.view(B, ...).permute(0, ...).reshape(B * windows, ...)``)."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+    return (ShiftedWindowAttention, ShiftedWindowAttentionV2)
+
+
+class FunctionalLinears(TorchFunctionMode):
+    """Within a windowed attention's forward: every ``F.linear`` whose weight is a unit is recorded by
+    ``record(weight, x, out)``."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear or func is torch._C._nn.linear:
+            self.record(args[1], args[0], out)
+        return out
+
