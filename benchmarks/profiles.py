@@ -45,7 +45,8 @@ from saliencydb.data.zoo import small_cnn  # noqa: E402
 from saliencydb.memory import keep_freed_memory  # noqa: E402
 from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles  # noqa: E402
 
-MODELS = ("resnet18", "resnet50", "vgg19", "densenet121", "mobilenet_v3_small", "inception_v3", "small_cnn")
+TIMM_MODELS = ("vit_tiny_patch16_224", "convnext_atto")  # built with timm (pretrained=False)
+MODELS = ("resnet18", "resnet50", "vgg19", "densenet121", "mobilenet_v3_small", "inception_v3", "small_cnn") + TIMM_MODELS
 METHODS = ("loop", "engine", "engine_rms", "train_step", "vmap")
 DEFAULT_SIZE = {"small_cnn": 28, "inception_v3": 299}  # others: 224
 DEFAULT_BATCH = 32
@@ -90,6 +91,10 @@ def build_model(name: str, size: int) -> tuple[nn.Module, int, int]:
     classes = num_classes_for(name, size)
     if name == "small_cnn":
         return small_cnn(num_classes=classes).eval(), 1, classes
+    if name in TIMM_MODELS:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=classes).eval(), 3, classes
     kwargs = {"weights": None, "num_classes": classes}
     if name == "inception_v3":
         kwargs.update(aux_logits=False, init_weights=False)
@@ -402,7 +407,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
     torch.manual_seed(args.seed)
     model, channels, classes = build_model(case.model, case.size)
     model = model.to(device)
-    layout = UnitLayout.from_module(model)
+    layout = UnitLayout.from_module(model, "auto")  # conv filters for CNNs, linear units for a ViT
     n_conv = sum(layer.out_channels * layer.n_params for layer in layout.layers)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(case.batch, channels, case.size, case.size, generator=gen).to(device)
@@ -423,14 +428,14 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
         results["loop"].note = f"first {n} samples"
 
     progress("engine")
-    engine = ProfileEngine(model)
+    engine = ProfileEngine(model, layout=layout)
     results["engine"], prof = measure("engine", lambda: engine.profile(x, y).raw, case.batch, device, **kw)
     outputs["engine"] = prof
     if results["engine"].error is None:
         results["engine"].note = f"workspace {engine.workspace_bytes / 2**20:.1f} MB"
 
     progress("engine_rms")
-    engine_rms = ProfileEngine(model, aggregate="rms")
+    engine_rms = ProfileEngine(model, aggregate="rms", layout=layout)
     results["engine_rms"], rms = measure("engine_rms", lambda: engine_rms.profile(x, y).raw, case.batch, device, **kw)
     if rms is not None and prof is not None:
         rho, top = agreement(prof, rms)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .demo import MODEL_SPEC, RECIPE, train_demo_model
+from .demo import DEMO_MODELS, RECIPE, train_demo_model
 from .errors import QueryError
 from .indexer import Indexer
 from .interventions import Bench, Estimate, Validation, validate
@@ -123,17 +123,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def builtin_database(data: str, seed: int, cache_dir: Path, progress: Progress | None = None, wait: bool = False, *,
-                     device: str = "auto", **recipe) -> Path:
+                     device: str = "auto", model: str = "cnn", **recipe) -> Path:
     """The database of the builtin validation split ``data`` (e.g. builtin:mnist5k:val) indexed with the demo CNN
     trained (cached) with ``seed`` on the matching training split (``recipe`` overrides more of the demo's
     recipe, e.g. ``epochs=1``): ``cache_dir/databases/NAME-seedSEED-WEIGHTS``, created, resumed or reused."""
     name, train = builtin_split(data)
     progress = progress or NullProgress()
     cache_dir = Path(cache_dir)
-    weights = train_demo_model(cache_dir, progress, data=train, **{**recipe, "seed": int(seed)})
-    db = cache_dir / "databases" / f"{name}-seed{int(seed)}-{weights.stem}"
+    weights = train_demo_model(cache_dir, progress, data=train, model=model, **{**recipe, "seed": int(seed)})
+    db = cache_dir / "databases" / f"{name}{'' if model == 'cnn' else '-' + model}-seed{int(seed)}-{weights.stem}"
     if not _indexed(db, weights):
-        Indexer(db, model=MODEL_SPEC, weights=str(weights), device=device, batch_size=128, workers=0,
+        Indexer(db, model=DEMO_MODELS[model][0], weights=str(weights), device=device, batch_size=128, workers=0,
                 progress=progress, wait=wait).run(data, split=SPLIT)
     return db
 
