@@ -214,3 +214,26 @@ def test_a_vit_database_end_to_end(tmp_path):
     # asking for other units than the database's is one line
     r = run_cli("index", "--db", db, "--data", "builtin:mnist5k:val", "--units", "conv", *args, expect=1)
     assert "stores linear-out units" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_an_mlp_database_and_a_model_without_units_through_the_cli(tmp_path):
+    (tmp_path / "models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def mlp():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))\n\n"
+        "class Scale(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.s = nn.Parameter(torch.ones(10))\n"
+        "    def forward(self, x):\n        return x.flatten(1)[:, :10] * self.s\n\n"
+        "def scale(num_classes=10):\n    return Scale()\n")
+    db = tmp_path / "db"
+    base = ["--data", "builtin:mnist5k:val", "--limit", 60, "--workers", 0, "--random-weights"]
+    run_cli("index", "--db", db, "--model", f"python:{tmp_path / 'models.py'}:mlp", "--linear-units", "in", *base)
+    info = json.loads(run_cli("info", "--db", db, "--format", "json").stdout)
+    assert info["units"]["kind"] == "linear-in" and info["units"]["count"] == 784 + 32
+    out = tmp_path / "mlp.png"
+    result = json.loads(run_cli("explain", "--db", db, "--id", 0, "--out", out, "--format", "json").stdout)
+    assert result["gradcam"] is None and out.stat().st_size > 0  # no convolution: no GradCAM panel
+    r = run_cli("index", "--db", tmp_path / "none", "--model", f"python:{tmp_path / 'models.py'}:scale", "--num-classes", 10,
+                *base, expect=1)
+    assert "no convolution or linear weights to profile" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "none" / "manifest.json").exists()

@@ -82,11 +82,11 @@ class Explanation(Result):
     top_units: list[UnitRow]
     boosted_units: list[UnitRow]  # the top units, or the units asked for
     map: MapStats
-    gradcam: GradCamInfo | None  # None for TorchScript models
+    gradcam: GradCamInfo | None  # None for TorchScript models and models without a convolution
     out: str | None  # the figure written
     image: np.ndarray  # (H, W) or (H, W, 3) in [0, 1], as the model saw it
     input_map: np.ndarray  # (H, W) raw input-space saliency
-    cam: np.ndarray | None  # (H, W) GradCAM for the predicted label (None for TorchScript models)
+    cam: np.ndarray | None  # (H, W) GradCAM for the predicted label (None for TorchScript models and models without a convolution)
 
     internal = ("image", "input_map", "cam")
 
@@ -105,7 +105,8 @@ def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top
     boosted = top if units is None else np.asarray(units, dtype=np.int64)
     input_map = ex.input_map(s.x, s.y, units=boosted)[0]
     cam = None
-    if not ex.scripted:
+    # GradCAM needs a convolution (and module hooks); without one (an MLP) the explanation has no GradCAM panel
+    if not ex.scripted and any(isinstance(m, torch.nn.Conv2d) for m in ex.model.modules()):
         cam = gradcam(ex.model, s.x, torch.tensor([int(s.meta["pred"])]))[0]
     top_rows = ex.unit_rows(top, s.z)
     boosted_rows = top_rows if units is None else ex.unit_rows(boosted, s.z)
