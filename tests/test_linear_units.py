@@ -237,3 +237,19 @@ def test_an_mlp_database_and_a_model_without_units_through_the_cli(tmp_path):
                 *base, expect=1)
     assert "no convolution or linear weights to profile" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "none" / "manifest.json").exists()
+
+
+def test_a_hugging_face_vit_indexes_with_linear_units(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, num_hidden_layers=1, hidden_size=16,
+                       num_attention_heads=2, intermediate_size=32, num_labels=10)
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    db = tmp_path / "db"
+    run_cli("index", "--db", db, "--model", f"hf:{tmp_path / 'vit'}", "--transform", "mode=L,size=28,mean=0.5,std=0.5",
+            "--data", "builtin:mnist5k:val", "--limit", 30, "--workers", 0)
+    info = json.loads(run_cli("info", "--db", db, "--format", "json").stdout)
+    assert info["units"]["kind"] == "linear-out" and info["samples"] == 30
+    assert any("patch_embeddings" in e for e in info["units"]["excluded"])
+    assert len(json.loads(run_cli("neighbors", "--db", db, "--id", 1, "-k", 3, "--format", "json").stdout)["neighbors"]) == 3
