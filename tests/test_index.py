@@ -69,7 +69,8 @@ def test_info_json_summarises_the_database(tmp_path, cnn_weights):
     info = json.loads(run_cli("info", "--db", db, "--format", "json").output)
     assert info["format_version"] == FORMAT_VERSION
     assert info["model"]["spec"] == CNN
-    assert info["units"] == {"kind": "conv-filter", "count": 16 + 32 + 64, "layers": 3, "aggregate": "mean_abs"}
+    assert info["units"] == {"kind": "conv-filter", "count": 16 + 32 + 64, "layers": 3, "aggregate": "mean_abs",
+                             "excluded": []}
     assert info["samples"] == 64
     val = info["splits"]["val"]
     assert val["samples"] == 64 and val["complete"] is False and val["source"] == "builtin:mnist5k:val"
