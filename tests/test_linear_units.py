@@ -253,3 +253,29 @@ def test_a_hugging_face_vit_indexes_with_linear_units(tmp_path):
     assert info["units"]["kind"] == "linear-out" and info["samples"] == 30
     assert any("patch_embeddings" in e for e in info["units"]["excluded"])
     assert len(json.loads(run_cli("neighbors", "--db", db, "--id", 1, "-k", 3, "--format", "json").stdout)["neighbors"]) == 3
+
+
+def test_a_weight_used_both_through_its_module_and_functionally_is_caught():
+    """The first sample is checked against the definition: a second, hidden use of a weight is refused."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.proj(x.flatten(1))
+            return self.head(torch.tanh(h + nn.functional.linear(torch.tanh(h), self.proj.weight)))
+
+    torch.manual_seed(0)
+    model = Twice()
+    engine = ProfileEngine(model, layout=UnitLayout.from_module(model, "linear"))
+    with pytest.raises(ModelError, match="differs from its definition"):
+        engine.profile(torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 2]))
+
+
+def test_timm_convnext_atto_with_all_units_is_exact():
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=4)
+    for axis in ("out", "in"):
+        worst, layout = _worst(model, torch.randn(2, 3, 64, 64), torch.tensor([1, 3]), "all", axis)
+        assert worst <= 1e-4 and layout.kind == "mixed"

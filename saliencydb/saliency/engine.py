@@ -335,6 +335,7 @@ class ProfileEngine:
             raise ModelError(f"unknown engine strategy '{strategy}' for the {aggregate} aggregate; use one of {', '.join(allowed)}")
         self.model = model
         self.strategy = strategy
+        self._checked = False  # linear units: the first sample compared with the definition (``_self_check``)
         self._chosen: dict = {}  # layer shape -> (strategy, block) measured fastest here
         self._workspace = _Workspace()
         self.has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
@@ -385,9 +386,26 @@ class ProfileEngine:
                 for module in self._attentions:
                     module.__dict__.pop("forward", None)
                 state.entries.clear()  # they hold the graph, whose hooks hold the state: no cycle left
+        if not self._checked and any(l.kind != "conv" for l in self.layout.layers):
+            self._self_check(x[:1], y[:1], raw[0])
         outs = outputs_from_logits(logits, y)
         feature = state.feature if state.feature is not None else state.fallback_feature
         return Profiles(raw=raw, logits=logits.detach(), feature=feature.detach().float(), **outs)
+
+    def _self_check(self, x1: torch.Tensor, y1: torch.Tensor, got: torch.Tensor) -> None:
+        """Linear units: once per engine, the first sample's profile against the one-sample definition. A weight
+        applied where the engine cannot see it (besides its module) would make them differ: refused, not stored."""
+        from .reference import reference_profiles
+
+        want = reference_profiles(self.model, x1, y1, self.layout, self.aggregate)[0]
+        for layer in self.layout.layers:
+            a, b = got[layer.offset : layer.stop].double(), want[layer.offset : layer.stop].double()
+            scale = float(b.abs().max())
+            if float((a - b).abs().max()) > 1e-3 * scale + 1e-30:
+                raise ModelError(f"the profile of layer {layer.name} differs from its definition (per-sample autograd) on "
+                                 "the first sample: the model applies that weight where the engine cannot see it; use "
+                                 "--units conv, or call the layer through its module")
+        self._checked = True
 
     @property
     def workspace_bytes(self) -> int:
