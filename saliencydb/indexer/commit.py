@@ -16,6 +16,7 @@ from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import RunningStats, UnitLayout, l2_normalize
 from ..saliency.normalise import Normaliser, prescale
+from ..saliency.reference_stats import reference_stats
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
 from ..storage import DatabaseWriter, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
@@ -114,6 +115,16 @@ def write_stats(writer: DatabaseWriter, stats: RunningStats, splits: list[str], 
     rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
     crash_point("stats-written")
     m.stats = StatsEntry(file=rel, splits=splits, count=stats.count, frozen=frozen)
+
+
+def write_reference_stats(writer: DatabaseWriter, name: str) -> None:
+    """The shipped reference statistics ``name`` as the units table, frozen (the caller commits)."""
+    m = writer.manifest
+    layout = UnitLayout.from_dict(m.units)
+    mean, std = reference_stats(name, layout)
+    table = pa.table({**layout.columns(), "mean": mean, "std": std}, schema=UNITS_SCHEMA)
+    rel = writer.write_parquet(writer.unique_name("units", "units", ".parquet"), table)
+    m.stats = StatsEntry(file=rel, splits=[], count=0, frozen=True, source=f"reference:{name}")
 
 
 def profile_stats(writer: DatabaseWriter, files: list[str], run_stats: dict[str, RunningStats] | None = None,

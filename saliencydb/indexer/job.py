@@ -32,9 +32,11 @@ from ..schemas.manifest import SplitEntry
 from ..saliency.aggregates import check_aggregate
 from ..saliency.layout import LINEAR_AXES, UNIT_CHOICES
 from ..saliency.normalise import check_normalisation
+from ..saliency.reference_stats import check_stats_spec
 from ..storage import DatabaseWriter, iter_part_batches, read_current
 from ..storage.indexes import INDEX_KINDS
-from .commit import PartWriter, RowBuffer, WrittenPart, failures_table, finish, job_table, list_part
+from .commit import (PartWriter, RowBuffer, WrittenPart, failures_table, finish, job_table, list_part,
+                     write_reference_stats)
 from .plan import JobSettings, ModelChoice, Plan, check_split_name, label_mapping, open_database, plan_job, read_class_names
 from .profile import Profiler, loader
 from .sharded import PlanChannel, ShardedProfiling, follow, world
@@ -103,7 +105,7 @@ class Indexer:
                  transform: str | None = None, num_classes: int | None = None, device: str = "auto",
                  batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str = "flat",
                  aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
-                 linear_units: str | None = None, progress: Progress | None = None,
+                 linear_units: str | None = None, stats: str | None = None, progress: Progress | None = None,
                  wait: bool = False,
                  random_weights: bool = False, classes: str | os.PathLike | None = None):
         if batch_size < 1:
@@ -120,6 +122,7 @@ class Indexer:
                                   normalisation=None if normalisation is None else check_normalisation(normalisation),
                                   units=_choice(units, UNIT_CHOICES, "--units"),
                                   linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
+                                  stats=check_stats_spec(stats),
                                   random_weights=random_weights)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
@@ -159,6 +162,8 @@ class Indexer:
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
         if args.freeze and m.stats is not None and not m.stats.frozen:
             m.stats.frozen = True
+        if self.choice.stats is not None and m.stats is None:
+            write_reference_stats(writer, self.choice.stats)
         plan = plan_job(writer, source, args.data, args.split, args.limit, args.replace)
         report.skipped = plan.skipped
         profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m))

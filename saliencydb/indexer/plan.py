@@ -19,6 +19,7 @@ from ..progress import NullProgress, Progress
 from ..models.stored import initialised_at_random, load_stored_model, model_record
 from ..saliency import ProfileEngine, UnitLayout
 from ..saliency.aggregates import DEFAULT_AGGREGATE
+from ..saliency.reference_stats import reference_stats
 from ..schemas import Manifest
 from ..schemas.manifest import PendingReplace, SplitEntry
 from ..storage import DatabaseWriter, committed_keys, is_database, read_current
@@ -51,6 +52,7 @@ class ModelChoice:
     aggregate: str | None = None
     normalisation: str | None = None
     units: str | None = None  # saliency.layout.UNIT_CHOICES; None: auto
+    stats: str | None = None  # a reference_stats name: standardise with the shipped statistics
     linear_units: str | None = None  # out or in; None: out
     random_weights: bool = False
 
@@ -108,6 +110,8 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
             )
     if choice.aggregate is not None and choice.aggregate != manifest.aggregate:
         raise SpecError(f"database '{db}' stores {manifest.aggregate} profiles; omit --aggregate, or use another --db")
+    if choice.stats is not None and (manifest.stats is None or manifest.stats.source != f"reference:{choice.stats}"):
+        raise SpecError(f"--stats applies when a database is created; '{db}' already exists: omit --stats, or use another --db")
     if choice.units is not None or choice.linear_units is not None:
         wanted = UnitLayout.from_module(stored.module, choice.units or "auto", choice.linear_units or "out")
         if wanted.to_dict()["layers"] != manifest.units["layers"]:
@@ -138,6 +142,11 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
         raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
     probe(loaded, transform, source)  # before anything is written
     layout = _layout(loaded, choice)
+    if choice.stats is not None:  # checked against the model's filters before anything is written
+        reference_stats(choice.stats, layout)
+        if (choice.normalisation or "zscore") != "zscore" or (choice.aggregate or DEFAULT_AGGREGATE) != "mean_abs":
+            raise SpecError(f"--stats reference:{choice.stats} are zscore statistics of mean_abs profiles; "
+                            "drop --normalisation / --aggregate")
     manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE),
                         units=layout.to_dict(), feature_dim=feature_dim(loaded, transform, layout),
                         normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation)

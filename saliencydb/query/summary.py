@@ -31,7 +31,7 @@ def database_info(db) -> DatabaseInfo:
                         excluded=[f"{e['param']}: {e['reason']}" for e in m.units.get("excluded", [])]),
         feature_dim=m.feature_dim, metric=m.metric, samples=m.rows(), splits=splits,
         statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen,
-                                                                 m.profile_normalisation),
+                                                                 m.profile_normalisation, m.stats.source),
         indexes={k: IndexInfo(kind=v.built_kind, requested=v.kind, ntotal=v.ntotal, stale=v.ntotal != m.rows())
                  for k, v in m.indexes.items()},
         derived={name: DerivedInfo(base_commit=m.derived[name].base_commit if name in m.derived else None, stale=name in stale)

@@ -114,6 +114,9 @@ class StatsEntry(Record):
     splits: list[str]
     count: int
     frozen: bool
+    source: str | None = None  # reference:NAME: shipped with the package, not computed here (absent: computed)
+
+    OPTIONAL = ("source",)
 
 
 @dataclass
