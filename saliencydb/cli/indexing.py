@@ -9,13 +9,22 @@ import click
 from .output import db_option, handle_errors, progress_bars, wait_option
 
 
+def hf_column_options(fn):
+    """--image-column / --label-column: added to an hf: data spec as ?image=COL&label=COL."""
+    fn = click.option("--label-column", help="hf: data only: the label column (a ClassLabel, integer or string column), "
+                                             "when it is not the only ClassLabel column; stored in the spec as ?label=COL.")(fn)
+    return click.option("--image-column", help="hf: data only: the image column, when the dataset has several Image "
+                                               "columns; stored in the spec as ?image=COL.")(fn)
+
+
 @click.command()
 @db_option
 @click.option("--model", "model_spec", help="Model spec: torchvision:NAME, timm:NAME (pip install 'saliencydb[timm]'), hf:DIR (a save_pretrained image classifier; pip install 'saliencydb[hf]'), torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
 @click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
 @click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
 @click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
-@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], builtin:sklearn-digits[:train|val|all].")
+@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], builtin:sklearn-digits[:train|val|all], hf:PATH[:SPLIT] (a Hugging Face dataset: a save_to_disk folder or a cached name; pip install 'saliencydb[datasets]').")
+@hf_column_options
 @click.option("--split", default="val", show_default=True, help="Name of the split the samples go into.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Samples per batched forward/backward pass.")
@@ -35,6 +44,9 @@ from .output import db_option, handle_errors, progress_bars, wait_option
                    "layers as linear ones (CNNs), else linear (ViTs, MLPs).")
 @click.option("--linear-units", type=click.Choice(["out", "in"]),
               help="A linear unit is an output feature, the row W[o, :] (out, default), or an input column W[:, j] (in).")
+@click.option("--stats", "stats",
+              help="reference:resnet50|vgg19|densenet121|inception_v3: standardise with the paper's published ImageNet "
+                   "statistics of that torchvision model (checked filter by filter) instead of computing them here.")
 @click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
               help="Chosen when the database is created (switch later with `restat --normalisation`). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
                    "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
@@ -46,15 +58,17 @@ from .output import db_option, handle_errors, progress_bars, wait_option
               help="A text file naming the model's classes, one per line in its class order; labels given as names "
                    "(folders, CSV) are matched to them.")
 @handle_errors
-def index(db, model_spec, weights, num_classes, transform, data_spec, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, units, linear_units, normalisation, wait, quiet, random_weights, classes):
+def index(db, model_spec, weights, num_classes, transform, data_spec, image_column, label_column, split, device, batch_size, limit, workers, index_kind, part_rows,
+          aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
+    from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
 
+    data_spec = with_hf_columns(data_spec, image_column, label_column)
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
-                         aggregate=aggregate, units=units, linear_units=linear_units, normalisation=normalisation,
+                         aggregate=aggregate, units=units, linear_units=linear_units, stats=stats, normalisation=normalisation,
                          progress=progress, wait=wait,
                          random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
     _job_summary(report)
@@ -63,6 +77,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
 @click.command()
 @db_option
 @click.option("--data", "data_spec", required=True, help="Data spec of the new samples (as for `index`).")
+@hf_column_options
 @click.option("--split", required=True, help="Split the new samples go into (a new name, or an existing one to add to).")
 @click.option("--replace", is_flag=True, help="Re-profile an existing split on purpose: the new profiles replace the old ones in one commit.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -73,10 +88,12 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, split, dev
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
-def ingest(db, data_spec, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
+def ingest(db, data_spec, image_column, label_column, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
     """Add a new set to an existing database with its model and frozen statistics (idempotent, resumable)."""
+    from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
 
+    data_spec = with_hf_columns(data_spec, image_column, label_column)
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, device=device, batch_size=batch_size, workers=workers, part_rows=part_rows,
                          progress=progress, wait=wait).run(data_spec, split=split, limit=limit, command="ingest",

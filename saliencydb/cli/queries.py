@@ -67,7 +67,8 @@ def info(db, as_of, fmt):
         click.echo(f"not units  {len(s.units.excluded)} weights: " + "; ".join(s.units.excluded[:6])
                    + (f"; +{len(s.units.excluded) - 6} more" if len(s.units.excluded) > 6 else ""))
     st = s.statistics
-    click.echo("statistics " + ("none yet" if st is None else f"over {', '.join(st.splits)} ({st.count} samples)"
+    click.echo("statistics " + ("none yet" if st is None else f"{st.source}: the reference implementation's ImageNet statistics"
+                                if st.source else f"over {', '.join(st.splits)} ({st.count} samples)"
                                 + (", frozen" if st.frozen else "")
                                 + ("" if st.normalisation == "zscore" else f"; {st.normalisation} profiles")))
     idx = ", ".join(f"{k}: {v.kind} {v.ntotal}" + (" (stale)" if v.stale else "") for k, v in s.indexes.items())

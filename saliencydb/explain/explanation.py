@@ -94,6 +94,12 @@ class Explanation(Result):
         """The boosted units, one row each (the CSV output)."""
         return [u.to_dict() for u in self.boosted_units]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the image, input-space map and GradCAM inline, the top units table."""
+        from ..query.html import explanation_html
+
+        return explanation_html(self)
+
 
 def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top_k: int = 10, units=None) -> Explanation:
     """Compute the maps of one stored sample, draw the figure to ``out`` (when given) and return the numbers.

@@ -12,6 +12,7 @@ from ..errors import QueryError
 from ..saliency import UnitLayout, l2_normalize
 from ..schemas import BLAME_SCHEMA, CLUSTERS_SCHEMA
 from ..storage.derived import store_derived
+from .html import image_context
 from .results import ClustersResult, Confusion, ErrorGroup, Exemplar, LayerScore, UnitScore
 
 TOP_PAIRS = 3
@@ -62,7 +63,8 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
             top_units=[UnitScore(int(u), names[layer_of[u]], int(channel[u]), round(float(mean_z[u]), 4)) for u in rank[:TOP_UNITS]],
             exemplars=[Exemplar(int(ids[i]), by_id[ids[i]][1], round(float(sim[i]), 4)) for i in nearest],
         ))
-    result = ClustersResult(run=run, n_clusters=n_clusters, samples=int(len(ids)), clusters=groups, base_commit=db.commit)
+    result = ClustersResult(run=run, n_clusters=n_clusters, samples=int(len(ids)), clusters=groups, base_commit=db.commit,
+                            images=image_context(db, [e.sample_id for g in groups for e in g.exemplars]))
     if write:
         tables = _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel)
         store_derived(db, lambda w: {name: [w.write(name, t)] for name, t in tables.items()},

@@ -172,6 +172,10 @@ class Database:
         if m.stats is None:
             raise DatabaseError(f"database '{self.path}' has no standardisation statistics yet; finish indexing its first split")
         files = [p.file for p in m.parts if p.split in set(m.stats.splits)]
+        if not files:
+            raise QueryError(f"database '{self.path}' has statistics from {m.stats.source or 'no split'}: another "
+                             f"normalisation needs statistics over its samples; run `saliencydb restat --db {self.path} "
+                             f"--normalisation {self.normalisation}`")
         chunks = ((raw, dlogit) for _, raw, dlogit in self.snapshot.iter_raw_profiles(files=files))
         try:
             stats = running_stats(chunks, self.normalisation, m.n_units)
@@ -384,6 +388,12 @@ class Database:
             self.con.close()
         finally:
             self.snapshot.close()
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: path, commit, model, units and splits."""
+        from .html import database_html
+
+        return database_html(self)
 
     def __enter__(self) -> "Database":
         return self

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 
 from ..errors import QueryError
 from ..results import Result
+from .html import image_context
 from .results import NeighborSummary, SampleMeta
 from ..storage.indexes import kind_of
 
@@ -24,9 +25,17 @@ class NeighborResult(Result):
     summary: NeighborSummary  # shares of misclassified / same prediction / same confusion pair
     commit: int | None = None  # the version searched
     note: str | None = None  # e.g. a stale index was replaced by an exact scan
+    images: dict | None = field(default=None, repr=False, compare=False)  # where the images are (html.image_context)
+
+    internal = ("images",)
 
     def rows(self) -> list[dict]:
         return list(self.neighbors)
+
+    def _repr_html_(self) -> str:
+        from .html import ImageLookup, neighbors_html
+
+        return neighbors_html(self, ImageLookup((self.images or {}).get("sources")))
 
 
 def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +96,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
         note = (f"the {space} index covers {covered} of the {rows} committed samples (an index or ingest job is running, "
                 f"or stopped before updating it); all {rows} were searched exactly instead. Rerun that job to update the index")
     return NeighborResult(query=query, space=space, k=k, neighbors=out, summary=_summary(query, out), commit=db.commit,
-                          note=note)
+                          note=note, images=image_context(db))
 
 
 _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]

@@ -48,6 +48,7 @@ class StatsInfo(Result):
     count: int
     frozen: bool
     normalisation: str = "zscore"  # the profile normalisation they are the statistics of
+    source: str | None = None  # reference:NAME when shipped with the package (None: computed over ``splits``)
 
 
 @dataclass
@@ -244,6 +245,15 @@ class ClustersResult(Result):
     clusters: list[ErrorGroup]
     base_commit: int | None = None
     stored: bool = False
+    images: dict | None = field(default=None, repr=False, compare=False)  # where the images are (html.image_context)
+
+    internal = ("images",)
+
+    def _repr_html_(self) -> str:
+        from .html import ImageLookup, clusters_html
+
+        images = self.images or {}
+        return clusters_html(self, ImageLookup(images.get("sources")), images.get("splits") or {})
 
     def rows(self) -> list[dict]:
         return [{
