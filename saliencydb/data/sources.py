@@ -25,7 +25,7 @@ from saliencydb.data.transforms import Transform
 from saliencydb.errors import DataError, SaliencyDBError, SpecError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-DATA_SPEC_HELP = ("use imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], "
+DATA_SPEC_HELP = ("use imagefolder:PATH, csv:PATH (path,label columns; text,label for sentences), jsonl:PATH (text and label), torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], "
                   "builtin:sklearn-digits[:train|val|all] or hf:PATH[:SPLIT][?image=COL&label=COL] (a Hugging Face dataset)")
 _MNIST_LIKE = ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST")
 _CIFAR = ("CIFAR10", "CIFAR100")
@@ -69,6 +69,8 @@ class Source(ABC):
     #: names, CSV names), rather than being the model's class index: the indexer then matches the
     #: names to the database's classes
     labels_are_names: bool = False
+    #: what ``load`` returns: "image" (a PIL image) or "text" (a sentence, ``data.text``)
+    modality: str = "image"
 
     def __init__(self, spec: str, class_names: list[str] | None, default_transform: Transform | None) -> None:
         self.spec = spec
@@ -625,7 +627,14 @@ def parse_data_spec(spec: str) -> Source:
     if kind == "imagefolder":
         return ImageFolderSource(spec, Path(rest).expanduser())
     if kind == "csv":
-        return CsvSource(spec, Path(rest).expanduser())
+        from saliencydb.data.text import TextSource, csv_has_text
+
+        path = Path(rest).expanduser()
+        return TextSource(spec, path, "csv") if csv_has_text(path) else CsvSource(spec, path)
+    if kind == "jsonl":
+        from saliencydb.data.text import TextSource
+
+        return TextSource(spec, Path(rest).expanduser(), "jsonl")
     if kind == "torchvision":
         parts = rest.split(":")
         if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and parts[2] not in ("train", "test")):
@@ -696,11 +705,23 @@ class Batch:
     failed: list[tuple[int, str]]
 
 
+def _pad_tokens(xs: list[torch.Tensor]) -> torch.Tensor:
+    """(2, L_i) token tensors (ids; attention mask) padded with zeros to the longest: (B, 2, L)."""
+    out = torch.zeros(len(xs), 2, max(x.shape[1] for x in xs), dtype=torch.long)
+    for k, x in enumerate(xs):
+        out[k, :, : x.shape[1]] = x
+    return out
+
+
 def collate_samples(batch: Sequence[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
     """Stack the good samples of ``SampleDataset`` items; a sample whose shape differs from the
-    batch's most common shape (first seen on ties) is reported as failed."""
+    batch's most common shape (first seen on ties) is reported as failed. Token tensors (integer,
+    (2, L)) of different lengths are padded instead (``data.text``)."""
     failed = [(i, str(error)) for i, x, _, error in batch if x is None]
     good = [(i, x, y) for i, x, y, _ in batch if x is not None]
+    if good and not good[0][1].is_floating_point() and good[0][1].dim() == 2:
+        return Batch(indices=torch.tensor([i for i, _, _ in good], dtype=torch.long), x=_pad_tokens([x for _, x, _ in good]),
+                     y=torch.tensor([y for _, _, y in good], dtype=torch.long), failed=failed)
     if good:
         shape = Counter(tuple(x.shape) for _, x, _ in good).most_common(1)[0][0]
         failed += [

@@ -206,3 +206,13 @@ class Transform:
             std=tuple(t.std),
             interpolation=t.interpolation.value,
         )
+
+
+def transform_from_dict(d: dict[str, Any]) -> Any:
+    """The transform a manifest records: an image ``Transform``, or a text model's ``TokenTransform``
+    (``{"kind": "tokens", ...}``, its tokenizer loaded from the model directory)."""
+    if isinstance(d, dict) and d.get("kind") == "tokens":
+        from saliencydb.data.text import TokenTransform
+
+        return TokenTransform.from_dict(d)
+    return Transform.from_dict(d)

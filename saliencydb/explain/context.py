@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import Transform
+from ..data.transforms import transform_from_dict
 from ..data.sources import SourceCatalog
 from ..errors import QueryError
 from ..models.inference import predict
@@ -42,7 +42,7 @@ class Explainer:
         self.normalisation = db.normalisation
         self.layout = UnitLayout.from_dict(m.units)
         self.aggregate = m.aggregate
-        self.transform = Transform.from_dict(m.model.transform)
+        self.transform = transform_from_dict(m.model.transform)
         loaded = load_stored_model(m)
         self.model = loaded.module.eval()
         self.scripted = loaded.scripted

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.sources import Source
-from ..data.transforms import Transform
+from ..data.transforms import Transform, transform_from_dict
 from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
 from ..models.loading import LoadedModel, load_model
 from ..progress import NullProgress, Progress
@@ -85,7 +85,7 @@ def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
     fresh = existing is not None and choice.spec is not None and existing.rows() == 0 and not existing.pending
     if existing is not None and not fresh:
         model = _check_existing(db, existing, choice)
-        return DatabaseWriter(db, wait=wait, operation=operation), model, Transform.from_dict(existing.model.transform)
+        return DatabaseWriter(db, wait=wait, operation=operation), model, transform_from_dict(existing.model.transform)
     if choice.spec is None:
         raise SpecError(f"no database at '{db}' yet: pass --model (and --weights) to create it")
     manifest, loaded, transform = _new_manifest(choice, source)

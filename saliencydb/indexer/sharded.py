@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.transforms import Transform
+from ..data.transforms import Transform, transform_from_dict
 from ..errors import DatabaseError
 from ..models.stored import load_stored_model
 from ..progress import NullProgress
@@ -81,7 +81,7 @@ def follow(db: Path, source, split: str, settings: JobSettings) -> None:
     profiler = Profiler(load_stored_model(m), m, source, settings.device, label_mapping(source, m))
     work = Plan(split=split, data="", source=source, todo=plan["todo"], done=0, skipped=0,
                 is_reference=plan["is_reference"], replace=plan["replace"])
-    ShardedProfiling(db, m, work, Transform.from_dict(m.model.transform), settings).run(profiler, None)
+    ShardedProfiling(db, m, work, transform_from_dict(m.model.transform), settings).run(profiler, None)
 
 
 class ShardedProfiling:

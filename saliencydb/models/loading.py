@@ -28,7 +28,7 @@ _WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Hugging Face tasks by the suffix of the class a config's ``architectures`` names
 HF_TASKS = {"ForImageClassification": "image-classification", "ForSequenceClassification": "sequence-classification",
             "ForMaskedLM": "masked-lm"}
-_HF_TASKS_LATER = ("sequence-classification", "masked-lm")
+_HF_TEXT_TASKS = ("sequence-classification", "masked-lm")
 
 
 @dataclass
@@ -43,6 +43,11 @@ class LoadedModel:
     class_names: list[str] | None
     default_transform: Transform | None
     scripted: bool
+
+    @property
+    def modality(self) -> str:
+        """What the model reads: "image", or "text" (token tensors, ``models.text``)."""
+        return getattr(self.module, "modality", "image")
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -396,10 +401,9 @@ def _hf_task(spec: str, config: Any, task: str | None) -> str:
             raise SpecError(f"model spec '{spec}': its config names no classifier ({', '.join(archs) or 'no architectures'}); "
                             "save a ...ForImageClassification model with save_pretrained")
         task = found[0]
-    if task in _HF_TASKS_LATER:
-        raise SpecError(f"model spec '{spec}': the {task} task (a text model) is not supported yet; hf: loads image-classification models")
-    if task != "image-classification":
-        raise SpecError(f"model spec '{spec}': unknown task {task!r}; use image-classification")
+    if task not in ("image-classification",) + _HF_TEXT_TASKS:
+        raise SpecError(f"model spec '{spec}': unknown task {task!r}; use image-classification, "
+                        f"{' or '.join(_HF_TEXT_TASKS)}")
     return task
 
 
@@ -473,7 +477,14 @@ def _load_hf(spec: str, rest: str, weights: str | None, num_classes: int | None,
     transformers = _import_extra(spec, "transformers", "hf")
     source = _hf_source(spec, rest)
     config = _hf_config(spec, transformers, source)
-    _hf_task(spec, config, task)
+    task = _hf_task(spec, config, task)
+    if task in _HF_TEXT_TASKS:
+        from .text import load_hf_text
+
+        module, transform, n, names = load_hf_text(spec, transformers, source, config, task)
+        if num_classes is not None and num_classes != n:
+            raise SpecError(f"--num-classes {num_classes} does not match the {n} outputs of {spec}; drop --num-classes")
+        return _finish(module, spec, None, names, transform, scripted=False, num_classes=n)
     if num_classes is not None and num_classes != int(config.num_labels):
         raise SpecError(f"--num-classes {num_classes} does not match the {config.num_labels} labels of {spec}; drop --num-classes")
     try:  # float32, and eager attention: per-sample and input gradients differentiate through every op
@@ -544,7 +555,8 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     ``weights`` is a local state-dict file, or the name of published weights: a torchvision weights name
     (default DEFAULT) or a timm pretrained tag (DEFAULT, TAG or NAME.TAG; downloaded, so online only).
     Without weights a torchvision or timm model is initialised at random. ``task`` (hf: only; default:
-    the one the config's architectures name) is ``image-classification``; the text tasks are not supported yet.
+    the one the config's architectures name) is ``image-classification``, ``sequence-classification`` or
+    ``masked-lm`` (``models.text``: token tensors in, the tokenizer as the default transform).
     """
     if num_classes is not None and num_classes <= 0:
         raise SpecError(f"--num-classes {num_classes} must be a positive integer")

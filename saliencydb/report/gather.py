@@ -218,13 +218,13 @@ class _Gatherer:
             return "Input-space maps need the database's frozen statistics, which it does not have yet."
         import torch
 
-        from ..data import Transform
+        from ..data.transforms import transform_from_dict
         from ..models.stored import load_stored_model
 
         task = self.progress.task("report: input-space maps", len(queries))
         try:
             model = load_stored_model(self.m).module
-            transform = Transform.from_dict(self.m.model.transform)
+            transform = transform_from_dict(self.m.model.transform)
             mean, std = self.db.stats
             xs, ys, shown = [], [], []
             for q in queries:

@@ -356,10 +356,14 @@ class ProfileEngine:
         y = y.to(device=x.device, dtype=torch.long)
         raw = torch.zeros(x.shape[0], self.layout.n_units, dtype=torch.float32, device=x.device)
         with evaluating(self.model, grad_params=[]):
-            x_in = x.detach().requires_grad_(True)
+            tokens = not x.is_floating_point()  # token ids (models.text): the pass starts at the embeddings
+            x_in = x.detach() if tokens else x.detach().requires_grad_(True)
             state = _PassState(self, raw, x_in)
             handles = []
             try:
+                if tokens:
+                    handles += [m.register_forward_hook(state.embedding_hook) for m in self.model.modules()
+                                if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
                 for layer, module in self._convs:
                     handles.append(module.register_forward_hook(state.conv_hook(layer, module)))
                 for layer, module in self._linears:
@@ -483,6 +487,13 @@ class _PassState:
         self.stop_at_entries = False
         self.feature: torch.Tensor | None = None
         self.fallback_feature: torch.Tensor | None = None
+        self.leaves: list[torch.Tensor] = []  # embedding outputs: where the backward pass of token inputs ends
+
+    def embedding_hook(self, module, inputs, output):
+        """Token inputs carry no gradient: each embedding's output becomes a leaf that does."""
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and not output.requires_grad:
+            output.requires_grad_(True)
+            self.leaves.append(output)
 
     def linear_hook(self, module, inputs, output):
         self.feature = inputs[0].detach().flatten(1)
@@ -602,8 +613,13 @@ class _PassState:
             for (layer, module, x, _, _), g in zip(self.entries, grads):
                 if g is not None:
                     self.receive(layer, module, x, g.detach())
-        else:
+        elif self.leaves:
+            torch.autograd.grad(loss, self.leaves, allow_unused=True)
+        elif self.x_in.requires_grad:
             torch.autograd.grad(loss, self.x_in)
+        else:
+            raise ModelError("the model's output does not depend on its input through autograd (token ids that reach no "
+                             "nn.Embedding); cannot profile it")
         self.check_complete()
 
     def _input_only_feeds_entries(self, loss: torch.Tensor) -> bool:
