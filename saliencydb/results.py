@@ -32,9 +32,12 @@ class Result:
 
     #: fields kept on the object but left out of the JSON document
     internal: tuple[str, ...] = ()
+    #: fields left out of the JSON document while they are None (e.g. a text sample's sentence)
+    optional: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.internal}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in self.internal and not (f.name in self.optional and getattr(self, f.name) is None)}
 
     def rows(self) -> list[dict]:
         """The flat rows of the table/CSV output; a result without a table has one row, its document."""

@@ -19,11 +19,14 @@ def hf_column_options(fn):
 
 @click.command()
 @db_option
-@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, timm:NAME (pip install 'saliencydb[timm]'), hf:DIR (a save_pretrained image classifier; pip install 'saliencydb[hf]'), torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
+@click.option("--model", "model_spec", help="Model spec: torchvision:NAME, timm:NAME (pip install 'saliencydb[timm]'), hf:DIR (a save_pretrained image classifier, sequence classifier or masked-LM, with its tokenizer; pip install 'saliencydb[hf]'), torchscript:PATH (or a bare TorchScript file path), python:MODULE:FACTORY or python:FILE.py:FACTORY. Needed to create a database.")
+@click.option("--task", type=click.Choice(["image-classification", "sequence-classification", "masked-lm"]),
+              help="hf: models only: the task (default: the one the config's architectures name). Text tasks read "
+                   "jsonl:/csv: sentences, tokenized by the tokenizer saved in the model directory.")
 @click.option("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a local state-dict file.")
 @click.option("--num-classes", type=int, help="Number of classes, when it cannot be read off the weights.")
 @click.option("--transform", help="Input transform: imagenet, mnist, cifar or key=value list (mode=RGB,resize=256,crop=224,mean=a/b/c,std=a/b/c).")
-@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH, torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], builtin:sklearn-digits[:train|val|all], hf:PATH[:SPLIT] (a Hugging Face dataset: a save_to_disk folder or a cached name; pip install 'saliencydb[datasets]').")
+@click.option("--data", "data_spec", required=True, help="Data spec: imagefolder:PATH, csv:PATH (path,label; or text,label for a text model), jsonl:PATH (text and label per line), torchvision:NAME:ROOT[:train|test], builtin:mnist5k[:train|val|all], builtin:sklearn-digits[:train|val|all], hf:PATH[:SPLIT] (a Hugging Face dataset: a save_to_disk folder or a cached name; pip install 'saliencydb[datasets]').")
 @hf_column_options
 @click.option("--split", default="val", show_default=True, help="Name of the split the samples go into.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -58,7 +61,7 @@ def hf_column_options(fn):
               help="A text file naming the model's classes, one per line in its class order; labels given as names "
                    "(folders, CSV) are matched to them.")
 @handle_errors
-def index(db, model_spec, weights, num_classes, transform, data_spec, image_column, label_column, split, device, batch_size, limit, workers, index_kind, part_rows,
+def index(db, model_spec, task, weights, num_classes, transform, data_spec, image_column, label_column, split, device, batch_size, limit, workers, index_kind, part_rows,
           aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..data.sources import with_hf_columns
@@ -66,7 +69,7 @@ def index(db, model_spec, weights, num_classes, transform, data_spec, image_colu
 
     data_spec = with_hf_columns(data_spec, image_column, label_column)
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
-        report = Indexer(db, model=model_spec, weights=weights, transform=transform, num_classes=num_classes,
+        report = Indexer(db, model=model_spec, task=task, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
                          aggregate=aggregate, units=units, linear_units=linear_units, stats=stats, normalisation=normalisation,
                          progress=progress, wait=wait,

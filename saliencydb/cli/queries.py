@@ -132,6 +132,7 @@ def neighbors(db, sample_id, image, label, k, space, where, split, normalisation
         return
     q = result.query
     who = f"sample {q.sample_id}" if q.sample_id is not None else f"image {q.key}"
+    who += f" \"{q.text}\"" if q.text is not None else ""
     click.echo(f"{who}: label {q.label_name}, predicted {q.pred_name} "
                f"({'correct' if q.correct else 'wrong'}, confidence {q.pred_conf:.2f}); {space} space")
     emit_rows(result.rows(), "table")

@@ -170,11 +170,13 @@ class TokenTransform:
         # a word after a space first: byte-level BPE vocabularies (RoBERTa) mark it, WordPiece ignores it
         for form in (" " + name, name):
             ids = self.tokenizer(form, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
+            if len(ids) == 1 and (ids[0] != self.tokenizer.unk_token_id or name == self.tokenizer.unk_token):
                 return int(ids[0]), None
         if self.task == "masked-lm" and name in vocab:
             return vocab[name], None
         pieces = self.tokenizer.convert_ids_to_tokens(ids)
+        if len(ids) == 1:
+            return None, f"target word '{name}' is not in the vocabulary (it tokenizes to {pieces[0]})"
         return None, (f"target word '{name}' is {len(ids)} tokens ({' '.join(pieces)}), not one token of the vocabulary"
                       if ids else f"target word '{name}' has no token")
 

@@ -82,6 +82,11 @@ def list_part(m: Manifest, entry: PartEntry, pending: bool) -> None:
     m.next_sample_id = max(m.next_sample_id, entry.max_id + 1)
 
 
+def _text(source: Source, i: int) -> str | None:
+    """The sentence of a text source's sample (null for images)."""
+    return source.text(i) if source.modality == "text" else None
+
+
 def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],
                schema: pa.Schema) -> pa.Table:
     """One Parquet part of the samples table from a buffer of profiled rows."""
@@ -102,6 +107,7 @@ def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source:
             "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
             "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size),
             "dlogit_norm": cols["dlogit_norm"].astype(np.float32),
+            "text": pa.array([_text(source, int(i)) for i in cols["index"]], pa.string()),
         },
         schema=schema,
     )

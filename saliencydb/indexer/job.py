@@ -101,7 +101,7 @@ class JobSink:
 class Indexer:
     """Profiles a split of a data source into a database (creating it if needed)."""
 
-    def __init__(self, db: str | os.PathLike, *, model: str | None = None, weights: str | None = None,
+    def __init__(self, db: str | os.PathLike, *, model: str | None = None, task: str | None = None, weights: str | None = None,
                  transform: str | None = None, num_classes: int | None = None, device: str = "auto",
                  batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str = "flat",
                  aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
@@ -123,7 +123,7 @@ class Indexer:
                                   units=_choice(units, UNIT_CHOICES, "--units"),
                                   linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
                                   stats=check_stats_spec(stats),
-                                  random_weights=random_weights)
+                                  random_weights=random_weights, task=task)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
             replace: bool = False, require_existing: bool = False) -> JobReport | None:
@@ -166,7 +166,7 @@ class Indexer:
             write_reference_stats(writer, self.choice.stats)
         plan = plan_job(writer, source, args.data, args.split, args.limit, args.replace)
         report.skipped = plan.skipped
-        profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m))
+        profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m, transform))
         sink = JobSink(writer, plan, report)
         if channel is not None:  # a torchrun job: this rank profiles its share, rank 0 lists every part
             channel.send_plan(m, plan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class ModelChoice:
     stats: str | None = None  # a reference_stats name: standardise with the shipped statistics
     linear_units: str | None = None  # out or in; None: out
     random_weights: bool = False
+    task: str | None = None  # hf: models; None: the one its config names
 
 
 @dataclass
@@ -85,6 +87,7 @@ def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
     fresh = existing is not None and choice.spec is not None and existing.rows() == 0 and not existing.pending
     if existing is not None and not fresh:
         model = _check_existing(db, existing, choice)
+        check_modality(model, source, f"database '{db}'")
         return DatabaseWriter(db, wait=wait, operation=operation), model, transform_from_dict(existing.model.transform)
     if choice.spec is None:
         raise SpecError(f"no database at '{db}' yet: pass --model (and --weights) to create it")
@@ -101,7 +104,7 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
                         "omit --classes")
     stored = load_stored_model(manifest)
     if choice.spec is not None:
-        given = load_model(choice.spec, choice.weights, choice.num_classes)
+        given = load_model(choice.spec, choice.weights, choice.num_classes, choice.task)
         if given.weights_sha256 != stored.weights_sha256:
             raise ModelError(
                 f"database '{db}' holds model {manifest.model.spec} "
@@ -129,7 +132,10 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
 
 def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, LoadedModel, Transform]:
     """The manifest of a new database: the model loaded and checked on the data's first sample."""
-    loaded = load_model(choice.spec, choice.weights, choice.num_classes)
+    loaded = load_model(choice.spec, choice.weights, choice.num_classes, choice.task)
+    check_modality(loaded, source, f"model {choice.spec}")
+    if loaded.modality == "text" and choice.transform is not None:
+        raise SpecError(f"model {choice.spec} is a text model: its tokenizer is its transform; drop --transform")
     if not choice.random_weights and initialised_at_random(loaded, choice.num_classes):
         raise SpecError(
             f"model {choice.spec} would be profiled with random weights (no --weights given, and the model is "
@@ -154,6 +160,14 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
     return manifest, loaded, transform
 
 
+def check_modality(model: LoadedModel, source: Source, what: str) -> None:
+    """A text model given images, or an image model given sentences: refused before anything runs."""
+    if model.modality != source.modality:
+        fix = ("give it sentences: jsonl:PATH, or csv:PATH with text,label columns" if model.modality == "text"
+               else "give it images (imagefolder:, csv: with path,label, torchvision:, builtin:, hf:), or a text model")
+        raise SpecError(f"{what} reads {model.modality} but data '{source.spec}' holds {source.modality}; {fix}")
+
+
 def _layout(loaded: LoadedModel, choice: ModelChoice) -> UnitLayout:
     """The units of a new database: ``--units`` (auto) and ``--linear-units`` (out)."""
     layout = UnitLayout.from_module(loaded.module, choice.units or "auto", choice.linear_units or "out")
@@ -172,7 +186,7 @@ def _name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, class
     elif manifest.model.class_names is None and source.class_names and len(source.class_names) == loaded.num_classes:
         manifest.model.class_names = list(source.class_names)
     elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
-          and not set(source.class_names) <= set(manifest.class_names)):
+          and not set(source.class_names) <= set(manifest.class_names) and not getattr(source, "whole_numbers", False)):
         # one folder (or CSV name) per class of a model with names of its own (ImageNet's wnid
         # folders for torchvision's categories): sorted names are the class indices, as
         # documented; kept so that later sources are matched by these names too
@@ -280,16 +294,24 @@ def probe(model: LoadedModel, transform: Transform, source: Source, tries: int =
                          "class scores; pass --num-classes or a classifier")
 
 
-def label_mapping(source: Source, m: Manifest) -> tuple[np.ndarray, dict[int, str]] | None:
+def label_mapping(source: Source, m: Manifest, transform: Any = None) -> tuple[np.ndarray, dict[int, str]] | None:
     """For a source that names its labels: the database class index of each of its names (-1 for
     a name the database does not know) and the failure reason of each unknown name. Names are
-    matched to the names the database was created with (``label_names``) or to its classes."""
+    matched to the names the database was created with (``label_names``) or to its classes; a
+    masked-LM's target words through its tokenizer (one token each, ``data.text``); whole numbers
+    of a text source, otherwise unknown, as class indices."""
     if not source.labels_are_names:
         return None
     names = list(source.class_names or [])
     lookup: dict[str, int] = {}
     for vocab in (m.class_names, m.model.label_names or []):
         lookup.update({n: i for i, n in enumerate(vocab)})
+    if getattr(transform, "task", None) == "masked-lm":
+        found = [transform.resolve_label(n, lookup) for n in names]
+        mapping = np.array([-1 if i is None else i for i, _ in found], dtype=np.int64)
+        return mapping, {k: why for k, (i, why) in enumerate(found) if i is None}
+    if getattr(source, "whole_numbers", False) and not set(names) <= set(lookup):
+        lookup = {n: int(n) for n in names if int(n) < m.model.num_classes}
     known = m.model.label_names or m.class_names
     shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
     mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)

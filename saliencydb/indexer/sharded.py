@@ -78,10 +78,11 @@ def follow(db: Path, source, split: str, settings: JobSettings) -> None:
     if "error" in plan:
         raise DatabaseError(f"rank 0 stopped the job: {plan['error']}")
     m = Manifest.from_dict(plan["manifest"])
-    profiler = Profiler(load_stored_model(m), m, source, settings.device, label_mapping(source, m))
+    transform = transform_from_dict(m.model.transform)
+    profiler = Profiler(load_stored_model(m), m, source, settings.device, label_mapping(source, m, transform))
     work = Plan(split=split, data="", source=source, todo=plan["todo"], done=0, skipped=0,
                 is_reference=plan["is_reference"], replace=plan["replace"])
-    ShardedProfiling(db, m, work, transform_from_dict(m.model.transform), settings).run(profiler, None)
+    ShardedProfiling(db, m, work, transform, settings).run(profiler, None)
 
 
 class ShardedProfiling:

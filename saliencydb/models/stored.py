@@ -52,7 +52,8 @@ def load_stored_model(manifest: Manifest) -> LoadedModel:
             raise ModelError(f"the database's model file {code} changed since the database was made (sha256 "
                              f"{rec.code_sha256[:12]}, now {file_sha256(code)[:12]}); restore the original file, "
                              "or index into a new database")
-    model = load_model(rec.spec, rec.weights, rec.num_classes_arg)
+    task = rec.transform.get("task") if rec.transform.get("kind") == "tokens" else None
+    model = load_model(rec.spec, rec.weights, rec.num_classes_arg, task)
     if model.weights_sha256 != rec.weights_sha256:
         raise ModelError(
             f"the database holds model {rec.spec} with weights {rec.weights or 'default'} "

@@ -75,11 +75,16 @@ def load_hf_text(spec: str, transformers: Any, source: str, config: Any, task: s
     from ..data.text import TokenTransform
 
     auto = transformers.AutoModelForMaskedLM if task == "masked-lm" else transformers.AutoModelForSequenceClassification
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is noise on a command's stderr
     try:  # float32, and eager attention: per-sample and input gradients differentiate through every op
         model = auto.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
     except Exception as e:  # transformers raises many types (OSError, ValueError, hub errors, ...)
         raise ModelError(f"model spec '{spec}': loading the {task} model from {source} failed ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     positions = int(getattr(config, "max_position_embeddings", 512) or 512)
     offset = int(getattr(config, "pad_token_id", 0) or 0) + 1 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
     transform = TokenTransform(source, task, min(512, positions - offset))

@@ -41,7 +41,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     names = [l.name for l in layout.layers]
     channel = np.arange(layout.n_units) - np.array([l.offset for l in layout.layers])[layer_of]
     meta = db._execute(
-        "SELECT sample_id, key, label_name, pred_name FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))", [ids.tolist()]
+        "SELECT sample_id, key, label_name, pred_name, text FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))", [ids.tolist()]
     ).fetchall()
     by_id = {r[0]: r for r in meta}
     groups, blame_parts = [], []
@@ -61,7 +61,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
             top_confusions=[Confusion(p, n, round(n / len(members), 4)) for p, n in pairs.most_common(TOP_PAIRS)],
             top_layers=[LayerScore(names[i], round(float(layer_means[i]), 4)) for i in np.argsort(-layer_means)[:TOP_LAYERS]],
             top_units=[UnitScore(int(u), names[layer_of[u]], int(channel[u]), round(float(mean_z[u]), 4)) for u in rank[:TOP_UNITS]],
-            exemplars=[Exemplar(int(ids[i]), by_id[ids[i]][1], round(float(sim[i]), 4)) for i in nearest],
+            exemplars=[Exemplar(int(ids[i]), by_id[ids[i]][1], round(float(sim[i]), 4), by_id[ids[i]][4]) for i in nearest],
         ))
     result = ClustersResult(run=run, n_clusters=n_clusters, samples=int(len(ids)), clusters=groups, base_commit=db.commit,
                             images=image_context(db, [e.sample_id for g in groups for e in g.exemplars]))

@@ -286,16 +286,19 @@ class Database:
             rows = self.standardise(rows, dlogit=dlogit)
         return l2_normalize(rows)
 
+    @property
+    def modality(self) -> str:
+        """What the samples are: "image", or "text" (sentences, their ``text`` column filled; ``data.text``)."""
+        return "text" if self.manifest.model.transform.get("kind") == "tokens" else "image"
+
     def sample(self, sample_id: int) -> dict:
-        """The metadata of one sample (no vectors)."""
-        rows = self._execute(
-            "SELECT sample_id, split, key, label, label_name, pred, pred_name, correct, loss, true_conf, pred_conf "
-            "FROM samples WHERE sample_id = ?", [int(sample_id)]
-        ).fetchall()
+        """The metadata of one sample (no vectors); a text sample's sentence as ``text``."""
+        cols = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf", "pred_conf"]
+        cols += ["text"] if self.modality == "text" else []
+        rows = self._execute(f"SELECT {', '.join(cols)} FROM samples WHERE sample_id = ?", [int(sample_id)]).fetchall()
         if not rows:
             lo, hi = self._execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
             raise QueryError(f"no sample with id {sample_id} in '{self.path}' (ids run {lo}..{hi}); find ids with `saliencydb sql`")
-        cols = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf", "pred_conf"]
         return dict(zip(cols, rows[0]))
 
     def _execute(self, query: str, params: list | None = None):

@@ -21,7 +21,8 @@ THUMB = 56  # pixels on the longer side of a sample's thumbnail
 PICTURE = 168  # pixels on the longer side of an explanation's pictures
 PLACEHOLDER_RGB = (214, 219, 224)
 STYLE = ("<style>.sdb table{border-collapse:collapse;margin:4px 0}.sdb td,.sdb th{padding:2px 8px;text-align:left;"
-         "border-bottom:1px solid #ddd;vertical-align:middle}.sdb .sdb-card{display:inline-block;vertical-align:top;"
+         "border-bottom:1px solid #ddd;vertical-align:middle}.sdb .sdb-text{display:inline-block;max-width:28em;"
+         "font-family:Georgia,serif;padding:2px 6px;background:#f6f6f6;border-radius:3px}.sdb .sdb-card{display:inline-block;vertical-align:top;"
          "border:1px solid #ccc;border-radius:6px;padding:6px 10px;margin:4px;min-width:220px}"
          ".sdb .ok{color:#1a7f37}.sdb .bad{color:#cf222e}.sdb img{image-rendering:pixelated;margin:2px}</style>")
 
@@ -133,9 +134,18 @@ class ImageLookup:
         except Exception:  # noqa: BLE001 - a display never fails: an unreadable image is grey
             return None
 
-    def thumbnail(self, split: str | None, key: str, side: int = THUMB) -> str:
-        """The PNG data URI of the sample's thumbnail; the grey placeholder when it cannot be read."""
+    def picture(self, split: str | None, key: str, title: str = "") -> str:
+        """The sample as HTML: its thumbnail, or a text sample's sentence (``data.text``)."""
         img = self.image(split, key)
+        if isinstance(img, str):
+            return f'<span class="sdb-text" title="{esc(title)}">{esc(img)}</span>'
+        return img_tag(self.thumbnail(split, key, image=img), title)
+
+    def thumbnail(self, split: str | None, key: str, side: int = THUMB, image=None) -> str:
+        """The PNG data URI of the sample's thumbnail; the grey placeholder when it cannot be read."""
+        img = self.image(split, key) if image is None else image
+        if isinstance(img, str):  # a sentence has no thumbnail
+            img = None
         try:
             return png_data_uri(placeholder(side) if img is None else fit(img, side))
         except Exception:  # noqa: BLE001 - e.g. an image mode PIL cannot convert
@@ -165,11 +175,10 @@ def verdict(correct) -> str:
     return '<td class="ok">correct</td>' if correct else '<td class="bad">wrong</td>'
 
 
-def sample_row(rank, thumb: str, sample: dict, similarity=None) -> str:
-    """One sample as a table row: rank, thumbnail, id, split, key, label, prediction, correct/wrong,
-    similarity. ``sample`` holds sample_id, split, key, label_name, pred_name and correct."""
-    title = f"{sample.get('label_name')} -> {sample.get('pred_name')}"
-    cells = [esc(rank), img_tag(thumb, title), esc(fmt(sample.get("sample_id"))), esc(fmt(sample.get("split"))),
+def sample_row(rank, picture: str, sample: dict, similarity=None) -> str:
+    """One sample as a table row: rank, picture (HTML: ``ImageLookup.picture``), id, split, key, label,
+    prediction, correct/wrong, similarity. ``sample`` holds sample_id, split, key, label_name, pred_name and correct."""
+    cells = [esc(rank), picture, esc(fmt(sample.get("sample_id"))), esc(fmt(sample.get("split"))),
              esc(sample.get("key"))]
     cells += [esc(sample.get("label_name")), esc(sample.get("pred_name"))]
     row = "".join(f"<td>{c}</td>" for c in cells) + verdict(sample.get("correct"))
@@ -181,8 +190,10 @@ def neighbors_html(result, images: ImageLookup) -> str:
     q = result.query
     query = {"sample_id": q.sample_id, "split": q.split, "key": q.key, "label_name": q.label_name,
              "pred_name": q.pred_name, "correct": q.correct}
-    rows = [sample_row("query", images.thumbnail(q.split, q.key), query)]
-    rows += [sample_row(n["rank"], images.thumbnail(n["split"], n["key"]), n, n["similarity"]) for n in result.neighbors]
+    pair = lambda s: f"{s.get('label_name')} -> {s.get('pred_name')}"  # noqa: E731
+    rows = [sample_row("query", images.picture(q.split, q.key, pair(query)) if q.split is not None or q.text is None
+                       else f'<span class="sdb-text">{esc(q.text)}</span>', query)]
+    rows += [sample_row(n["rank"], images.picture(n["split"], n["key"], pair(n)), n, n["similarity"]) for n in result.neighbors]
     s = result.summary
     shares = ("" if s.neighbors == 0 else
               f"<p>misclassified {esc(fmt(s.share_misclassified, 2))}, same prediction "
@@ -197,9 +208,8 @@ def group_card(group, images: ImageLookup, split_of: dict) -> str:
     confusions = "".join(f"<li>{esc(c.pair)} &times; {esc(c.count)} ({esc(f'{c.purity:.0%}')})</li>"
                          for c in group.top_confusions)
     units = ", ".join(f"{esc(u.layer)}[{esc(u.channel)}] z={esc(fmt(u.mean_z, 2))}" for u in group.top_units)
-    pictures = "".join(img_tag(images.thumbnail(split_of.get(e.sample_id), e.key) if e.sample_id in split_of
-                               else png_data_uri(placeholder()), f"sample {e.sample_id}: {e.key}")
-                       for e in group.exemplars)
+    pictures = "".join(images.picture(split_of.get(e.sample_id), e.key, f"sample {e.sample_id}: {e.key}") if e.sample_id in split_of
+                       else img_tag(png_data_uri(placeholder()), f"sample {e.sample_id}: {e.key}") for e in group.exemplars)
     return (f'<div class="sdb-card"><b>group {esc(group.cluster)}</b> &middot; {esc(group.size)} samples'
             f"<div>top confusions:<ul>{confusions}</ul></div><div>top units: {units}</div>"
             f"<div>{pictures}</div></div>")

@@ -58,6 +58,8 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
     if image is not None:
+        if db.modality == "text":
+            raise QueryError(f"'{db.path}' is a text database: --image does not apply; give a sample id (--id)")
         query, vector = _new_image_query(db, image, label, space)
     else:
         query = SampleMeta(**db.sample(sample_id))
@@ -86,10 +88,11 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     if len(found) < min(k, n):  # never a short or empty answer with exit 0
         raise QueryError(f"the {space} index returned {len(found)} of the {min(k, n)} neighbours asked for; "
                          f"run `saliencydb verify --db {db.path}`")
-    rows = _metadata(db, [i for i, _ in found])
+    columns = _COLUMNS + (["text"] if db.modality == "text" else [])
+    rows = _metadata(db, [i for i, _ in found], columns)
     out = []
     for rank, (i, sim) in enumerate(found, start=1):
-        out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in _COLUMNS[1:]}, "similarity": round(sim, 6)})
+        out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in columns[1:]}, "similarity": round(sim, 6)})
     note = None
     if space in db.stale_indexes:
         covered, rows = db.stale_indexes[space]
@@ -102,12 +105,12 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
 _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]
 
 
-def _metadata(db, ids: list[int]) -> dict[int, dict]:
+def _metadata(db, ids: list[int], columns: list[str]) -> dict[int, dict]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
-    rows = db._execute(f"SELECT {', '.join(_COLUMNS)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
-    return {r[0]: dict(zip(_COLUMNS, r)) for r in rows}
+    rows = db._execute(f"SELECT {', '.join(columns)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
+    return {r[0]: dict(zip(columns, r)) for r in rows}
 
 
 def _summary(query: SampleMeta, rows: list[dict]) -> NeighborSummary:

@@ -107,6 +107,9 @@ class SampleMeta(Result):
     loss: float
     true_conf: float
     pred_conf: float
+    text: str | None = None  # a text sample's sentence (absent from the JSON for images)
+
+    optional = ("text",)
 
 
 @dataclass
@@ -223,6 +226,9 @@ class Exemplar(Result):
     sample_id: int
     key: str
     similarity: float
+    text: str | None = None  # a text sample's sentence (absent from the JSON for images)
+
+    optional = ("text",)
 
 
 @dataclass

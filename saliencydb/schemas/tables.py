@@ -27,6 +27,8 @@ def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
             pa.field("feature", pa.list_(pa.float32(), feature_dim), nullable=False),
             # ||dL/dlogits||_2 (the zscore-dlogit normalisation's scale); null in parts written before it was stored
             pa.field("dlogit_norm", pa.float32()),
+            # the sentence of a text sample (data.text); null for images, and in parts written before it was stored
+            pa.field("text", pa.string()),
         ]
     )
 
