@@ -25,7 +25,7 @@ from .output import emit, handle_errors, db_option, as_of_option, emit_rows, tex
 def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, fmt, quiet, as_of):
     """Input-space saliency of a sample's salient filters, GradCAM and its profile in one figure; or (--errors) an HTML gallery."""
     from ..errors import QueryError
-    from ..explain import Explainer, check_out_file, explain_sample
+    from ..explain import Explainer, check_out_file, explain_sample, explain_text_sample
     from ..query import open as open_db
 
     if errors == (sample_id is not None):
@@ -39,9 +39,13 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         check_out_file(out)
         d.sample(sample_id)  # an unknown id fails before the model is loaded
         ex = Explainer(d)
-        result = explain_sample(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None)
+        explainer = explain_text_sample if ex.modality == "text" else explain_sample
+        result = explainer(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None)
     if fmt != "table":  # csv: the rows of the main table
         emit(result, fmt)
+        return
+    if ex.modality == "text":
+        _print_tokens(result)
         return
     s, c, m = result.sample, result.confidences, result.map
     click.echo(f"sample {s.sample_id} ({s.split}, {s.key}): label {s.label_name}, predicted {s.pred_name} "
@@ -49,6 +53,17 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
     emit_rows(result.rows(), "table", title="boosted units (standardised saliency z)")
     corr = "" if m.spearman_vs_gradcam is None else f"; Spearman with GradCAM {m.spearman_vs_gradcam:.2f}"
     click.echo(f"input-space map: the top 5% of pixels hold {m.top5pct_mass:.0%} of the saliency{corr}")
+    click.echo(f"wrote {result.out}")
+
+
+def _print_tokens(result) -> None:
+    s, c = result.sample, result.confidences
+    click.echo(f"sample {s.sample_id} ({s.split}, {s.key}) \"{s.text}\": label {s.label_name}, predicted {s.pred_name} "
+               f"({'correct' if s.correct else 'wrong'}); p(true) {c.true_conf:.3f}, p(pred) {c.pred_conf:.3f}")
+    emit_rows([u.to_dict() for u in result.boosted_units], "table", title="boosted units (standardised saliency z)")
+    emit_rows(result.rows(), "table", title="token saliency (gradient norm at each token's embedding)")
+    top = sorted(result.tokens, key=lambda t: -t.score)[:3]
+    click.echo("most salient tokens: " + ", ".join(f"{t.token} ({t.score:.3g})" for t in top))
     click.echo(f"wrote {result.out}")
 
 
@@ -156,6 +171,7 @@ def _run_check(d, what: str, sample_id, *, split, top_k: int, top_p: float, fill
     from .. import explain as E
 
     ex = E.Explainer(d)
+    ex.require_images(f"check {what}")
     if what == "corrections":
         return E.find_corrections(ex, split, top_p=top_p, fill=fill, top_k=top_k, min_rise=min_rise, seed=seed,
                                   limit=limit, progress=progress)

@@ -705,7 +705,7 @@ class Batch:
     failed: list[tuple[int, str]]
 
 
-def _pad_tokens(xs: list[torch.Tensor]) -> torch.Tensor:
+def pad_tokens(xs: list[torch.Tensor]) -> torch.Tensor:
     """(2, L_i) token tensors (ids; attention mask) padded with zeros to the longest: (B, 2, L)."""
     out = torch.zeros(len(xs), 2, max(x.shape[1] for x in xs), dtype=torch.long)
     for k, x in enumerate(xs):
@@ -720,7 +720,7 @@ def collate_samples(batch: Sequence[tuple[int, torch.Tensor | None, int, str | N
     failed = [(i, str(error)) for i, x, _, error in batch if x is None]
     good = [(i, x, y) for i, x, y, _ in batch if x is not None]
     if good and not good[0][1].is_floating_point() and good[0][1].dim() == 2:
-        return Batch(indices=torch.tensor([i for i, _, _ in good], dtype=torch.long), x=_pad_tokens([x for _, x, _ in good]),
+        return Batch(indices=torch.tensor([i for i, _, _ in good], dtype=torch.long), x=pad_tokens([x for _, x, _ in good]),
                      y=torch.tensor([y for _, _, y in good], dtype=torch.long), failed=failed)
     if good:
         shape = Counter(tuple(x.shape) for _, x, _ in good).most_common(1)[0][0]

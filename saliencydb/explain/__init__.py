@@ -14,7 +14,8 @@ _WHERE = {
     "SmoothGrad": ".checks", "Explainer": ".context", "StoredSample": ".context",
     "Confidences": ".explanation", "ExplainedSample": ".explanation", "Explanation": ".explanation",
     "GradCamInfo": ".explanation", "MapStats": ".explanation", "UnitRow": ".explanation",
-    "explain_sample": ".explanation", "check_out_file": ".outputs", "Gallery": ".gallery", "GalleryEntry": ".gallery",
+    "explain_sample": ".explanation", "ExplainedSentence": ".tokens", "TokenExplanation": ".tokens",
+    "TokenScore": ".tokens", "explain_text_sample": ".tokens", "check_out_file": ".outputs", "Gallery": ".gallery", "GalleryEntry": ".gallery",
     "gallery": ".gallery", "GroupProfile": ".groups", "GroupProfiles": ".groups", "LayerMean": ".groups",
     "group_profiles": ".groups", "profile_plot": ".groups", "mean_profile": ".groups", "display_map": ".maps", "gradcam": ".maps", "spearman": ".maps",
 }

@@ -14,7 +14,7 @@ from ..models.inference import predict
 from ..models.stored import load_stored_model
 from ..saliency import UnitLayout
 from ..saliency.normalise import Normaliser
-from ..saliency.input_space import input_saliency
+from ..saliency.input_space import input_saliency, token_saliency
 
 
 @dataclass
@@ -47,7 +47,14 @@ class Explainer:
         self.model = loaded.module.eval()
         self.scripted = loaded.scripted
         self.class_names = m.class_names
+        self.modality = db.modality
         self._catalog = SourceCatalog()  # data sources opened on first use, once
+
+    def require_images(self, what: str) -> None:
+        """Image-only work (pixel maps, GradCAM, pixel masking, perturbations) refused on a text database."""
+        if self.modality != "image":
+            raise QueryError(f"{what} works on images; '{self.db.path}' is a text database (its samples are sentences): "
+                             "use `saliencydb explain --id N --out FILE.png` for token-level saliency")
 
     # -- samples ------------------------------------------------------------------------
     def _source(self, split: str, fresh: bool = False):
@@ -79,6 +86,7 @@ class Explainer:
 
     def display_image(self, x: torch.Tensor) -> np.ndarray:
         """The model input (1, C, H, W) back in [0, 1] as (H, W) for one channel or (H, W, 3)."""
+        self.require_images("drawing a sample")
         mean = torch.tensor(self.transform.mean).view(-1, 1, 1)
         std = torch.tensor(self.transform.std).view(-1, 1, 1)
         img = (x[0].detach().cpu() * std + mean).clamp(0, 1).numpy()
@@ -86,6 +94,7 @@ class Explainer:
 
     def fill_value(self, fill: str) -> torch.Tensor:
         """(C, 1, 1) value of a masked pixel in the model's input space: 'black' = normalised 0, 'mean' = 0."""
+        self.require_images("masking pixels")
         if fill == "black":
             return (-torch.tensor(self.transform.mean) / torch.tensor(self.transform.std)).view(-1, 1, 1)
         if fill == "mean":
@@ -133,8 +142,14 @@ class Explainer:
     def input_map(self, x: torch.Tensor, y: torch.Tensor, *, units=None, top_k: int = 10, model=None,
                   mean=None, std=None) -> np.ndarray:
         """Input-space saliency (B, H, W) with the database's statistics (or the given ones)."""
+        self.require_images("an input-space (pixel) map")
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
                               self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate,
+                              normalisation=self.normalisation, layout=self.layout).numpy()
+
+    def token_map(self, x: torch.Tensor, y: torch.Tensor, *, units=None, top_k: int = 10) -> np.ndarray:
+        """Token-level saliency (L,) of one stored sentence ``x`` (1, 2, L) with the database's statistics."""
+        return token_saliency(self.model, x, y, self.mean, self.std, top_k=top_k, units=units, aggregate=self.aggregate,
                               normalisation=self.normalisation, layout=self.layout).numpy()
 
     def confidences(self, x: torch.Tensor, y: torch.Tensor, model=None) -> dict[str, np.ndarray]:

@@ -89,6 +89,7 @@ def gallery(ex: Explainer, out_dir: str | Path, *, split: str | None = None, lim
     map, GradCAM and their ``n_neighbors`` nearest saliency neighbours; returns a summary."""
     if limit < 1:
         raise QueryError(f"--limit must be at least 1, got {limit}")
+    ex.require_images("the --errors gallery")
     out_dir = check_out_dir(out_dir)
     ranked = _most_confident_mistakes(ex.db, split, limit)
     task = progress.task("explaining mistakes", len(ranked), unit="samples") if progress else None

@@ -82,7 +82,7 @@ class Bench:
         return [self._meta[i][0] for i in _ids(ids).tolist()]
 
     def inputs(self, ids) -> torch.Tensor:
-        """Model inputs (n, C, H, W) on the CPU, re-read from the data source through the explainer
+        """Model inputs (n, C, H, W), or padded token tensors (n, 2, L), on the CPU, re-read from the data source through the explainer
         (kept in memory up to ``cache_bytes``)."""
         xs = []
         for i in _ids(ids).tolist():
@@ -94,6 +94,10 @@ class Bench:
                     self._x[i] = x
                     self._cached += x.numel() * x.element_size()
             xs.append(x)
+        if xs and not xs[0].is_floating_point():  # sentences' token tensors (data.text): padded to the longest
+            from ..data.sources import pad_tokens
+
+            return pad_tokens(xs)
         return torch.stack(xs)
 
     def baseline(self, ids) -> dict[str, np.ndarray]:

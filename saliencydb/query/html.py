@@ -239,6 +239,19 @@ def explanation_html(result) -> str:
                 + table(["rank", "unit", "layer", "channel", "z"], units))
 
 
+def token_explanation_html(result) -> str:
+    """A ``TokenExplanation``: the sentence with each token shaded by its saliency, its top units."""
+    s, c = result.sample, result.confidences
+    head = (f"<b>sample {esc(s.sample_id)}</b> ({esc(s.split)}, <code>{esc(s.key)}</code>): label {esc(s.label_name)}, "
+            f"predicted {esc(s.pred_name)} {'<span class=ok>correct</span>' if s.correct else '<span class=bad>wrong</span>'}"
+            f"; p(true) {esc(fmt(c.true_conf, 3))}, p(pred) {esc(fmt(c.pred_conf, 3))}")
+    top = max([t.score for t in result.tokens] + [1e-30])
+    spans = " ".join(f'<span title="{esc(fmt(t.score, 4))}" style="background:rgba(207,34,46,{t.score / top:.3f});'
+                     f'padding:1px 3px;border-radius:3px">{esc(t.token)}</span>' for t in result.tokens)
+    units = [plain_row([u.rank, u.unit_id, u.layer, u.channel, fmt(u.z, 3)]) for u in result.top_units]
+    return wrap(f"<p>{head}</p><p>{spans}</p><b>top units</b>" + table(["rank", "unit", "layer", "channel", "z"], units))
+
+
 def database_html(db) -> str:
     """A ``Database``: its path, commit, model, units and splits."""
     m = db.manifest

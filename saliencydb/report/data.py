@@ -28,6 +28,7 @@ class Picture:
     width: int
     height: int
     side: int
+    text: str | None = None  # a text sample's sentence, shown instead of the (empty) picture
 
 
 @dataclass

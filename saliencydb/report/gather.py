@@ -51,7 +51,10 @@ class _Gatherer:
         return self.db.con.execute(sql, params or []).fetchall()
 
     def picture(self, s: Sample, side: int) -> Picture:
-        uri, w, h = self.thumbs.get(s.sample_id, s.split, s.key, side)
+        got = self.thumbs.get(s.sample_id, s.split, s.key, side)
+        if isinstance(got, str):  # a sentence: shown as text
+            return Picture("", 0, 0, side, text=got)
+        uri, w, h = got
         return Picture(uri, w, h, side)
 
     def gather(self) -> ReportData:
@@ -216,6 +219,9 @@ class _Gatherer:
             return "Input-space maps are not available in this version of saliencydb."
         if not self.has_stats:
             return "Input-space maps need the database's frozen statistics, which it does not have yet."
+        if self.m.model.transform.get("kind") == "tokens":
+            return ("Input-space maps are drawn for images; for a sentence's token-level saliency run "
+                    "`saliencydb explain --db DB --id N --out FILE.png`.")
         import torch
 
         from ..data.transforms import transform_from_dict

@@ -83,11 +83,15 @@ class Thumbnails:
             self.problems.setdefault(split, f"some images of {source.spec} cannot be read ({' '.join(str(e).split())})")
             return None
 
-    def get(self, sample_id: int, split: str, key: str, side: int) -> tuple[str, int, int]:
-        """(data URI, width, height) of the sample's thumbnail; a grey square when the image is unavailable."""
+    def get(self, sample_id: int, split: str, key: str, side: int) -> tuple[str, int, int] | str:
+        """(data URI, width, height) of the sample's thumbnail; a grey square when the image is unavailable;
+        a text sample's sentence (a str) instead."""
         hit = self._cache.get((sample_id, side))
         if hit is None:
             img = self.image(split, key)
+            if isinstance(img, str):
+                self._cache[(sample_id, side)] = img
+                return img
             img = placeholder(side) if img is None else fit(img, side)
             if img.mode == "RGB" and min(img.size) > 48:  # photos: a 256-colour palette makes the PNG ~3x smaller
                 img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

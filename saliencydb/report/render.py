@@ -59,8 +59,12 @@ def _thumb(s: Sample, *, role: str, caption_extra: str | None = None, **data) ->
     tip = f"#{s.sample_id} {s.key} ({s.split}): true {s.label_name}, predicted {s.pred_name}"
     if s.similarity is not None:
         tip += f", cosine similarity {s.similarity:.3f}"
-    img = (f'<img src="{pic.uri}" width="{pic.width}" height="{pic.height}" alt="{_e(_pair(s.label_name, s.pred_name))}" title="{_e(tip)}"'
-           f'{_attrs(data_role=role, data_sample=s.sample_id, **{f"data_{k}": v for k, v in data.items()})}>')
+    attrs = _attrs(data_role=role, data_sample=s.sample_id, **{f"data_{k}": v for k, v in data.items()})
+    if pic.text is not None:  # a text sample: its sentence in the frame
+        img = f'<span class="sentence" title="{_e(tip)}"{attrs}>{_e(pic.text)}</span>'
+    else:
+        img = (f'<img src="{pic.uri}" width="{pic.width}" height="{pic.height}" alt="{_e(_pair(s.label_name, s.pred_name))}" '
+               f'title="{_e(tip)}"{attrs}>')
     extra = f'<span class="sub">{_e(caption_extra)}</span>' if caption_extra else ""
     return (f'<figure class="t {status}" style="--side:{pic.side}px"><div class="frame">{img}</div>'
             f'<figcaption><span class="pair">{_e(_pair(s.label_name, s.pred_name))}</span>{extra}</figcaption></figure>')

@@ -49,6 +49,7 @@ nav.toc a { text-decoration: none; color: var(--accent); border: 1px solid var(-
 figure.t { margin: 0; width: calc(var(--side) + 6px); text-align: center; }
 figure.t .frame { width: calc(var(--side) + 6px); height: calc(var(--side) + 6px); border: 3px solid var(--line); border-radius: 6px;
                   background: #0d1117; display: flex; align-items: center; justify-content: center; overflow: hidden; }
+figure.t .sentence { color: #e6edf3; font: 11px/1.25 Georgia, serif; padding: 3px; text-align: left; overflow-wrap: anywhere; overflow: hidden; max-height: 100%; }
 figure.t img { display: block; image-rendering: pixelated; max-width: 100%; max-height: 100%; }
 figure.t.ok .frame { border-color: var(--green); }
 figure.t.bad .frame { border-color: var(--red); }

@@ -115,12 +115,59 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
     with evaluating(model, grad_params=weights), sdpa_kernel([SDPBackend.MATH]):
         for i in range(x.shape[0]):
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
-            raw, dlogit = differentiable_profile(model, xi, y[i : i + 1], layout, weights, aggregate, return_dlogit=True)
-            s = norm.torch(raw, dlogit)
-            target = s.detach().clone()
-            idx = chosen if units is not None else torch.topk(target, top_k).indices
-            target[idx] = target[idx] * boost
-            similarity = F.cosine_similarity(s, target, dim=0)
-            (g,) = torch.autograd.grad(similarity, xi)
-            maps.append(g.detach().abs().amax(dim=1)[0])
+            g = _boosted_gradient(model, xi, y[i : i + 1], layout, weights, aggregate, norm,
+                                  chosen if units is not None else None, top_k, boost)
+            maps.append(g.abs().amax(dim=1)[0])
     return torch.stack(maps)
+
+
+def _boosted_gradient(model, xi, yi, layout, weights, aggregate, norm, chosen, top_k: int, boost: float) -> torch.Tensor:
+    """d cos(s(x), b) / dx for one sample: ``b`` is its standardised profile with the ``chosen`` units
+    (else its top ``top_k``) multiplied by ``boost``."""
+    raw, dlogit = differentiable_profile(model, xi, yi, layout, weights, aggregate, return_dlogit=True)
+    s = norm.torch(raw, dlogit)
+    target = s.detach().clone()
+    idx = chosen if chosen is not None else torch.topk(target, top_k).indices
+    target[idx] = target[idx] * boost
+    (g,) = torch.autograd.grad(F.cosine_similarity(s, target, dim=0), xi)
+    return g.detach()
+
+
+class _FromEmbeddings(nn.Module):
+    """A text model (``models.text``) run on given word embeddings of one token tensor ``x``."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        super().__init__()
+        self.model, self.x = model, x
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.model(self.x, inputs_embeds=embeds)
+
+
+def token_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
+                   boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE,
+                   normalisation: str = DEFAULT_NORMALISATION, layout: UnitLayout | None = None) -> torch.Tensor:
+    """Token-level input saliency of ONE sentence ``x`` (1, 2, L) of a text model: the boosted-unit
+    objective of ``input_saliency`` differentiated with respect to the word embeddings, one score per
+    token, the L2 norm of that gradient over the embedding dimension; (L,) for the sentence's tokens
+    (padding dropped). Same arguments and guarantees as ``input_saliency``."""
+    if x.dim() != 3 or x.shape[0] != 1 or x.is_floating_point() or not hasattr(model, "embeddings"):
+        raise ModelError("token saliency takes one sentence's token tensor (1, 2, L) of a text model")
+    layout = layout or UnitLayout.from_module(model)
+    U = layout.n_units
+    mean_np, std_np = np.array(mean, dtype=np.float64).reshape(-1), np.array(std, dtype=np.float64).reshape(-1)
+    if mean_np.size != U or std_np.size != U:
+        raise ModelError(f"mean/std have {mean_np.size}/{std_np.size} entries but the model has {U} units")
+    chosen = _check_units(units, U) if units is not None else None
+    if chosen is None and not 1 <= top_k <= U:
+        raise ModelError(f"top-k must lie in 1..{U}, got {top_k}")
+    weights = conv_weights(model, layout)
+    norm = Normaliser(check_normalisation(normalisation), mean_np, std_np)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n = int(x[0, 1].sum())
+    with evaluating(model, grad_params=weights), sdpa_kernel([SDPBackend.MATH]):
+        e = model.embeddings(x).detach().clone().requires_grad_(True)
+        g = _boosted_gradient(_FromEmbeddings(model, x), e, torch.as_tensor(y).reshape(1).long(), layout, weights,
+                              aggregate, norm, chosen, top_k, boost)
+    return g[0, :n].norm(dim=-1)
