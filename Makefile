@@ -10,7 +10,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,timm,hf,datasets]'
+	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text]'
 	touch $(STAMP)
 
 test: $(STAMP)
