@@ -61,6 +61,9 @@ def info(db, as_of, fmt):
     click.echo(f"database   {s.path} (format {s.format_version}, commit {s.commit}{behind}, {s.versions} versions kept)")
     click.echo(f"model      {s.model.spec}  weights {s.model.weights or '-'}  sha256 {s.model.weights_sha256[:12]}  "
                f"classes {s.model.num_classes}")
+    if s.model.transform.get("kind") == "tokens":  # a text database (data.text)
+        t = s.model.transform
+        click.echo(f"data       text: {t['task']} sentences, tokenized by {t['tokenizer']} (up to {t['max_length']} tokens)")
     click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
                f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
     if s.units.excluded:
