@@ -14,7 +14,10 @@ For each case (model, input side, batch size) it measures, on the same random ba
               the 4-D conv weights, reduced like the engine, in chunks of the batch
 
 and prints samples/s, ratios, peak memory and the agreement of engine and vmap with the
-loop. Run ``python benchmarks/profiles.py --help`` for the options.
+loop. Text cases (BERT built from its config with random weights, wrapped as
+``saliencydb.models.text.HFTextModel``) take token tensors (B, 2, L); their "size" is the
+sequence length L, their units the linear layers, and vmap is skipped for them.
+Run ``python benchmarks/profiles.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -46,9 +49,25 @@ from saliencydb.memory import keep_freed_memory  # noqa: E402
 from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles  # noqa: E402
 
 TIMM_MODELS = ("vit_tiny_patch16_224", "convnext_atto")  # built with timm (pretrained=False)
+# BERT built with transformers from its config (random weights, eager attention, never downloaded):
+# name -> (task, hidden size, layers, heads). bert_small is google/bert_uncased_L-4_H-512_A-8,
+# bert_tiny google/bert_uncased_L-2_H-128_A-2 (a smoke-test size); both with BERT's uncased vocabulary.
+TEXT_MODELS = {
+    "bert_small": ("sequence-classification", 512, 4, 8),
+    "bert_small_mlm": ("masked-lm", 512, 4, 8),
+    "bert_tiny": ("sequence-classification", 128, 2, 2),
+    "bert_tiny_mlm": ("masked-lm", 128, 2, 2),
+}
+BERT_VOCAB = 30522
+BERT_MAX_LENGTH = 512  # max_position_embeddings
+BERT_PAD_ID, BERT_MASK_ID = 0, 103  # [PAD], [MASK] of the uncased vocabulary
+TEXT_FIRST_ID = 5  # random token ids are drawn from [TEXT_FIRST_ID, vocab): no special tokens below it
+TEXT_LABELS = 2  # sequence classifiers: 2 classes
 MODELS = ("resnet18", "resnet50", "vgg19", "densenet121", "mobilenet_v3_small", "inception_v3", "small_cnn") + TIMM_MODELS
+MODELS += tuple(TEXT_MODELS)
 METHODS = ("loop", "engine", "engine_rms", "train_step", "vmap")
-DEFAULT_SIZE = {"small_cnn": 28, "inception_v3": 299}  # others: 224
+DEFAULT_SIZE = {"small_cnn": 28, "inception_v3": 299, **{name: 128 for name in TEXT_MODELS}}  # others: 224
+PADDINGS = ("none", "half")  # text cases: every row full, or every second row with only L/2 real tokens
 DEFAULT_BATCH = 32
 CPU_LARGE_SIZE = 224  # on CPU, cases at least this large default to the two values below
 CPU_LARGE_BATCH = 16
@@ -70,13 +89,26 @@ IMAGENET_VAL = 50_000
 @dataclass(frozen=True)
 class Case:
     model: str
-    size: int
+    size: int  # image side in px, or a text case's sequence length
     batch: int
     loop_samples: int
+    padding: str = "none"  # text cases only: see PADDINGS
 
     @property
     def label(self) -> str:
-        return f"{self.model}@{self.size} b{self.batch}"
+        return case_label(asdict(self))
+
+
+def is_text(name: str) -> bool:
+    return name in TEXT_MODELS
+
+
+def case_label(case: dict) -> str:
+    """``resnet18@224 b16``; text cases ``bert_small@L128 b32``, ``... b32 half-padded``."""
+    if not is_text(case["model"]):
+        return f"{case['model']}@{case['size']} b{case['batch']}"
+    padded = " half-padded" if case.get("padding", "none") == "half" else ""
+    return f"{case['model']}@L{case['size']} b{case['batch']}{padded}"
 
 
 def num_classes_for(name: str, size: int) -> int:
@@ -86,8 +118,51 @@ def num_classes_for(name: str, size: int) -> int:
     return 1000 if size >= 224 else 10
 
 
-def build_model(name: str, size: int) -> tuple[nn.Module, int, int]:
-    """(model in eval mode with random weights, input channels, classes)."""
+def build_text_model(name: str) -> tuple[nn.Module, int]:
+    """A BERT of TEXT_MODELS with random weights, wrapped to take (B, 2, L) token tensors; and its classes."""
+    import transformers
+
+    from saliencydb.models.text import HFTextModel
+
+    task, hidden, layers, heads = TEXT_MODELS[name]
+    config = transformers.BertConfig(
+        vocab_size=BERT_VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=BERT_MAX_LENGTH, pad_token_id=BERT_PAD_ID,
+        num_labels=TEXT_LABELS,
+    )
+    config._attn_implementation = "eager"  # as saliencydb loads Hugging Face models
+    if task == "masked-lm":
+        model = transformers.BertForMaskedLM(config)
+        return HFTextModel(model, task, BERT_PAD_ID, BERT_MASK_ID).eval(), BERT_VOCAB
+    model = transformers.BertForSequenceClassification(config)
+    return HFTextModel(model, task, BERT_PAD_ID, None).eval(), TEXT_LABELS
+
+
+def text_batch(name: str, length: int, batch: int, classes: int, padding: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids in [TEXT_FIRST_ID, vocab) over an attention mask, as (B, 2, L) int64, and random labels.
+
+    padding "half": every second row has only max(1, L // 2) real tokens. A masked-LM gets one
+    [MASK] per row at a random real position, and random vocabulary ids as labels.
+    """
+    ids = torch.randint(TEXT_FIRST_ID, BERT_VOCAB, (batch, length), generator=gen)
+    real = torch.full((batch,), length)
+    if padding == "half":
+        real[1::2] = max(1, length // 2)
+    mask = (torch.arange(length) < real[:, None]).long()
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, BERT_PAD_ID))
+    if TEXT_MODELS[name][0] == "masked-lm":
+        ids = torch.where(ids == BERT_MASK_ID, ids + 1, ids)  # the only [MASK] is the one placed below
+        at = (torch.rand(batch, generator=gen) * real).long()
+        ids[torch.arange(batch), at] = BERT_MASK_ID
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    return torch.stack([ids, mask], 1), y
+
+
+def build_model(name: str, size: int) -> tuple[nn.Module, int | None, int]:
+    """(model in eval mode with random weights, input channels (None for text), classes)."""
+    if is_text(name):
+        model, classes = build_text_model(name)
+        return model, None, classes
     classes = num_classes_for(name, size)
     if name == "small_cnn":
         return small_cnn(num_classes=classes).eval(), 1, classes
@@ -121,13 +196,15 @@ def resolve_cases(args: argparse.Namespace, device: torch.device, parser: argpar
     for name, size, batch in specs:
         if name == "inception_v3" and size < INCEPTION_MIN_SIZE:
             parser.error(f"inception_v3 needs an input side >= {INCEPTION_MIN_SIZE} (got {size})")
-        large_on_cpu = device.type == "cpu" and size >= CPU_LARGE_SIZE
+        if is_text(name) and not 1 <= size <= BERT_MAX_LENGTH:
+            parser.error(f"{name} takes sequence lengths 1 to {BERT_MAX_LENGTH} (got {size})")
+        large_on_cpu = device.type == "cpu" and size >= CPU_LARGE_SIZE and not is_text(name)  # image sizes only
         if batch is None:
             batch = args.batch_size or (CPU_LARGE_BATCH if large_on_cpu else DEFAULT_BATCH)
         loop = args.loop_samples or (CPU_LARGE_LOOP_SAMPLES if large_on_cpu else batch)
         if batch < 1 or size < 1:
             parser.error(f"case {name}:{size}:{batch}: size and batch must be positive")
-        cases.append(Case(name, size, batch, max(1, min(loop, batch))))
+        cases.append(Case(name, size, batch, max(1, min(loop, batch)), args.text_padding if is_text(name) else "none"))
     return cases
 
 
@@ -297,6 +374,7 @@ class Result:
     top10_vs_engine: float | None = None
     note: str = ""
     error: str | None = None
+    skipped: str | None = None  # why the method was not run for this case (shown as "-")
 
 
 def _sync(device: torch.device) -> None:
@@ -407,11 +485,15 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
     torch.manual_seed(args.seed)
     model, channels, classes = build_model(case.model, case.size)
     model = model.to(device)
-    layout = UnitLayout.from_module(model, "auto")  # conv filters for CNNs, linear units for a ViT
+    layout = UnitLayout.from_module(model, "auto")  # conv filters for CNNs, linear units for a ViT or BERT
     n_conv = sum(layer.out_channels * layer.n_params for layer in layout.layers)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.randn(case.batch, channels, case.size, case.size, generator=gen).to(device)
-    y = torch.randint(0, classes, (case.batch,), generator=gen).to(device)
+    if channels is None:  # text: (B, 2, L) token ids over attention masks
+        x, y = text_batch(case.model, case.size, case.batch, classes, case.padding, gen)
+        x, y = x.to(device), y.to(device)
+    else:
+        x = torch.randn(case.batch, channels, case.size, case.size, generator=gen).to(device)
+        y = torch.randint(0, classes, (case.batch,), generator=gen).to(device)
     n = case.loop_samples
     chunk = vmap_chunk_size(n_conv, case.batch, args.vmap_chunk)
     kw = {"repeats": args.repeats, "warmup": args.warmup}
@@ -449,14 +531,17 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
     )
     model.zero_grad(set_to_none=True)
 
-    progress("vmap")
-    try:
-        vmapped = make_vmap_profiles(model, layout, chunk)
-        results["vmap"], outputs["vmap"] = measure("vmap", lambda: vmapped(x, y), case.batch, device, **kw)
-    except Exception as e:
-        results["vmap"], outputs["vmap"] = Result("vmap", case.batch, error=_error_text(e)), None
-    if results["vmap"].error is None:
-        results["vmap"].note = f"chunk_size={chunk}"
+    if is_text(case.model):  # not measured: the comparison is with the engine on image models
+        results["vmap"], outputs["vmap"] = Result("vmap", case.batch, skipped="not run for text models"), None
+    else:
+        progress("vmap")
+        try:
+            vmapped = make_vmap_profiles(model, layout, chunk)
+            results["vmap"], outputs["vmap"] = measure("vmap", lambda: vmapped(x, y), case.batch, device, **kw)
+        except Exception as e:
+            results["vmap"], outputs["vmap"] = Result("vmap", case.batch, error=_error_text(e)), None
+        if results["vmap"].error is None:
+            results["vmap"].note = f"chunk_size={chunk}"
 
     for res in results.values():
         if res.other_cpu is not None and res.other_cpu > BUSY_SHARE:
@@ -477,7 +562,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
 
     del outputs, engine, engine_rms, model
     _release_free_memory()
-    return {
+    report = {
         "model": case.model,
         "size": case.size,
         "batch": case.batch,
@@ -490,6 +575,10 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
         "vmap_chunk_size": chunk,
         "methods": [asdict(results[m]) for m in METHODS],
     }
+    if is_text(case.model):  # size is the sequence length; in_channels is None
+        report.update(modality="text", task=TEXT_MODELS[case.model][0], padding=case.padding,
+                      real_tokens=int(x[:, 1].sum()), vmap_chunk_size=None)
+    return report
 
 
 # -- reporting -------------------------------------------------------------------------------------
@@ -540,8 +629,11 @@ def format_table(report: dict, tol: float) -> str:
     header = ("case", "method", "samples/s", "vs loop", "vs train_step", "peak MB", "max rel err", "note")
     rows = []
     for case in report["cases"]:
-        label = f"{case['model']}@{case['size']} b{case['batch']}"
+        label = case_label(case)
         for r in case["methods"]:
+            if r.get("skipped"):
+                rows.append((label, r["method"], "-", "", "", "", "", f"skipped: {r['skipped']}"))
+                continue
             if r["error"] is not None:
                 error = r["error"] if len(r["error"]) <= 100 else r["error"][:97] + "..."
                 rows.append((label, r["method"], "FAILED", "", "", "", "", error))
@@ -581,7 +673,7 @@ def format_table(report: dict, tol: float) -> str:
     projections = []
     for case in report["cases"]:
         engine = next((r for r in case["methods"] if r["method"] == "engine" and r["samples_per_s"]), None)
-        if engine is not None and case["size"] >= CPU_LARGE_SIZE:
+        if engine is not None and case["size"] >= CPU_LARGE_SIZE and not is_text(case["model"]):
             minutes = IMAGENET_VAL / engine["samples_per_s"] / 60
             projections.append(f"{case['model']}@{case['size']} b{case['batch']}: {minutes:,.1f} min")
     lines += [
@@ -612,9 +704,17 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {CPU_LARGE_BATCH} and a loop timed on {CPU_LARGE_LOOP_SAMPLES} samples, so that the default run stays\n"
             "  under about 10 minutes on a few cores (--batch-size / --loop-samples override).\n"
             "  --model and --size give their cross product (size defaults: small_cnn 28,\n"
-            "  inception_v3 299, others 224); --case MODEL:SIZE[:BATCH] adds one case.\n"
+            "  inception_v3 299, text models 128, others 224); --case MODEL:SIZE[:BATCH] adds one case.\n"
             "  torchvision models get 1000 classes at >= 224 px, 10 otherwise; small_cnn is\n"
             "  1x28x28 MNIST-shaped with 10 classes. Weights are random (never downloaded).\n"
+            "text cases: SIZE is the sequence length (default 128, at most 512), e.g. --case bert_small:128:32.\n"
+            "  bert_small is BERT-small (google/bert_uncased_L-4_H-512_A-8), bert_tiny BERT-tiny\n"
+            "  (L-2_H-128_A-2), built from their configs with random weights and eager attention:\n"
+            "  a 2-class sequence classifier; the _mlm variants are BertForMaskedLM with one [MASK]\n"
+            "  per row at a random position and random vocabulary ids as labels. Inputs are random\n"
+            f"  token ids in [{TEXT_FIRST_ID}, {BERT_VOCAB}) under a full attention mask (--text-padding half: every\n"
+            "  second row has L/2 real tokens). Units: the linear layers (embeddings excluded).\n"
+            "  vmap is skipped for text cases (shown as '-').\n"
             "methods:\n"
             "  loop        reference_profiles: one forward + backward per sample\n"
             "  engine      ProfileEngine.profile (what `saliencydb index` runs)\n"
@@ -631,8 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--model", action="append", choices=MODELS, help="model to run (repeatable)")
-    parser.add_argument("--size", action="append", type=int, help="input side in px (repeatable; needs --model)")
-    parser.add_argument("--case", action="append", metavar="MODEL:SIZE[:BATCH]", help="one case, e.g. resnet18:32:32 (repeatable)")
+    parser.add_argument("--size", action="append", type=int, help="input side in px, or sequence length for text models (repeatable; needs --model)")
+    parser.add_argument("--case", action="append", metavar="MODEL:SIZE[:BATCH]",
+                        help="one case, e.g. resnet18:32:32 or bert_small:128:32 (repeatable)")
+    parser.add_argument("--text-padding", choices=PADDINGS, default="none",
+                        help="text cases: 'none' (default) every row has L real tokens; 'half': every second row L/2")
     parser.add_argument("--batch-size", type=int, help=f"batch size of cases without one (default {DEFAULT_BATCH}; CPU >= 224 px: {CPU_LARGE_BATCH})")
     parser.add_argument(
         "--loop-samples", type=int, help=f"samples the loop is timed on (default: the batch; CPU >= 224 px: {CPU_LARGE_LOOP_SAMPLES})"

@@ -310,3 +310,21 @@ def test_sequence_classification_database(text_models, tmp_path):
     got = json.loads(run_cli("sql", "--db", db, "--format", "json", "SELECT label_name FROM samples WHERE split = 'n' ORDER BY sample_id").stdout)
     assert [r["label_name"] for r in got] == ["positive", "negative"]  # whole numbers are class indices
     run_cli("explain", "--db", db, "--id", 0, "--out", tmp_path / "e.png")
+
+
+def test_hugging_face_text_dataset(text_models, tmp_path):
+    """A saved ``datasets`` dataset of sentences: its text column found by name (or given), target words as labels."""
+    import datasets
+
+    rows = _cloze(12, 3) + [{"text": "no mask here .", "label": "paris"}]
+    ds = datasets.Dataset.from_dict({"sentence": [r["text"] for r in rows], "target": [r["label"] for r in rows]})
+    ds.save_to_disk(tmp_path / "ds")
+    db = tmp_path / "db"
+    out = run_cli("index", "--db", db, "--model", f"hf:{text_models['bert', 'masked-lm']}", "--data", f"hf:{tmp_path / 'ds'}",
+                  "--label-column", "target", "--random-weights", "-q", expect=2)
+    assert "12 samples added" in out.output and "1 failed" in out.output
+    got = json.loads(run_cli("sql", "--db", db, "--format", "json", "SELECT text, label_name FROM samples ORDER BY sample_id").stdout)
+    assert [(g["text"], g["label_name"]) for g in got] == [(r["text"], r["label"]) for r in rows[:12]]
+    bad = run_cli("index", "--db", tmp_path / "x", "--model", f"hf:{text_models['bert', 'masked-lm']}", "--data",
+                  f"hf:{tmp_path / 'ds'}", "--label-column", "target", "--text-column", "target2", "--random-weights", expect=None)
+    assert bad.exit_code != 0 and "no column 'target2'" in bad.output and "Traceback" not in bad.output

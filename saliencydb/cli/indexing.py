@@ -10,7 +10,9 @@ from .output import db_option, handle_errors, progress_bars, wait_option
 
 
 def hf_column_options(fn):
-    """--image-column / --label-column: added to an hf: data spec as ?image=COL&label=COL."""
+    """--image-column / --label-column / --text-column: added to an hf: data spec as ?image=COL&label=COL&text=COL."""
+    fn = click.option("--text-column", help="hf: data only: the sentence column of a text dataset, when it is not "
+                                            "called text, sentence or content; stored in the spec as ?text=COL.")(fn)
     fn = click.option("--label-column", help="hf: data only: the label column (a ClassLabel, integer or string column), "
                                              "when it is not the only ClassLabel column; stored in the spec as ?label=COL.")(fn)
     return click.option("--image-column", help="hf: data only: the image column, when the dataset has several Image "
@@ -61,13 +63,13 @@ def hf_column_options(fn):
               help="A text file naming the model's classes, one per line in its class order; labels given as names "
                    "(folders, CSV) are matched to them.")
 @handle_errors
-def index(db, model_spec, task, weights, num_classes, transform, data_spec, image_column, label_column, split, device, batch_size, limit, workers, index_kind, part_rows,
+def index(db, model_spec, task, weights, num_classes, transform, data_spec, image_column, label_column, text_column, split, device, batch_size, limit, workers, index_kind, part_rows,
           aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
 
-    data_spec = with_hf_columns(data_spec, image_column, label_column)
+    data_spec = with_hf_columns(data_spec, image_column, label_column, text_column)
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, model=model_spec, task=task, weights=weights, transform=transform, num_classes=num_classes,
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
@@ -91,12 +93,12 @@ def index(db, model_spec, task, weights, num_classes, transform, data_spec, imag
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
-def ingest(db, data_spec, image_column, label_column, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
+def ingest(db, data_spec, image_column, label_column, text_column, split, replace, device, batch_size, limit, workers, part_rows, wait, quiet):
     """Add a new set to an existing database with its model and frozen statistics (idempotent, resumable)."""
     from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
 
-    data_spec = with_hf_columns(data_spec, image_column, label_column)
+    data_spec = with_hf_columns(data_spec, image_column, label_column, text_column)
     with torchrun_job() as rank, progress_bars(not quiet and rank == 0) as progress:
         report = Indexer(db, device=device, batch_size=batch_size, workers=workers, part_rows=part_rows,
                          progress=progress, wait=wait).run(data_spec, split=split, limit=limit, command="ingest",

@@ -421,7 +421,8 @@ class SklearnDigitsSource(_BuiltinDigits):
 
 
 
-_HF_COLUMN_OPTIONS = ("image", "label")
+_HF_COLUMN_OPTIONS = ("image", "label", "text")
+_HF_TEXT_NAMES = ("text", "sentence", "content")  # a text column found by name when the dataset has no Image column
 _HF_DEFAULT_SPLITS = ("validation", "test")
 
 
@@ -440,7 +441,7 @@ def split_hf_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     options: dict[str, str] = {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key not in _HF_COLUMN_OPTIONS:
-            raise SpecError(f"data spec '{spec}': unknown option '{key}'; an hf: spec takes ?image=COLUMN&label=COLUMN")
+            raise SpecError(f"data spec '{spec}': unknown option '{key}'; an hf: spec takes ?image=COLUMN&label=COLUMN (or ?text=COLUMN)")
         if not value or key in options:
             raise SpecError(f"data spec '{spec}': give '{key}' once, with a column name (?{key}=COLUMN)")
         options[key] = value
@@ -452,15 +453,15 @@ def split_hf_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return target, split, options
 
 
-def with_hf_columns(spec: str, image: str | None = None, label: str | None = None) -> str:
-    """``spec`` with ``?image=``/``?label=`` options added (the CLI's --image-column / --label-column),
-    so that the stored spec reopens the same columns; any spec but ``hf:`` is refused."""
-    if image is None and label is None:
+def with_hf_columns(spec: str, image: str | None = None, label: str | None = None, text: str | None = None) -> str:
+    """``spec`` with ``?image=``/``?label=``/``?text=`` options added (the CLI's --image-column / --label-column /
+    --text-column), so that the stored spec reopens the same columns; any spec but ``hf:`` is refused."""
+    if image is None and label is None and text is None:
         return spec
     if not spec.startswith("hf:"):
-        raise SpecError(f"--image-column and --label-column apply to hf: data specs only, not '{spec}'")
+        raise SpecError(f"--image-column, --label-column and --text-column apply to hf: data specs only, not '{spec}'")
     _, _, options = split_hf_spec(spec)
-    for key, value in (("image", image), ("label", label)):
+    for key, value in (("image", image), ("label", label), ("text", text)):
         if value is not None:
             if options.get(key, value) != value:
                 raise SpecError(f"data spec '{spec}' already names the {key} column '{options[key]}'; "
@@ -556,19 +557,36 @@ def _hf_labels(spec: str, dataset: Any, column: str, datasets: Any) -> tuple[lis
     raise SpecError(f"data spec '{spec}': label column '{column}' holds {feature.dtype}; use a ClassLabel, integer or string column")
 
 
+def _text_column(spec: str, features: Any, given: str | None, image: str | None, datasets: Any) -> str | None:
+    """The text column: ``given`` (a string column), else, in a dataset without an Image column and with no
+    image column named, the first string column called text, sentence or content; None: an image dataset."""
+    if given is not None:
+        if given not in features:
+            raise SpecError(f"data spec '{spec}': no column '{given}'; the dataset's columns are {_describe_columns(features)}")
+        if getattr(features[given], "dtype", None) not in ("string", "large_string"):
+            raise SpecError(f"data spec '{spec}': column '{given}' ({_feature_kind(features[given])}) is not a string column; "
+                            f"the dataset's columns are {_describe_columns(features)}")
+        return given
+    if image is not None or any(isinstance(f, datasets.Image) for f in features.values()):
+        return None
+    return next((n for n in _HF_TEXT_NAMES if n in features and getattr(features[n], "dtype", None) in ("string", "large_string")), None)
+
+
 class HFDatasetSource(Source):
-    """``hf:PATH_OR_NAME[:SPLIT][?image=COL&label=COL]``: a Hugging Face ``datasets`` dataset.
+    """``hf:PATH_OR_NAME[:SPLIT][?image=COL&label=COL&text=COL]``: a Hugging Face ``datasets`` dataset.
 
     PATH is a folder written by ``save_to_disk`` (``load_from_disk``); anything else is passed to
     ``load_dataset`` (local data files, or a name in the local cache). A dataset dict's split defaults
     to ``validation``, else ``test``, else its only split. The image column (an ``Image`` feature) and
     the label column (a ``ClassLabel``, whose names are the class names) are found by their features
-    unless named. Keys are ``hf:FINGERPRINT/SPLIT/ROW``: stable for the same saved dataset. Streaming
+    unless named. A dataset without an Image column whose string column is called text, sentence or
+    content (or is named with ``?text=``) holds sentences for a text model (``data.text``); its label
+    column then gives class names or a masked-LM's target words. Keys are ``hf:FINGERPRINT/SPLIT/ROW``: stable for the same saved dataset. Streaming
     datasets (``IterableDataset``) are refused: their rows have no stable numbers; save them first.
     """
 
     def __init__(self, spec: str, dataset: Any, split: str | None = None, image: str | None = None,
-                 label: str | None = None, origin: str | None = None) -> None:
+                 label: str | None = None, origin: str | None = None, text: str | None = None) -> None:
         datasets = _import_datasets(spec)
         dataset, split = _pick_split(spec, dataset, split)
         if isinstance(dataset, datasets.IterableDataset):
@@ -576,11 +594,17 @@ class HFDatasetSource(Source):
                             "save it with save_to_disk first (Dataset.from_generator(...).save_to_disk(DIR)) and use hf:DIR")
         if len(dataset) == 0:
             raise SpecError(f"data spec '{spec}': split '{split}' has no rows")
-        self._image_column = _pick_column(spec, dataset.features, image, "image", (datasets.Image,))
+        text = _text_column(spec, dataset.features, text, image, datasets)
+        if text is not None:  # sentences for a text model (data.text)
+            if image is not None:
+                raise SpecError(f"data spec '{spec}': give an image column or a text column, not both")
+            self.modality, self._image_column = "text", text
+        else:
+            self._image_column = _pick_column(spec, dataset.features, image, "image", (datasets.Image,))
+            self._decode = dataset.features[self._image_column].decode_example
         label = _pick_column(spec, dataset.features, label, "label", (datasets.ClassLabel, datasets.Value))
         self._labels, class_names = _hf_labels(spec, dataset, label, datasets)
         self.labels_are_names = class_names is not None
-        self._decode = dataset.features[self._image_column].decode_example
         self._images = dataset.select_columns([self._image_column]).with_format("arrow")
         self._prefix = f"hf:{getattr(dataset, '_fingerprint', None) or origin or spec}/{split}/"
         super().__init__(spec, class_names, None)
@@ -590,7 +614,7 @@ class HFDatasetSource(Source):
         """The source an ``hf:`` spec names."""
         target, split, options = split_hf_spec(spec)
         loaded, origin, split = _load_hf(spec, target, split)
-        return cls(spec, loaded, split, options.get("image"), options.get("label"), origin)
+        return cls(spec, loaded, split, options.get("image"), options.get("label"), origin, options.get("text"))
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -601,12 +625,20 @@ class HFDatasetSource(Source):
     def label(self, i: int) -> int:
         return self._labels[i] or 0  # a row without a label fails at load: its stand-in is never used
 
-    def load(self, i: int) -> Image.Image:
+    def text(self, i: int) -> str | None:
+        """A text dataset's sentence of row ``i`` (None for an image dataset, or a row without one)."""
+        value = self._images[i].column(0)[0].as_py() if self.modality == "text" else None
+        return value if isinstance(value, str) else None
+
+    def load(self, i: int) -> Image.Image | str:
         if self._labels[i] is None:
             raise DataError(f"sample '{self.key(i)}': row {i} has no label; drop it or label it")
         value = self._images[i].column(0)[0].as_py()
-        if value is None:
-            raise DataError(f"sample '{self.key(i)}': row {i} has no image in column '{self._image_column}'")
+        if value is None or (self.modality == "text" and not str(value).strip()):
+            raise DataError(f"sample '{self.key(i)}': row {i} has no {'text' if self.modality == 'text' else 'image'} "
+                            f"in column '{self._image_column}'")
+        if self.modality == "text":
+            return value
         try:
             img = self._decode(value)
             img.load()
