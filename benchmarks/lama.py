@@ -8,12 +8,15 @@ predicted as "actor", places as "France"). Here, with nothing downloaded:
 
 1. cloze sentences about made-up people from Faker's word lists (``saliencydb.data.cloze``): four
    relations, two learnable (gender from the first name; birthplace, fixed per family) and two not
-   (occupation and residence, drawn afresh per sentence with Zipf weights, so the best a model can
-   do is the most frequent answer);
+   (occupation, drawn afresh per sentence with Zipf weights in an order per gender, so the best a
+   model can do is the gender's most frequent job; residence, half of the time the family's
+   country and else any country, so the best guess is the family's country);
 2. a tiny BERT masked-LM (``saliencydb.data.zoo.save_tiny_text_model``; its vocabulary is the
    sentences' words) trained from random weights on the train sentences, on CPU, with the
-   masked-LM loss at the [MASK] only (AdamW, fixed seed; the trained model is cached under
-   ``--cache-dir``, keyed by the settings, so a second run skips training);
+   masked-LM loss at the [MASK] only (AdamW, fixed seed, one torch thread; the trained model is
+   cached under ``--cache-dir``, keyed by the settings, so a second run skips training). The
+   recipe is ``--epochs``; ``--seconds`` only caps a slow machine, and the output says when it cut
+   training short (then the model, and every number, differs from a full run's);
 3. the validation sentences indexed with ``saliencydb`` (``--model hf:DIR``; with ``--reference
    train`` a sample of the train sentences is indexed first, as the split whose profiles define
    the standardisation), then ``Database.mistakes`` (the JSON of ``saliencydb mistakes``) and
@@ -57,7 +60,7 @@ import saliencydb  # noqa: E402
 from saliencydb.data.cloze import RELATIONS, cloze_sentences, vocabulary  # noqa: E402
 from saliencydb.demo import default_cache_dir  # noqa: E402
 
-RECIPE_VERSION = 1  # bump when the training recipe changes (invalidates cached models)
+RECIPE_VERSION = 2  # bump when the training recipe changes (invalidates cached models)
 EXAMPLE_K = 5
 
 
@@ -269,7 +272,7 @@ def measure(args, db: Path) -> dict:
     with saliencydb.open(db) as d:
         failures = d.sql("SELECT count(*) AS n FROM failures").column("n")[0].as_py()
         assert failures == 0, f"{failures} sentences failed to index: {d.sql('SELECT key, reason FROM failures LIMIT 3').to_pylist()}"
-        report = d.mistakes(args.k, n_boot=200, write=False).to_dict()
+        report = d.mistakes(args.k, write=False).to_dict()  # what `saliencydb mistakes --format json` prints
         stats = shares(report)
         for space in ("saliency", "feature"):
             low, high = numpy_same_confusion(d, space, args.k)
@@ -284,14 +287,17 @@ def measure(args, db: Path) -> dict:
 # -- output --------------------------------------------------------------------------------------
 
 def print_markdown(doc: dict) -> None:
-    t = doc["training"]
+    t, units = doc["training"], doc["units"] or {}
+    cut = f" (stopped by --seconds; the recipe is {doc['settings']['epochs']})" if t["epochs"] < doc["settings"]["epochs"] else ""
     print(f"Tiny BERT ({doc['parameters']:,} parameters, vocabulary {doc['vocabulary']} words) trained on {doc['settings']['train']} "
-          f"cloze sentences: {t['epochs']} epochs, {t['seconds']:.0f} s{' (cached)' if doc['cached'] else ''}, train accuracy "
+          f"cloze sentences: {t['epochs']} epochs{cut}, {t['seconds']:.0f} s{' (cached)' if doc['cached'] else ''}, train accuracy "
           f"{t['train_accuracy']:.1%}. Validation: {doc['settings']['val']} sentences, indexed in {doc['index_seconds']:.0f} s "
-          f"(reference split: {doc['settings']['reference']}). Total {doc['seconds']:.0f} s.\n")
+          f"(reference split: {doc['settings']['reference']}; {units.get('count')} {units.get('kind')} units in "
+          f"{units.get('layers')} layers). Total {doc['seconds']:.0f} s.\n")
     print("| relation | predictable | sentences | accuracy | most common prediction (share) |")
     print("|---|---|---|---|---|")
-    learnable = {"gender": "yes (first name)", "birthplace": "yes (family)", "occupation": "no (Zipf)", "residence": "no (Zipf)", "all": ""}
+    learnable = {"gender": "yes (first name)", "birthplace": "yes (family)", "occupation": "no (Zipf per gender)",
+                 "residence": "half (family's country)", "all": ""}
     for rel, a in doc["accuracy"].items():
         print(f"| {rel} | {learnable[rel]} | {a['samples']} | {a['accuracy']:.1%} | {a['most_common_prediction']} ({a['its_share']:.0%}) |")
     n = doc["shares"]["saliency"]["n"]
@@ -301,6 +307,10 @@ def print_markdown(doc: dict) -> None:
     for name, s in doc["shares"].items():
         lo, hi = s["same_confusion_ci95"]
         print(f"| {name} | {s['same_confusion']:.1%} [{lo:.1%}, {hi:.1%}] | {s['mistakes']:.1%} | {s['correct_of_correct']:.1%} |")
+    checks = "; ".join(f"{space} within [{lo:.1%}, {hi:.1%}]" for space in ("saliency", "feature")
+                       for lo, hi in [doc["shares"][space]["numpy_same_confusion_range"]])
+    print(f"\nChecked against an exact numpy search (the range is over tied neighbours: identical sentences with other "
+          f"targets have identical features): {checks}.")
     ex = doc["example"]
     if ex is None:
         print("\nNo validation mistakes: nothing to show.")

@@ -531,7 +531,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
     )
     model.zero_grad(set_to_none=True)
 
-    if is_text(case.model):  # not measured: the comparison is with the engine on image models
+    if is_text(case.model):  # the vmap baseline is for image models (a masked-LM's mask lookup is data-dependent)
         results["vmap"], outputs["vmap"] = Result("vmap", case.batch, skipped="not run for text models"), None
     else:
         progress("vmap")

@@ -328,3 +328,49 @@ def test_hugging_face_text_dataset(text_models, tmp_path):
     bad = run_cli("index", "--db", tmp_path / "x", "--model", f"hf:{text_models['bert', 'masked-lm']}", "--data",
                   f"hf:{tmp_path / 'ds'}", "--label-column", "target", "--text-column", "target2", "--random-weights", expect=None)
     assert bad.exit_code != 0 and "no column 'target2'" in bad.output and "Traceback" not in bad.output
+
+
+def test_new_sentence_query_equals_the_stored_sample(text_db):
+    db, data = text_db
+    first = json.loads(data.read_text().splitlines()[0])
+    stored = json.loads(run_cli("neighbors", "--db", db, "--id", 0, "-k", 4, "--format", "json").stdout)
+    new = json.loads(run_cli("neighbors", "--db", db, "--text", first["text"], "--label", first["label"].upper(), "-k", 5,
+                             "--format", "json").stdout)
+    assert new["query"]["text"] == first["text"] and new["query"]["label_name"] == first["label"]
+    assert new["query"]["pred_name"] == stored["query"]["pred_name"]
+    assert abs(new["query"]["loss"] - stored["query"]["loss"]) < 1e-5
+    top = new["neighbors"][0]
+    assert top["sample_id"] == 0 or abs(top["similarity"] - 1.0) < 1e-5  # the sentence itself (or an identical one)
+    assert abs(new["neighbors"][0]["similarity"] - 1.0) < 1e-5
+    for args, words in [(["--text", "anna lives in paris .", "--label", "paris"], "no [MASK]"),
+                        (["--text", "anna lives in [MASK] .", "--label", "actors"], "2 tokens"),
+                        (["--text", "anna lives in [MASK] ."], "--label WORD")]:
+        bad = run_cli("neighbors", "--db", db, *args, expect=None)
+        assert bad.exit_code != 0 and words in bad.output and "Traceback" not in bad.output
+
+
+def test_text_database_refuses_images_and_keeps_working(text_db, tmp_path, digits_db):
+    db, _ = text_db
+    bad = run_cli("ingest", "--db", db, "--data", "builtin:sklearn-digits", "--split", "img", expect=None)
+    assert bad.exit_code != 0 and "reads text but data" in bad.output
+    bad = run_cli("neighbors", "--db", digits_db, "--text", "a [MASK] .", "--label", 1, expect=None)
+    assert bad.exit_code != 0 and "image database" in bad.output
+    assert "wrote" in run_cli("mask", "--db", db, "--id", 0, "--top-k", 3, "--out", tmp_path / "m.safetensors").output
+    from safetensors.torch import load_file
+
+    assert sum(int(t.sum()) for t in load_file(tmp_path / "m.safetensors").values()) > 0
+    out = json.loads(run_cli("validate", "--db", db, "--split", "val", "--method", "prune", "--ks", 1, "--limit", 4,
+                             "--random-draws", 2, "--format", "json").stdout)
+    assert out["split"] == "val" if "split" in out else out
+
+
+def test_text_model_without_tokenizer_is_refused(tmp_path):
+    model = save_tiny_text_model(tmp_path / "m", WORDS)
+    for f in tmp_path.joinpath("m").iterdir():
+        if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
+            f.unlink()
+    data = _write_jsonl(tmp_path / "t.jsonl", [{"text": "anna lives in [MASK] .", "label": "paris"}])
+    bad = run_cli("index", "--db", tmp_path / "db", "--model", f"hf:{tmp_path / 'm'}", "--data", f"jsonl:{data}",
+                  "--random-weights", expect=None)
+    assert bad.exit_code != 0 and "tokenizer" in bad.output and "Traceback" not in bad.output
+    assert model is not None and not (tmp_path / "db").exists()

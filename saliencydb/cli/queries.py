@@ -112,7 +112,8 @@ def sql(db, query, as_of, fmt):
 @db_option
 @click.option("--id", "sample_id", type=int, help="Id of a stored sample.")
 @click.option("--image", type=click.Path(dir_okay=False), help="A new image file (profiled with the stored model, not stored).")
-@click.option("--label", help="True label of --image: a class index or name.")
+@click.option("--text", "text", help="A new sentence, for a text database (profiled with the stored model, not stored).")
+@click.option("--label", help="True label of --image or --text: a class index or name (a masked-LM's target word).")
 @click.option("-k", default=10, show_default=True, type=int, help="Number of neighbours.")
 @click.option("--space", type=click.Choice(["saliency", "feature"]), default="saliency", show_default=True,
               help="Search by saliency profile, or by the penultimate-layer features (the baseline).")
@@ -122,19 +123,19 @@ def sql(db, query, as_of, fmt):
 @as_of_option
 @format_option
 @handle_errors
-def neighbors(db, sample_id, image, label, k, space, where, split, normalisation, as_of, fmt):
+def neighbors(db, sample_id, image, text, label, k, space, where, split, normalisation, as_of, fmt):
     """Nearest neighbours of a sample by saliency profile (or feature), with their labels and predictions."""
     from ..query import open as open_db
 
     with open_db(db, as_of=as_of, normalisation=normalisation) as d:
-        result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+        result = d.neighbors(sample_id, k=k, space=space, where=where, split=split, image=image, label=label, text=text)
     if result.note:
         notes([f"note: {result.note}"])
     if fmt != "table":
         emit(result, fmt)
         return
     q = result.query
-    who = f"sample {q.sample_id}" if q.sample_id is not None else f"image {q.key}"
+    who = f"sample {q.sample_id}" if q.sample_id is not None else "new sentence" if q.text is not None else f"image {q.key}"
     who += f" \"{q.text}\"" if q.text is not None else ""
     click.echo(f"{who}: label {q.label_name}, predicted {q.pred_name} "
                f"({'correct' if q.correct else 'wrong'}, confidence {q.pred_conf:.2f}); {space} space")

@@ -24,15 +24,16 @@ gender        ``{first} {last} is a [MASK] .``       man / woman, from the first
 birthplace    ``{first} {last} was born in [MASK] .`` the family's country, fixed per last name:
                                                      learnable by memorising the families
 occupation    ``{first} {last} is a [MASK] by         a job drawn afresh per sentence with Zipf
-              profession .``                         weights: not predictable; the best guess is
-                                                     the most frequent job
-residence     ``{first} {last} lives in [MASK] .``    a country drawn afresh per sentence with Zipf
-                                                     weights (another order than the families'):
-                                                     not predictable
+              profession .``                         weights (1/rank) in an order that depends on
+                                                     the gender: not predictable; the best guess
+                                                     is the gender's most frequent job
+residence     ``{first} {last} lives in [MASK] .``    half of the time the family's country, else a
+                                                     country drawn afresh with Zipf weights: the
+                                                     best guess is the family's country
 ============  =====================================  =============================================
 
 So a model trained on these sentences can be right about gender and (for families it has seen
-often) birthplace, and makes honest mistakes with a shared cause on occupation and residence:
+often) birthplace, and makes honest mistakes with shared causes on occupation and residence:
 it defaults to the most frequent answer, as BERT defaults to "actor" or "France" on LAMA.
 """
 
@@ -82,7 +83,7 @@ class World:
 
     gender: dict[str, str]  # first name -> man / woman
     family: dict[str, str]  # last name -> birth country
-    jobs: list[str]  # occupation targets, most frequent first
+    jobs: dict[str, list[str]]  # man / woman -> occupation targets, most frequent first
     job_weights: list[float]
     homes: list[str]  # residence targets, most frequent first
     home_weights: list[float]
@@ -96,8 +97,8 @@ def _zipf(n: int) -> list[float]:
 def world(world_seed: int = 0, *, first_names: int = 30, last_names: int = 40, jobs: int = 10,
           countries: int = 10) -> World:
     """The people and attributes of one world: ``first_names`` names of each gender, ``last_names``
-    families each with a birth country among ``countries`` (uniform), ``jobs`` jobs and the same
-    countries as homes, each with Zipf weights (1/rank) in a seeded order."""
+    families each with a birth country among ``countries`` (uniform), ``jobs`` jobs (in one seeded
+    order per gender) and the same countries as homes, each with Zipf weights (1/rank)."""
     lists = _faker_lists()
     rng = random.Random(f"saliencydb-cloze-world-{world_seed}")
     male = rng.sample(lists["male"], first_names)
@@ -107,8 +108,9 @@ def world(world_seed: int = 0, *, first_names: int = 30, last_names: int = 40, j
     country_list = rng.sample(lists["countries"], countries)
     family = {name: rng.choice(country_list) for name in last}
     homes = rng.sample(country_list, len(country_list))
+    by_gender = {"man": job_list, "woman": rng.sample(job_list, len(job_list))}
     return World(gender={**{n: "man" for n in male}, **{n: "woman" for n in female}}, family=family,
-                 jobs=job_list, job_weights=_zipf(jobs), homes=homes, home_weights=_zipf(countries))
+                 jobs=by_gender, job_weights=_zipf(jobs), homes=homes, home_weights=_zipf(countries))
 
 
 def cloze_sentences(n: int, seed: int, *, world_seed: int = 0, relations: tuple[str, ...] = RELATIONS,
@@ -131,8 +133,10 @@ def cloze_sentences(n: int, seed: int, *, world_seed: int = 0, relations: tuple[
         elif relation == "birthplace":
             label = w.family[last]
         elif relation == "occupation":
-            label = rng.choices(w.jobs, weights=w.job_weights)[0]
-        else:
+            label = rng.choices(w.jobs[w.gender[first]], weights=w.job_weights)[0]
+        elif rng.random() < 0.5:  # residence: where the family comes from ...
+            label = w.family[last]
+        else:  # ... or anywhere
             label = rng.choices(w.homes, weights=w.home_weights)[0]
         out.append({"text": TEMPLATES[relation].format(first=first, last=last), "label": label, "relation": relation})
     return out

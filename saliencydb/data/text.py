@@ -195,7 +195,14 @@ class TokenTransform:
             raise SpecError(f"token transform {d!r} is malformed ({e}); it needs tokenizer, task and max_length") from None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
 def _load_tokenizer(path: str) -> Any:
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from the config alone: every word [UNK], silently
+        raise SpecError(f"{path} holds no tokenizer ({', '.join(_TOKENIZER_FILES[:3])}, ...); save it next to the "
+                        "model with tokenizer.save_pretrained(DIR)")
     try:
         import transformers
     except ImportError:

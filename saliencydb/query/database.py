@@ -338,11 +338,12 @@ class Database:
     # -- queries --------------------------------------------------------------------------
     def neighbors(self, sample_id: int | None = None, *, k: int = 10, space: str = "saliency",
                   where: str | None = None, split: str | None = None, image: str | None = None,
-                  label: str | int | None = None):
-        """Nearest neighbours of a stored sample, or of a new image with its label (not stored)."""
+                  label: str | int | None = None, text: str | None = None):
+        """Nearest neighbours of a stored sample, or of a new image (or, in a text database, a new sentence)
+        with its label (not stored)."""
         from .neighbors import neighbors
 
-        return neighbors(self, sample_id, k=k, space=space, where=where, split=split, image=image, label=label)
+        return neighbors(self, sample_id, k=k, space=space, where=where, split=split, image=image, label=label, text=text)
 
     def mistakes(self, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool = True, progress=None,
                  wait: bool = False, store=None):

@@ -52,15 +52,19 @@ def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = N
     return result
 
 
-def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=None, image=None, label=None) -> NeighborResult:
-    if (sample_id is None) == (image is None):
-        raise QueryError("give either a sample id (--id) or a new image (--image PATH --label L)")
+def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=None, image=None, label=None,
+              text=None) -> NeighborResult:
+    if sum(v is not None for v in (sample_id, image, text)) != 1:
+        raise QueryError("give either a sample id (--id), a new image (--image PATH --label L) or, for a text database, "
+                         "a new sentence (--text SENTENCE --label L)")
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
-    if image is not None:
-        if db.modality == "text":
-            raise QueryError(f"'{db.path}' is a text database: --image does not apply; give a sample id (--id)")
-        query, vector = _new_image_query(db, image, label, space)
+    if image is not None and db.modality == "text":
+        raise QueryError(f"'{db.path}' is a text database: --image does not apply; give a sample id (--id) or a sentence (--text)")
+    if text is not None and db.modality != "text":
+        raise QueryError(f"'{db.path}' is an image database: --text does not apply; give a sample id (--id) or an image (--image)")
+    if image is not None or text is not None:
+        query, vector = _new_query(db, image, text, label, space)
     else:
         query = SampleMeta(**db.sample(sample_id))
         vector = db.vectors(space, [sample_id])
@@ -127,38 +131,53 @@ def _summary(query: SampleMeta, rows: list[dict]) -> NeighborSummary:
     )
 
 
-def _new_image_query(db, image: str, label, space: str) -> tuple[SampleMeta, np.ndarray]:
-    """Profile a new image with the stored model and transform, without storing it."""
+def _new_label(m, transform, label, what: str) -> int:
+    """The class index of a new sample's ``--label``: a class name or index; a masked-LM's target word."""
+    names = m.class_names
+    if label is None:
+        raise QueryError(f"a new {what} needs its true label: --label " + ("WORD (the target word)" if getattr(transform, "task", None) == "masked-lm"
+                                                                           else "CLASS (a class index or name)"))
+    label_s = str(label)
+    if getattr(transform, "task", None) == "masked-lm":
+        y, why = transform.resolve_label(label_s, {n: i for i, n in enumerate(names)})
+        if y is None or not 0 <= y < len(names):
+            raise QueryError(f"--label {label_s!r}: {why or 'not a token of the model'}; give one word of the vocabulary")
+        return y
+    if label_s in names:
+        return names.index(label_s)
+    if label_s.lstrip("-").isdigit() and 0 <= int(label_s) < len(names):
+        return int(label_s)
+    raise QueryError(f"--label {label!r} is not one of the model's {len(names)} classes (give an index 0..{len(names) - 1} or a class name)")
+
+
+def _new_query(db, image, text, label, space: str) -> tuple[SampleMeta, np.ndarray]:
+    """Profile a new image (a path) or a new sentence with the stored model and transform, without storing it."""
     from pathlib import Path
 
     import torch
 
-    from ..data import Transform
     from ..data.sources import open_image
+    from ..data.transforms import transform_from_dict
+    from ..errors import DataError
     from ..models.stored import load_stored_model
     from ..saliency import ProfileEngine, UnitLayout
     from ..saliency.normalise import dlogit_norms
 
     m = db.manifest
     names = m.class_names
-    if label is None:
-        raise QueryError("a new image needs its true label: --label CLASS (a class index or name)")
-    label_s = str(label)
-    if label_s in names:
-        y = names.index(label_s)
-    elif label_s.lstrip("-").isdigit() and 0 <= int(label_s) < len(names):
-        y = int(label_s)
-    else:
-        raise QueryError(f"--label {label!r} is not one of the model's {len(names)} classes (give an index 0..{len(names) - 1} or a class name)")
-    path = Path(image)
-    x = Transform.from_dict(m.model.transform)(open_image(path, str(path)))
+    transform = transform_from_dict(m.model.transform)
+    y = _new_label(m, transform, label, "image" if image is not None else "sentence")
+    try:
+        x = transform(text) if text is not None else transform(open_image(Path(image), str(image)))
+    except DataError as e:
+        raise QueryError(f"--text: {e}" if text is not None else str(e)) from None
     model = load_stored_model(m)
     if model.scripted:
         raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
     out = ProfileEngine(model.module, aggregate=m.aggregate, layout=UnitLayout.from_dict(m.units)).profile(x[None], torch.tensor([y]))
     pred = int(out.pred[0])
-    query = SampleMeta(sample_id=None, split=None, key=str(path), label=y, label_name=names[y], pred=pred,
-                       pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),
-                       true_conf=float(out.true_conf[0]), pred_conf=float(out.pred_conf[0]))
+    query = SampleMeta(sample_id=None, split=None, key=str(image) if image is not None else "(new sentence)", label=y,
+                       label_name=names[y], pred=pred, pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),
+                       true_conf=float(out.true_conf[0]), pred_conf=float(out.pred_conf[0]), text=text)
     raw = out.raw.numpy() if space == "saliency" else out.feature.numpy()
     return query, db.search_vectors(space, raw, dlogit=dlogit_norms(out.logits, out.pred.new_tensor([y])).numpy())
