@@ -177,8 +177,8 @@ def test_hf_spec_errors(vit_dir, tmp_path: Path) -> None:
     bert = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, num_labels=2)
     BertForSequenceClassification(bert).save_pretrained(tmp_path / "bert")
     cases = [
-        ((f"hf:{tmp_path / 'bert'}",), {}, "sequence-classification task (a text model) is not supported yet"),
-        ((f"hf:{path}",), {"task": "masked-lm"}, "masked-lm task (a text model) is not supported yet"),
+        ((f"hf:{tmp_path / 'bert'}",), {}, "holds no tokenizer"),  # a text model saved without its tokenizer
+        ((f"hf:{path}",), {"task": "masked-lm"}, "(image-classification); --task masked-lm would load it with layers"),
         ((f"hf:{path}",), {"task": "segmentation"}, "unknown task 'segmentation'"),
         ((f"hf:{path}", str(tmp_path / "w.pt")), {}, "drop --weights"),
         ((f"hf:{path}",), {"num_classes": 5}, "--num-classes 5 does not match the 3 labels"),

@@ -393,18 +393,20 @@ def _hf_config(spec: str, transformers: Any, source: str) -> Any:
 
 
 def _hf_task(spec: str, config: Any, task: str | None) -> str:
-    """The task of an hf: model: ``task`` when given, else the one its config's architectures name."""
-    if task is None:
-        archs = [str(a) for a in getattr(config, "architectures", None) or []]
-        found = [t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)]
-        if not found:
-            raise SpecError(f"model spec '{spec}': its config names no classifier ({', '.join(archs) or 'no architectures'}); "
-                            "save a ...ForImageClassification model with save_pretrained")
-        task = found[0]
-    if task not in ("image-classification",) + _HF_TEXT_TASKS:
+    """The task of an hf: model: the one its config's architectures name; ``task``, when given, must agree."""
+    archs = [str(a) for a in getattr(config, "architectures", None) or []]
+    found = [t for a in archs for suffix, t in HF_TASKS.items() if a.endswith(suffix)]
+    if task is not None and task not in ("image-classification",) + _HF_TEXT_TASKS:
         raise SpecError(f"model spec '{spec}': unknown task {task!r}; use image-classification, "
                         f"{' or '.join(_HF_TEXT_TASKS)}")
-    return task
+    if task is not None and found and task not in found:
+        raise SpecError(f"model spec '{spec}': its config names {', '.join(archs)} ({found[0]}); --task {task} would "
+                        f"load it with layers it does not have; use --task {found[0]} (or omit --task)")
+    if task is None and not found:
+        raise SpecError(f"model spec '{spec}': its config names no classifier ({', '.join(archs) or 'no architectures'}); "
+                        "save a ...ForImageClassification, ...ForSequenceClassification or ...ForMaskedLM model with "
+                        "save_pretrained, or name the task with --task")
+    return task or found[0]
 
 
 def _hf_class_names(config: Any) -> list[str] | None:
