@@ -71,6 +71,7 @@ def build(db: Path, n: int, units: int, features: int, part_rows: int = 2048, se
                 "feature": pa.FixedSizeListArray.from_arrays(feat.reshape(-1), features),
                 # its own generator: the profiles stay those of databases built before the column
                 "dlogit_norm": np.random.default_rng(start).uniform(0.05, 1.4, k).astype(np.float32),
+                "text": pa.nulls(k, pa.string()),  # images: no sentence
             }, schema=samples_schema(layout.n_units, features))
             rel = w.write_parquet(w.unique_name("samples/val", "part", ".parquet"), table)
             m.parts.append(PartEntry(file=rel, split="val", rows=k, min_id=int(ids[0]), max_id=int(ids[-1])))
