@@ -11,23 +11,15 @@ import numpy as np
 from ..errors import QueryError
 from ..results import Result
 from .context import Explainer
-from .explanation import Confidences, UnitRow
+from .explanation import Confidences, ExplainedSample, UnitRow
 from .figures import _pyplot, _wrap
 
 
 @dataclass
-class ExplainedSentence(Result):
-    """The stored text sample explained."""
+class ExplainedSentence(ExplainedSample):
+    """The stored text sample explained: the sample's fields and its sentence."""
 
-    sample_id: int
-    split: str
-    key: str
-    text: str
-    label: int
-    label_name: str
-    pred: int
-    pred_name: str
-    correct: bool
+    text: str = ""
 
 
 @dataclass
