@@ -10,7 +10,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text]'
+	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text,fiftyone]'
+	bash scripts/fetch-libssl1.1.sh $(VENV)/libssl1.1
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -21,7 +21,7 @@ LAYERS = [
     {"indexer"},
     {"query"},
     {"explain"},
-    {"interventions", "report"},
+    {"interventions", "report", "export"},
     {"demo"},
     {"seeds"},  # orchestration too, over the demo: it trains the demo model with other seeds
     {"cli"},

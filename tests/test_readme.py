@@ -41,6 +41,7 @@ def test_make_targets_in_the_readme_exist():
 def test_readme_runs_as_printed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "fiftyone"))  # the export's MongoDB, here
     # `make demo` = set up .venv, then this:
     r = _run(["demo", "--quiet"])
     assert r.exit_code == 0, r.output

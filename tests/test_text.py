@@ -374,3 +374,9 @@ def test_text_model_without_tokenizer_is_refused(tmp_path):
                   "--random-weights", expect=None)
     assert bad.exit_code != 0 and "tokenizer" in bad.output and "Traceback" not in bad.output
     assert model is not None and not (tmp_path / "db").exists()
+
+
+def test_fiftyone_export_refuses_text_databases(text_db):
+    db, _ = text_db
+    bad = run_cli("export", "fiftyone", "--db", db, "--name", "sentences", expect=None)
+    assert bad.exit_code != 0 and "text database" in bad.output and "Traceback" not in bad.output

@@ -93,6 +93,10 @@ class Source(ABC):
     def load(self, i: int) -> Image.Image:
         """The decoded image of sample ``i``."""
 
+    def file(self, i: int) -> Path | None:
+        """The image file of sample ``i`` when the source reads one from disk as it is (None: decoded from memory)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, {len(self)} samples)"
 
@@ -154,6 +158,9 @@ class ImageFolderSource(Source):
 
     def load(self, i: int) -> Image.Image:
         return open_image(self.root / self._paths[i], self._files[i])
+
+    def file(self, i: int) -> Path | None:
+        return (self.root / self._paths[i]).resolve()
 
 
 def printable_key(name: str) -> str:
@@ -266,6 +273,9 @@ class CsvSource(Source):
         if i in self._bad:
             raise DataError(f"sample '{self._paths[i]}': {self._bad[i]}")
         return open_image(self.folder / self._paths[i], self._paths[i])
+
+    def file(self, i: int) -> Path | None:
+        return None if i in self._bad else (self.folder / self._paths[i]).resolve()
 
 
 class TorchvisionSource(Source):
