@@ -22,6 +22,7 @@ LAYERS = [
     {"query"},
     {"explain"},
     {"interventions", "report", "export"},
+    {"serve"},  # the web app, over the query and explain layers
     {"demo"},
     {"seeds"},  # orchestration too, over the demo: it trains the demo model with other seeds
     {"cli"},
@@ -103,6 +104,7 @@ OUTSIDE_DATABASES = {
     "explain/gallery.py": "the gallery's index.html in its --out directory",
     "saliency/reference_stats.py": "reads the reference statistics shipped inside the package",
     "schemas/__init__.py": "exports the manifest's file name",
+    "serve/api.py": "an uploaded image in a temporary file for the one request that profiles it",
     "schemas/manifest.py": "defines the manifest's file name (no file I/O)",
 }
 

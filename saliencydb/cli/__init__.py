@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import evidence, explaining, exports, indexing, interventions, masks, queries, versions
+from . import evidence, explaining, exports, indexing, interventions, masks, queries, serving, versions
 
 __all__ = ["cli", "main"]
 
@@ -24,7 +24,7 @@ def cli():
     keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
 
 
-for _module in (indexing, queries, versions, explaining, interventions, masks, exports, evidence):
+for _module in (indexing, queries, versions, explaining, interventions, masks, exports, serving, evidence):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

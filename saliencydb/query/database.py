@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import duckdb
@@ -125,15 +126,28 @@ class Database:
         )
 
     # -- SQL ----------------------------------------------------------------------------
-    def sql(self, query: str, params: list | None = None) -> pa.Table:
-        """Run one read-only statement (SELECT / WITH / PIVOT / DESCRIBE / plain EXPLAIN ...) and return an Arrow table."""
+    def sql(self, query: str, params: list | None = None, *, max_rows: int | None = None,
+            timeout_s: float | None = None) -> pa.Table:
+        """Run one read-only statement (SELECT / WITH / PIVOT / DESCRIBE / plain EXPLAIN ...) and return an Arrow table.
+
+        ``max_rows``: at most that many rows plus one (so a caller can tell the result was cut); ``timeout_s``: the
+        statement is interrupted after that many seconds (QueryError)."""
         check_read_only(self.con, query)
+        timer = threading.Timer(timeout_s, self.con.interrupt) if timeout_s else None
         try:
-            return _arrow(self.con.sql(query, params=params or None))
+            if timer is not None:
+                timer.start()
+            rel = self.con.sql(query, params=params or None)
+            return _arrow(rel if max_rows is None else rel.limit(max_rows + 1))
+        except duckdb.InterruptException:
+            raise QueryError(f"SQL error: the query ran longer than {timeout_s:g} s and was stopped; narrow it") from None
         except duckdb.Error as e:
             raise self._query_error("SQL error", e) from None
         except (ValueError, TypeError, OverflowError) as e:  # a result DuckDB cannot hand to Arrow
             raise QueryError(f"SQL error: {_first_line(e)}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _query_error(self, what: str, e: Exception) -> Exception:
         text = _first_line(e)

@@ -1,0 +1,150 @@
+"""The JSON documents the web app serves under ``/api/...`` and renders as pages. Each is the CLI's
+``--format json`` document where the CLI has one (``info``, ``neighbors``, ``mistakes``, ``sql``, ``triage``'s
+rows), computed read-only (``write=False``) from the open database."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import QueryError, SaliencyDBError
+from ..results import plain
+
+SQL_MAX_ROWS = 1000
+SQL_TIMEOUT_S = 10.0
+NEIGHBORS = 10
+MEMBERS_SHOWN = 60
+UPLOAD_MAX_BYTES = 10 * 2**20
+
+
+def info(db) -> dict:
+    from ..query.summary import database_info
+
+    return database_info(db).to_dict()
+
+
+def _stored_groups(db) -> list[dict]:
+    """The stored error groups (``saliencydb clusters``): size, mistakes, top confusions and blamed units."""
+    rows = db.con.execute(
+        """SELECT c.cluster, count(*) AS size, sum((NOT s.correct)::INT) AS mistakes
+           FROM clusters c JOIN samples s USING (sample_id) GROUP BY c.cluster ORDER BY size DESC, c.cluster""").fetchall()
+    groups = []
+    for cluster, size, mistakes in rows:
+        confusions = db.con.execute(
+            """SELECT s.label_name || ' -> ' || s.pred_name AS pair, count(*) AS n FROM clusters c JOIN samples s
+               USING (sample_id) WHERE c.cluster = ? AND NOT s.correct GROUP BY pair ORDER BY n DESC, pair LIMIT 3""",
+            [cluster]).fetchall()
+        units = db.con.execute("SELECT layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 5",
+                               [cluster]).fetchall()
+        members = [r[0] for r in db.con.execute(
+            """SELECT c.sample_id FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
+               ORDER BY s.correct, c.distance, c.sample_id LIMIT 6""", [cluster]).fetchall()]
+        groups.append({"cluster": int(cluster), "size": int(size), "mistakes": int(mistakes),
+                       "top_confusions": [{"pair": p, "count": int(n)} for p, n in confusions],
+                       "top_units": [{"layer": l, "channel": int(c), "mean_z": round(float(z), 4)} for l, c, z in units],
+                       "exemplars": members})
+    return groups
+
+
+def overview(served, db) -> dict:
+    """Splits and accuracy, the shared-mistake statistics in both spaces, and the stored error groups."""
+    doc = {"info": info(db), "groups": served.cached(db, ("groups",), lambda: _stored_groups(db)), "modality": db.modality}
+    if db.manifest.stats is not None and db.manifest.rows() > 11:
+        def shares():
+            return db.mistakes(k=min(10, db.manifest.rows() - 1), n_boot=200, write=False).to_dict()
+
+        doc["mistakes"] = served.cached(db, ("mistakes",), shares)
+    return doc
+
+
+def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHBORS) -> dict:
+    """One sample: its metadata, top units and its neighbours in both spaces (``where`` restricts them)."""
+    meta = db.sample(sample_id)
+    z = db.z([sample_id])[0]
+    top = np.argsort(-z, kind="stable")[:10]
+    units = db.con.execute("SELECT unit_id, layer, channel FROM units WHERE list_contains(?, unit_id)",
+                           [[int(u) for u in top]]).fetchall()
+    by_id = {u: (layer, ch) for u, layer, ch in units}
+    top_units = [{"rank": r, "unit_id": int(u), "layer": by_id[int(u)][0], "channel": int(by_id[int(u)][1]),
+                  "z": round(float(z[u]), 4)} for r, u in enumerate(top, start=1) if int(u) in by_id]
+    n = db.manifest.rows() - 1
+    k = max(1, min(k, n)) if n > 0 else 0
+    spaces = {}
+    for space in ("saliency", "feature"):
+        if k == 0:
+            spaces[space] = {"neighbors": []}
+            continue
+        try:
+            spaces[space] = db.neighbors(sample_id, k=k, space=space, where=where).to_dict()
+        except QueryError as e:  # e.g. a --where that leaves fewer than k candidates
+            spaces[space] = {"neighbors": [], "error": str(e)}
+    return {"sample": plain(meta), "top_units": top_units, "neighbors": spaces, "where": where}
+
+
+def group(db, cluster: int) -> dict:
+    """An error group: its members (mistakes first) and its blame table."""
+    known = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+    if cluster not in known:
+        raise QueryError(f"no error group {cluster}" + (f"; the groups are {', '.join(map(str, known))}" if known
+                                                        else "; run `saliencydb clusters` first"))
+    members = db.con.execute(
+        """SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance
+           FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
+           ORDER BY s.correct, c.distance, s.sample_id""", [cluster]).fetchall()
+    blame = db.con.execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
+                           [cluster]).fetchall()
+    cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance"]
+    return {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
+            "blame": [dict(zip(["rank", "unit_id", "layer", "channel", "mean_z"], b)) for b in blame]}
+
+
+def sql(db, query: str, max_rows: int = SQL_MAX_ROWS) -> dict:
+    """A read-only query's columns and rows (at most ``max_rows``; ``truncated`` says whether there were more)."""
+    if not query or not query.strip():
+        raise QueryError("the query is empty; write one SELECT statement")
+    table = db.sql(query, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+    rows = table.slice(0, max_rows).to_pylist()
+    return {"columns": table.column_names, "rows": plain(rows), "truncated": table.num_rows > max_rows,
+            "max_rows": max_rows, "notes": db.notices(query)}
+
+
+def triage_view(db, split: str | None) -> dict:
+    """For a split ingested later: which of its mistakes joined a known group and which are new failure modes."""
+    splits = [r[0] for r in db.con.execute("SELECT DISTINCT split FROM triage ORDER BY 1").fetchall()]
+    if split is None:
+        return {"splits": splits, "split": None, "rows": []}
+    if split not in splits:
+        raise QueryError(f"split '{split}' has not been triaged" + (f"; triaged: {', '.join(splits)}" if splits else "")
+                         + f"; run `saliencydb triage --db DB --split {split}`")
+    rows = db.con.execute(
+        """SELECT t.sample_id, s.label_name, s.pred_name, t.cluster, t.similarity FROM triage t JOIN samples s
+           USING (sample_id) WHERE t.split = ? ORDER BY t.cluster = -1 DESC, t.similarity DESC, t.sample_id""", [split]).fetchall()
+    cols = ["sample_id", "label_name", "pred_name", "cluster", "similarity"]
+    out = [dict(zip(cols, r)) for r in rows]
+    return {"splits": splits, "split": split, "rows": plain(out),
+            "new": sum(r["cluster"] == -1 for r in out), "known": sum(r["cluster"] != -1 for r in out)}
+
+
+def search(db, data: bytes, label: str, suffix: str = ".png", k: int = NEIGHBORS) -> dict:
+    """The saliency neighbours of an uploaded image with its label, profiled by the stored model; the image is
+    kept only in a temporary file for the duration of the request."""
+    if db.modality != "image":
+        raise QueryError("search by upload takes an image; this is a text database")
+    if not data:
+        raise QueryError("no image was uploaded")
+    if len(data) > UPLOAD_MAX_BYTES:
+        raise QueryError(f"the upload is larger than {UPLOAD_MAX_BYTES // 2**20} MB")
+    fd, path = tempfile.mkstemp(suffix=suffix if suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp") else ".img")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            result = db.neighbors(None, k=min(k, max(1, db.manifest.rows())), image=path, label=label).to_dict()
+        except SaliencyDBError as e:  # the temporary file's name means nothing to the user
+            raise QueryError(str(e).replace(f"sample '{path}': ", "").replace(path, "the uploaded image")) from None
+    finally:
+        os.unlink(path)
+    result["query"]["key"] = "(uploaded image)"
+    return result

@@ -1,0 +1,248 @@
+"""``saliencydb serve``: a local, read-only web app over one database (Starlette, run by uvicorn).
+
+Routes are thin: each reads through ``ServedDatabase.reading()`` (the latest committed version, reopened after
+a writer commits) and answers with a ``serve.api`` document, as JSON under ``/api/...`` or rendered by
+``serve.pages``. Images are served only for stored sample ids, never for a path taken from the URL. A bad
+request gets a 4xx with a one-line message; an unexpected failure a 500 without a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+from ..errors import QueryError, SaliencyDBError
+from . import api, pages
+from .state import ServedDatabase
+
+log = logging.getLogger("saliencydb.serve")
+
+
+def _http():
+    from starlette.exceptions import HTTPException
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+    return HTTPException, HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+
+class _Handlers:
+    """The route handlers of one served database."""
+
+    def __init__(self, db_path: str | Path):
+        self.served = ServedDatabase(db_path)
+        self.label = str(Path(db_path))
+        self.HTTPException, self.HTML, self.JSON, self.Text, self.Response = _http()
+
+    # -- errors and parameters -----------------------------------------------------------------------
+    def fail(self, request, status: int, message: str):
+        if request.url.path.startswith("/api/"):
+            return self.JSON({"error": message}, status_code=status)
+        if request.url.path.startswith("/img/"):
+            return self.Text(message, status_code=status)
+        return self.HTML(pages.error_page(status, message), status_code=status)
+
+    async def on_error(self, request, exc):
+        if isinstance(exc, self.HTTPException):
+            return self.fail(request, exc.status_code, exc.detail or "not found")
+        if isinstance(exc, QueryError):
+            status = 404 if str(exc).startswith(("no sample with id", "no error group")) else 400
+            return self.fail(request, status, str(exc))
+        if isinstance(exc, SaliencyDBError):
+            return self.fail(request, 400, str(exc))
+        log.error("request %s failed: %s: %s", request.url.path, type(exc).__name__, exc)
+        return self.fail(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+    def int_param(self, request, name: str) -> int:
+        raw = request.path_params[name] if name in request.path_params else request.query_params.get(name)
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise self.HTTPException(400, f"{name} must be an integer, not {raw!r}") from None
+
+    @staticmethod
+    def where_of(request) -> str | None:
+        where = request.query_params.get("where")
+        return where if where and where.strip() else None
+
+    def png(self, data: bytes):
+        return self.Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    # -- pages -------------------------------------------------------------------------------------
+    def overview_page(self, request):
+        with self.served.reading() as db:
+            return self.HTML(pages.overview(api.overview(self.served, db), self.label))
+
+    def group_page(self, request):
+        with self.served.reading() as db:
+            return self.HTML(pages.group(api.group(db, self.int_param(request, "cluster")), self.label, db.modality))
+
+    def sample_page(self, request):
+        with self.served.reading() as db:
+            doc = api.sample(self.served, db, self.int_param(request, "sample_id"), self.where_of(request))
+            return self.HTML(pages.sample(doc, self.label, db.modality))
+
+    def sql_page(self, request):
+        query = request.query_params.get("q")
+        if query is None:
+            return self.HTML(pages.sql(DEFAULT_SQL, None, None, self.label))
+        with self.served.reading() as db:
+            try:
+                return self.HTML(pages.sql(query, api.sql(db, query), None, self.label))
+            except QueryError as e:
+                return self.HTML(pages.sql(query, None, str(e), self.label), status_code=400)
+
+    def sql_csv(self, request):
+        with self.served.reading() as db:
+            doc = api.sql(db, request.query_params.get("q") or "")
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(doc["columns"])
+        writer.writerows([[r.get(c) for c in doc["columns"]] for r in doc["rows"]])
+        return self.Response(buf.getvalue(), media_type="text/csv",
+                             headers={"Content-Disposition": 'attachment; filename="query.csv"'})
+
+    def triage_page(self, request):
+        split = request.query_params.get("split")
+        with self.served.reading() as db:
+            try:
+                return self.HTML(pages.triage(api.triage_view(db, split), None, self.label))
+            except QueryError as e:
+                return self.HTML(pages.triage(api.triage_view(db, None), str(e), self.label), status_code=404)
+
+    async def search_page(self, request):
+        if request.method == "GET":
+            return self.HTML(pages.search(None, None, self.label))
+        data, name, label_value = await self.upload(request)
+        with self.served.reading() as db:
+            try:
+                doc = api.search(db, data, label_value, Path(name).suffix)
+            except QueryError as e:
+                status = 413 if "larger than" in str(e) else 400
+                return self.HTML(pages.search(None, str(e), self.label), status_code=status)
+        return self.HTML(pages.search(doc, None, self.label))
+
+    async def upload(self, request) -> tuple[bytes, str, str]:
+        """The uploaded image (bounded), its file name and its label."""
+        too_big = f"the upload is larger than {api.UPLOAD_MAX_BYTES // 2**20} MB"
+        if int(request.headers.get("content-length") or 0) > api.UPLOAD_MAX_BYTES + 65536:
+            drained = 0  # read (and drop) the body, bounded, so the client gets the answer rather than a reset
+            async for chunk in request.stream():
+                drained += len(chunk)
+                if drained > DRAIN_MAX_BYTES:
+                    break
+            raise self.HTTPException(413, too_big)
+        try:
+            form = await request.form(max_files=1, max_fields=4, max_part_size=api.UPLOAD_MAX_BYTES + 1)
+        except Exception as e:  # a malformed or oversized multipart body
+            raise self.HTTPException(400, f"cannot read the upload ({' '.join(str(e).split())[:120]})") from None
+        upload, label_value = form.get("image"), form.get("label")
+        if upload is None or not hasattr(upload, "read"):
+            raise self.HTTPException(400, "no image was uploaded (form field 'image')")
+        data = await upload.read(api.UPLOAD_MAX_BYTES + 1)
+        if len(data) > api.UPLOAD_MAX_BYTES:
+            raise self.HTTPException(413, too_big)
+        if not label_value or not str(label_value).strip():
+            raise self.HTTPException(400, "give the image's true label (a class index or name)")
+        return data, upload.filename or "upload.png", str(label_value).strip()
+
+    # -- pictures ----------------------------------------------------------------------------------
+    def image(self, request):
+        side = request.query_params.get("side", "96")
+        if not side.isdigit() or not 16 <= int(side) <= 512:
+            raise self.HTTPException(400, "side must be an integer from 16 to 512")
+        with self.served.reading() as db:
+            return self.png(self.served.thumbnail(db, self.int_param(request, "sample_id"), int(side)))
+
+    def input_map(self, request):
+        kind = "map" if request.url.path.endswith("/map.png") else "gradcam"
+        with self.served.reading() as db:
+            sample_id = self.int_param(request, "sample_id")
+            db.sample(sample_id)
+            return self.png(self.served.input_map(db, sample_id, kind))
+
+    def profile(self, request):
+        with self.served.reading() as db:
+            cluster = self.int_param(request, "cluster")
+            api.group(db, cluster)  # an unknown group: 404
+            return self.png(self.served.profile_plot(db, cluster))
+
+    # -- the JSON API ------------------------------------------------------------------------------
+    def api_info(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.info(db))
+
+    def api_overview(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.overview(self.served, db))
+
+    def api_sample(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.sample(self.served, db, self.int_param(request, "sample_id"), self.where_of(request)))
+
+    def api_neighbors(self, request):
+        k = self.int_param(request, "k") if "k" in request.query_params else api.NEIGHBORS
+        space = request.query_params.get("space", "saliency")
+        if space not in ("saliency", "feature"):
+            raise self.HTTPException(400, "space must be saliency or feature")
+        with self.served.reading() as db:
+            result = db.neighbors(self.int_param(request, "sample_id"), k=k, space=space, where=self.where_of(request),
+                                  split=request.query_params.get("split"))
+            return self.JSON(result.to_dict())
+
+    def api_group(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.group(db, self.int_param(request, "cluster")))
+
+    def api_sql(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.sql(db, request.query_params.get("q") or ""))
+
+    def api_triage(self, request):
+        with self.served.reading() as db:
+            return self.JSON(api.triage_view(db, request.query_params.get("split")))
+
+    async def api_search(self, request):
+        data, name, label_value = await self.upload(request)
+        with self.served.reading() as db:
+            return self.JSON(api.search(db, data, label_value, Path(name).suffix))
+
+    def routes(self) -> list:
+        from starlette.routing import Route
+
+        return [
+            Route("/", self.overview_page), Route("/group/{cluster}", self.group_page),
+            Route("/sample/{sample_id}", self.sample_page), Route("/sql", self.sql_page), Route("/sql.csv", self.sql_csv),
+            Route("/triage", self.triage_page), Route("/search", self.search_page, methods=["GET", "POST"]),
+            Route("/img/{sample_id}.png", self.image), Route("/img/{sample_id}/map.png", self.input_map),
+            Route("/img/{sample_id}/gradcam.png", self.input_map), Route("/img/group/{cluster}/profile.png", self.profile),
+            Route("/api/info", self.api_info), Route("/api/overview", self.api_overview),
+            Route("/api/samples/{sample_id}", self.api_sample), Route("/api/neighbors/{sample_id}", self.api_neighbors),
+            Route("/api/groups/{cluster}", self.api_group), Route("/api/sql", self.api_sql), Route("/api/triage", self.api_triage),
+            Route("/api/search", self.api_search, methods=["POST"]),
+        ]
+
+
+DRAIN_MAX_BYTES = 64 * 2**20  # an oversized upload is read up to this much before the 413
+DEFAULT_SQL = ("SELECT sample_id, split, label_name, pred_name, pred_conf FROM samples "
+               "WHERE NOT correct ORDER BY pred_conf DESC LIMIT 20")
+
+
+def create_app(db_path: str | Path):
+    """The Starlette application serving ``db_path`` (refused in one line when it is not a database)."""
+    from starlette.applications import Starlette
+
+    handlers = _Handlers(db_path)
+    app = Starlette(routes=handlers.routes(),
+                    exception_handlers={handlers.HTTPException: handlers.on_error, SaliencyDBError: handlers.on_error,
+                                        Exception: handlers.on_error})
+    app.state.served = handlers.served
+    return app
+
+
+def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run the app until interrupted."""
+    import uvicorn
+
+    app = create_app(db_path)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,147 @@
+"""The served database: one pinned read-only view of its latest version, reopened when a writer commits, and the
+pictures drawn from it (thumbnails, input-space maps, GradCAM, profile plots), cached in memory per version.
+
+The server never opens a ``DatabaseWriter`` and never writes into the database directory: every read goes
+through ``query.open`` (a reader's pin, no lock), derived answers are computed with ``write=False``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QueryError
+from ..storage.versions import read_current
+
+THUMB_SIDE = 96
+MAP_SIDE = 224
+
+
+class LRU:
+    """A bounded dict, least recently used first out (thread-safe with the owner's lock held)."""
+
+    def __init__(self, size: int):
+        self.size, self._d = size, OrderedDict()
+
+    def get(self, key):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        return None
+
+    def put(self, key, value):
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+        return value
+
+
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ServedDatabase:
+    """A database served read-only: ``reading()`` yields the open ``query.Database`` of its current version."""
+
+    def __init__(self, path: str | Path, *, cache_items: int = 4096):
+        self.path = Path(path)
+        read_current(self.path)  # one clear line now when it is not a database
+        self.lock = threading.RLock()
+        self._db = None
+        self._explainer = None
+        self._images = None  # query.html.ImageLookup over the splits' sources
+        self.cache = LRU(cache_items)  # (commit, what, ...) -> bytes or computed answers
+
+    @contextlib.contextmanager
+    def reading(self):
+        """The open database of the latest commit (reopened after an ``ingest``); one request at a time."""
+        from ..query import open as open_db
+
+        with self.lock:
+            commit = read_current(self.path).commit
+            if self._db is None or self._db.commit != commit:
+                if self._db is not None:
+                    self._db.close()
+                self._db, self._explainer = open_db(self.path), None
+            yield self._db
+
+    def explainer(self, db):
+        """The explainer (model, statistics) of the open version, loaded once per version."""
+        from ..explain import Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(db)
+        return self._explainer
+
+    def close(self) -> None:
+        with self.lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def cached(self, db, key: tuple, compute):
+        """``compute()`` once per (version, key)."""
+        full = (db.commit,) + key
+        hit = self.cache.get(full)
+        return hit if hit is not None else self.cache.put(full, compute())
+
+    # -- pictures --------------------------------------------------------------------------------
+    def thumbnail(self, db, sample_id: int, side: int = THUMB_SIDE) -> bytes:
+        """A stored sample's image as PNG, read through its split's data source by its stored key."""
+        return self.cached(db, ("thumb", sample_id, side), lambda: self._thumbnail(db, sample_id, side))
+
+    def _thumbnail(self, db, sample_id: int, side: int) -> bytes:
+        from ..query.html import ImageLookup, fit, placeholder
+
+        meta = db.sample(sample_id)  # QueryError for an unknown id
+        if db.modality != "image":
+            raise QueryError(f"sample {sample_id} is a sentence, not an image")
+        sources = {name: rec.source for name, rec in db.manifest.splits.items()}
+        if self._images is None or self._images.sources != sources:  # each source opened and listed once
+            self._images = ImageLookup(sources)
+        img = self._images.image(meta["split"], meta["key"])
+        return png_bytes(placeholder(side) if img is None else fit(img, side))
+
+    def input_map(self, db, sample_id: int, kind: str) -> bytes:
+        """The sample's input-space saliency map (``map``) or GradCAM (``gradcam``) over its image, as PNG."""
+        return self.cached(db, (kind, sample_id), lambda: self._map(db, sample_id, kind))
+
+    def _map(self, db, sample_id: int, kind: str) -> bytes:
+        import torch
+        from PIL import Image
+
+        from ..explain.maps import display_map, gradcam, overlay
+
+        ex = self.explainer(db)
+        ex.require_images("an input-space map")
+        s = ex.sample(sample_id)
+        if kind == "map":
+            m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10))[0]
+        else:
+            if ex.scripted or not any(isinstance(mod, torch.nn.Conv2d) for mod in ex.model.modules()):
+                raise QueryError("GradCAM needs a convolution; this model has none")
+            m = gradcam(ex.model, s.x, torch.tensor([int(s.meta["pred"])]))[0]
+        rgb = overlay(ex.display_image(s.x), display_map(np.asarray(m)))
+        img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+        return png_bytes(img.resize((MAP_SIDE, MAP_SIDE * img.height // max(img.width, 1)), Image.NEAREST))
+
+    def profile_plot(self, db, cluster: int) -> bytes:
+        """The error group's mean standardised profile (with the correct samples' for contrast), as PNG."""
+        return self.cached(db, ("profile", cluster), lambda: self._profile_plot(db, cluster))
+
+    def _profile_plot(self, db, cluster: int) -> bytes:
+        import tempfile
+
+        from ..explain.groups import profile_plot
+
+        with tempfile.TemporaryDirectory() as tmp:  # the figure code writes files; outside the database
+            out = Path(tmp) / "profile.png"
+            profile_plot(db, out, cluster=cluster)
+            return out.read_bytes()
