@@ -380,3 +380,18 @@ def test_fiftyone_export_refuses_text_databases(text_db):
     db, _ = text_db
     bad = run_cli("export", "fiftyone", "--db", db, "--name", "sentences", expect=None)
     assert bad.exit_code != 0 and "text database" in bad.output and "Traceback" not in bad.output
+
+
+def test_web_app_shows_sentences(text_db):
+    from starlette.testclient import TestClient
+
+    from saliencydb.serve import create_app
+
+    db, data = text_db
+    first = json.loads(data.read_text().splitlines()[0])["text"]
+    client = TestClient(create_app(db), raise_server_exceptions=False)
+    page = client.get("/sample/0")
+    assert page.status_code == 200 and f'id="sentence">{first}<' in page.text.replace("&#x27;", "'")
+    assert 'class="sentence"' in client.get("/").text or client.get("/").status_code == 200
+    assert client.get("/img/0.png").status_code == 400 and "sentence" in client.get("/img/0.png").text
+    assert client.get("/api/samples/0").json()["sample"]["text"] == first

@@ -90,12 +90,12 @@ def group(db, cluster: int) -> dict:
         raise QueryError(f"no error group {cluster}" + (f"; the groups are {', '.join(map(str, known))}" if known
                                                         else "; run `saliencydb clusters` first"))
     members = db.con.execute(
-        """SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance
+        """SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance, s.text
            FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
            ORDER BY s.correct, c.distance, s.sample_id""", [cluster]).fetchall()
     blame = db.con.execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
                            [cluster]).fetchall()
-    cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance"]
+    cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance", "text"]
     return {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
             "blame": [dict(zip(["rank", "unit_id", "layer", "channel", "mean_z"], b)) for b in blame]}
 
@@ -119,9 +119,9 @@ def triage_view(db, split: str | None) -> dict:
         raise QueryError(f"split '{split}' has not been triaged" + (f"; triaged: {', '.join(splits)}" if splits else "")
                          + f"; run `saliencydb triage --db DB --split {split}`")
     rows = db.con.execute(
-        """SELECT t.sample_id, s.label_name, s.pred_name, t.cluster, t.similarity FROM triage t JOIN samples s
+        """SELECT t.sample_id, s.label_name, s.pred_name, t.cluster, t.similarity, s.text FROM triage t JOIN samples s
            USING (sample_id) WHERE t.split = ? ORDER BY t.cluster = -1 DESC, t.similarity DESC, t.sample_id""", [split]).fetchall()
-    cols = ["sample_id", "label_name", "pred_name", "cluster", "similarity"]
+    cols = ["sample_id", "label_name", "pred_name", "cluster", "similarity", "text"]
     out = [dict(zip(cols, r)) for r in rows]
     return {"splits": splits, "split": split, "rows": plain(out),
             "new": sum(r["cluster"] == -1 for r in out), "known": sum(r["cluster"] != -1 for r in out)}

@@ -82,7 +82,7 @@ def overview(doc: dict, db_path: str) -> str:
 
 
 def group(doc: dict, db_path: str, modality: str) -> str:
-    members = "".join(thumb(m["sample_id"], f"{m['label_name']}→{m['pred_name']}", m["correct"]) for m in doc["members"])
+    members = "".join(thumb(m["sample_id"], f"{m['label_name']}→{m['pred_name']}", m["correct"], m.get("text")) for m in doc["members"])
     blame = table(["rank", "unit", "layer", "channel", "mean z"],
                   [[e(b["rank"]), e(b["unit_id"]), e(b["layer"]), e(b["channel"]), f"{b['mean_z']:.3f}"] for b in doc["blame"]],
                   'id="blame"')
@@ -167,9 +167,10 @@ def triage(doc: dict, error: str | None, db_path: str) -> str:
         new = [r for r in doc["rows"] if r["cluster"] == -1]
         known = [r for r in doc["rows"] if r["cluster"] != -1]
         body += (f'<h3>New failure modes ({len(new)})</h3><div id="triage-new">'
-                 + "".join(thumb(r["sample_id"], f"{r['label_name']}→{r['pred_name']}", False) for r in new) + "</div>"
+                 + "".join(thumb(r["sample_id"], f"{r['label_name']}→{r['pred_name']}", False, r.get("text")) for r in new) + "</div>"
                  f'<h3>Joined known groups ({len(known)})</h3><div id="triage-known">'
-                 + "".join(thumb(r["sample_id"], f"group {r['cluster']} ({r['similarity']:.2f})", False) for r in known) + "</div>")
+                 + "".join(thumb(r["sample_id"], f"group {r['cluster']} ({r['similarity']:.2f})", False, r.get("text")) for r in known)
+                 + "</div>")
     return layout("Triage", body, db_path)
 
 
