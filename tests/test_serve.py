@@ -231,10 +231,19 @@ def test_follows_new_commits_and_never_locks(server, demo_db, browser):
     _shot(browser, "triage")
 
 
-def test_serve_refuses_bad_arguments(tmp_path):
+def test_serve_refuses_bad_arguments(tmp_path, demo_db):
     out = subprocess.run([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and out.stderr.startswith("Error: ") and "Traceback" not in out.stderr
+    with socket.socket() as busy:  # a port in use: one line before anything starts
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(demo_db), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port"]
+    assert "serving" not in out.stdout
 
 
 def test_serving_beyond_loopback_warns(demo_db):

@@ -29,18 +29,37 @@ def serve(db, port, host):
     from ..serve import create_app
 
     app = create_app(db)  # one line now if it is not a database
+    _check_free(host, port)
     if not _loopback(host):
         click.echo(f"warning: serving on {host}: anyone who can reach this machine on port {port} can read the database "
                    "(its samples, images and SQL); the app has no authentication", err=True)
     click.echo(f"saliencydb: serving {db} at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops)")
     import uvicorn
 
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    except OSError as e:
-        from ..errors import SpecError
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
-        raise SpecError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
+
+def _check_free(host: str, port: int) -> None:
+    """One line, before the server starts, when the address cannot be bound (in use, or not this machine's)."""
+    import socket
+
+    from ..errors import SpecError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise SpecError(f"--host {host}: not an address of this machine ({e.strerror or e})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            import errno
+
+            fix = ("give an address of this machine (127.0.0.1 serves only it)" if e.errno == errno.EADDRNOTAVAIL
+                   else "choose another --port")
+            raise SpecError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
 
 
 COMMANDS = [serve]
