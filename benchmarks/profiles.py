@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 from saliencydb.data.zoo import small_cnn  # noqa: E402
 from saliencydb.memory import keep_freed_memory  # noqa: E402
 from saliencydb.saliency import ProfileEngine, UnitLayout, reference_profiles  # noqa: E402
+from machine import cpu_name, usable_cores  # noqa: E402 - benchmarks/machine.py, beside this script
 
 TIMM_MODELS = ("vit_tiny_patch16_224", "convnext_atto")  # built with timm (pretrained=False)
 # BERT built with transformers from its config (random weights, eager attention, never downloaded):
@@ -585,17 +586,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    cpu, usable = cpu_name(), usable_cores()
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),

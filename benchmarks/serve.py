@@ -58,6 +58,8 @@ from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 
+from machine import cpu_name, usable_cores  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 KINDS = {"overview": "/", "sample": "/sample/{id}", "neighbors": "/api/neighbors/{id}?k=10"}
@@ -271,17 +273,7 @@ def run_phase(server: Server, kind: str, ids: list[int], clients: int, requests:
 
 # -- the run ----------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    cpu, usable = cpu_name(), usable_cores()
 
     def version(name: str) -> str | None:
         try:

@@ -108,7 +108,8 @@ class TextSource(Source):
                 self._bad[i] = f"line {line} of {path.name} lacks {'a text' if text is None else 'a label'}; fill both"
         good = [label for j, label in enumerate(raw_labels) if j not in self._bad]
         names = sorted(set(good))
-        self._labels = [names.index(label) if label in names else 0 for label in raw_labels] if names else [0] * len(rows)
+        index = {name: k for k, name in enumerate(names)}  # a row without a label fails at load: its 0 is never used
+        self._labels = [index.get(label, 0) for label in raw_labels]
         self.whole_numbers = bool(good) and all(_label_kind(label) == "index" for label in good)
         super().__init__(spec, names, None)
 
