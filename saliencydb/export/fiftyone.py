@@ -198,7 +198,10 @@ def to_fiftyone(db, name: str, *, split: str | None = None, media_dir: str | os.
     if media is not None:
         if media.exists() and not media.is_dir():
             raise QueryError(f"--media-dir {media} is a file; give a directory")
-        media.mkdir(parents=True, exist_ok=True)
+        try:
+            media.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise QueryError(f"--media-dir {media}: cannot create it ({e.strerror or e}); give a writable directory") from None
     fo, fob = import_fiftyone()
     if fo.dataset_exists(name) and not overwrite:
         raise QueryError(f"FiftyOne already has a dataset named '{name}'; choose another --name or pass --overwrite")
