@@ -481,6 +481,12 @@ def with_hf_columns(spec: str, image: str | None = None, label: str | None = Non
     return f"{spec.partition('?')[0]}?{query}"
 
 
+def hf_data_is_local(target: str) -> bool:
+    """Whether the dataset of an hf: spec is a local path (``./x``, ``/abs``, ``~/x``, ``a/b/c``, or a name
+    that exists here) rather than a dataset name (``name`` or ``owner/name``, not a file or folder here)."""
+    return target.startswith(("/", ".", "~")) or target.count("/") > 1 or "\\" in target or Path(target).expanduser().exists()
+
+
 def _is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a directory written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
     return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
@@ -498,8 +504,11 @@ def _load_hf(spec: str, target: str, split: str | None) -> tuple[Any, str, str |
                 if split != str(loaded.split or ""):
                     raise SpecError(f"data spec '{spec}': {path} holds one dataset, not a dict of splits; drop ':{split}'")
             return loaded, str(path.resolve()), split
-        loaded = datasets.load_dataset(str(path) if path.exists() else target, split=split)
-        return loaded, str(path.resolve()) if path.exists() else target, None
+        if hf_data_is_local(target):
+            if not path.exists():
+                raise SpecError(f"data spec '{spec}': {path} does not exist; give a folder written by save_to_disk, or local data files")
+            return datasets.load_dataset(str(path), split=split), str(path.resolve()), None
+        return datasets.load_dataset(target, split=split), target, None
     except SaliencyDBError:
         raise
     except ValueError as e:
@@ -693,6 +702,37 @@ def parse_data_spec(spec: str) -> Source:
     if kind == "hf":
         return HFDatasetSource.open(spec)
     raise SpecError(f"data spec '{spec}': unknown kind '{kind}'; {DATA_SPEC_HELP}")
+
+
+def _absolute_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_data_spec(spec: str) -> str:
+    """``spec`` with its local path made absolute (``~`` expanded, ``..`` folded), so that it names the same data
+    from any working directory: what the indexer records in the manifest. A spec without a local path (builtin:,
+    an hf: dataset name) is returned as it is, and so is a malformed one (``parse_data_spec`` names its problem)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        return spec
+    if kind in ("imagefolder", "csv", "jsonl"):
+        return f"{kind}:{_absolute_path(rest)}"
+    if kind == "torchvision":
+        parts = rest.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            return spec
+        root = _absolute_path(parts[1])
+        if ":" in root:
+            raise SpecError(f"data spec '{spec}': the folder {root} has ':' in its path, which a torchvision: spec cannot "
+                            "hold; move or link the dataset to a path without ':'")
+        return ":".join([kind, parts[0], root, *parts[2:]])
+    if kind == "hf":
+        target, split, _ = split_hf_spec(spec)
+        if not hf_data_is_local(target):
+            return spec
+        _, q, query = spec.partition("?")
+        return f"hf:{_absolute_path(target)}{'' if split is None else ':' + split}{q}{query}"
+    return spec
 
 
 class SourceCatalog:

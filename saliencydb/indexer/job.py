@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data import parse_data_spec
+from ..data.sources import absolute_data_spec
 from ..data.transforms import Transform
 from ..errors import SaliencyDBError, SpecError
 from ..faults import crash_point
@@ -139,6 +140,7 @@ class Indexer:
             raise SpecError(f"--limit must be at least 1, got {limit}")
         if require_existing:
             read_current(self.db)  # clear error when there is no database
+        data = absolute_data_spec(data)  # recorded so: it names the same data from any working directory
         source = parse_data_spec(data)
         rank, size = world()
         if rank != 0:
@@ -164,6 +166,7 @@ class Indexer:
             m.stats.frozen = True
         if self.choice.stats is not None and m.stats is None:
             write_reference_stats(writer, self.choice.stats)
+        _adopt_relative_record(m, args.split, args.data, args.replace)
         plan = plan_job(writer, source, args.data, args.split, args.limit, args.replace)
         report.skipped = plan.skipped
         profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m, transform))
@@ -240,6 +243,23 @@ class Indexer:
         for batch in iter_part_batches(writer.path, files, ["correct"], 65536):
             report.split_samples += len(batch)
             report.split_correct += int(batch.column(0).to_numpy(zero_copy_only=False).sum())
+
+
+def _adopt_relative_record(m, split: str, data: str, replace: bool) -> None:
+    """A split (or its unfinished replacement) recorded before data specs were stored absolute may hold a relative
+    spec, which can only be read from the working directory of that job. When it names, from here, the data of
+    ``data`` (absolute), it is recorded as ``data`` from now on; when it names other data, the job is refused
+    with both named (``plan_job`` compares the records with ``data`` as they are)."""
+    rec = m.pending.get(split) if replace else m.splits.get(split)
+    if rec is None or rec.source == data or split in m.pending and not replace:
+        return
+    here = absolute_data_spec(rec.source)
+    if here == data:
+        rec.source = data
+    elif here != rec.source and not replace:
+        raise SpecError(f"split '{split}' already holds {rec.source}, a path relative to the folder it was indexed from, "
+                        f"which is {here} from here, not {data}; run from that folder to add to it, choose another "
+                        "--split name, or pass --replace")
 
 
 def _job_device(device: str) -> torch.device:
