@@ -120,10 +120,18 @@ def test_timm_model_indexes_end_to_end(tmp_path: Path) -> None:
     with query.open(db) as database:
         manifest = database.manifest
         assert (manifest.rows(), manifest.model.spec, manifest.model.code_sha256) == (6, "timm:resnet18", None)
-        # random weights cannot be rebuilt: loading the stored model says so in one line
-        with pytest.raises(ModelError) as excinfo:
-            load_stored_model(manifest)
-        assert manifest.model.weights_sha256[:12] in one_line(excinfo)
+        assert (manifest.model.weights, manifest.model.random_seed) == (None, 0)
+        # random weights on purpose are re-drawn under their seed: the stored model reloads, the same weights
+        assert load_stored_model(manifest).weights_sha256 == manifest.model.weights_sha256
+    # so every command that reloads the model works: ingest into another split, resume
+    run_cli("ingest", "--db", db, "--data", f"imagefolder:{images}", "--split", "again", "--quiet")
+    with query.open(db) as database:
+        z = database.sql("SELECT split, list(raw_profile[1] ORDER BY key) AS p FROM samples GROUP BY split ORDER BY split")
+        assert z.num_rows == 2 and z.column("p")[0] == z.column("p")[1]  # the same weights profile the images the same
+    other = run_cli(*[a if a != db else tmp_path / "db3" for a in args], "--random-weights", "--seed", "3")
+    assert "6 samples added" in other.output
+    with query.open(tmp_path / "db3") as database:
+        assert database.manifest.model.random_seed == 3 and database.manifest.model.weights_sha256 != manifest.model.weights_sha256
 
 
 # ---------------------------------------------------------------- Hugging Face

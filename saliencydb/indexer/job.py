@@ -58,6 +58,7 @@ class JobReport(Result):
     failures: list[tuple[str, str]] = field(default_factory=list)
     split_samples: int = 0  # the split's committed samples after the job (this run's and earlier runs')
     split_correct: int = 0
+    notes: list[str] = field(default_factory=list)  # said once, when the job created the database (plan.Opened)
 
     @property
     def accuracy(self) -> float | None:
@@ -108,9 +109,11 @@ class Indexer:
                  aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
                  linear_units: str | None = None, stats: str | None = None, progress: Progress | None = None,
                  wait: bool = False,
-                 random_weights: bool = False, classes: str | os.PathLike | None = None):
+                 random_weights: bool = False, seed: int | None = None, classes: str | os.PathLike | None = None):
         if batch_size < 1:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
+        if seed is not None and not random_weights:
+            raise SpecError("--seed draws random weights: pass it with --random-weights (or drop it)")
         if index_kind not in INDEX_KINDS:
             raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
         self.db = Path(db)
@@ -124,7 +127,7 @@ class Indexer:
                                   units=_choice(units, UNIT_CHOICES, "--units"),
                                   linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
                                   stats=check_stats_spec(stats),
-                                  random_weights=random_weights, task=task)
+                                  random_weights=random_weights, seed=seed, task=task)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
             replace: bool = False, require_existing: bool = False) -> JobReport | None:
@@ -149,9 +152,11 @@ class Indexer:
         args = RunArgs(data, split, limit, command, replace, freeze=require_existing)
         try:
             operation = f"{command} {split}" + (" --replace" if replace else "")
-            writer, model, transform = open_database(self.db, self.choice, source, operation, self.settings.wait)
-            with writer:
-                return self._run(writer, model, transform, source, args, channel if size > 1 else None)
+            opened = open_database(self.db, self.choice, source, operation, self.settings.wait)
+            with opened.writer:
+                report = self._run(opened.writer, opened.model, opened.transform, source, args, channel if size > 1 else None)
+                report.notes = opened.notes
+                return report
         except SaliencyDBError as e:
             if size > 1 and not channel.sent:  # the other ranks wait for the plan: tell them
                 channel.exchange({"error": str(e)})

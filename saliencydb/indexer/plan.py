@@ -16,6 +16,7 @@ from ..data.sources import Source
 from ..data.transforms import Transform, transform_from_dict
 from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
 from ..models.loading import LoadedModel, load_model
+from ..models.names import IMAGENET_CLASSES, imagenet_synsets
 from ..progress import NullProgress, Progress
 from ..models.stored import initialised_at_random, load_stored_model, model_record
 from ..saliency import ProfileEngine, UnitLayout
@@ -56,7 +57,35 @@ class ModelChoice:
     stats: str | None = None  # a reference_stats name: standardise with the shipped statistics
     linear_units: str | None = None  # out or in; None: out
     random_weights: bool = False
+    seed: int | None = None  # --random-weights: the seed the weights are drawn under (None: 0)
     task: str | None = None  # hf: models; None: the one its config names
+
+    @property
+    def random_seed(self) -> int | None:
+        """The seed of --random-weights, None without it."""
+        return (self.seed or 0) if self.random_weights else None
+
+    @property
+    def load_weights(self) -> str | None:
+        """The weights to load: --weights; for a torchvision model standardised with --stats reference:NAME, by
+        default the weights those statistics were computed with (IMAGENET1K_V1), not torchvision's DEFAULT."""
+        if self.weights is None and self.stats is not None and not self.random_weights and (self.spec or "").startswith("torchvision:"):
+            return "IMAGENET1K_V1"
+        return self.weights
+
+    def load(self) -> LoadedModel:
+        return load_model(self.spec, self.load_weights, self.num_classes, self.task, random_seed=self.random_seed)
+
+
+@dataclass
+class Opened:
+    """A job's database: its writer, its model and input transform, and notes for the user (a guessed
+    transform, classes matched in an assumed order), said once when the database is created."""
+
+    writer: DatabaseWriter
+    model: LoadedModel
+    transform: Any
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,8 +108,7 @@ def check_split_name(split: str) -> str:
     return split
 
 
-def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
-                  wait: bool) -> tuple[DatabaseWriter, LoadedModel, Transform]:
+def open_database(db: Path, choice: ModelChoice, source: Source, operation: str, wait: bool) -> Opened:
     """The writer of the database (created from ``choice`` when there is none, or when it never
     committed a sample: nothing in it can be lost), its model and its input transform."""
     existing = read_current(db) if is_database(db) else None
@@ -88,13 +116,13 @@ def open_database(db: Path, choice: ModelChoice, source: Source, operation: str,
     if existing is not None and not fresh:
         model = _check_existing(db, existing, choice)
         check_modality(model, source, f"database '{db}'")
-        return DatabaseWriter(db, wait=wait, operation=operation), model, transform_from_dict(existing.model.transform)
+        return Opened(DatabaseWriter(db, wait=wait, operation=operation), model, transform_from_dict(existing.model.transform))
     if choice.spec is None:
         raise SpecError(f"no database at '{db}' yet: pass --model (and --weights) to create it")
-    manifest, loaded, transform = _new_manifest(choice, source)
+    manifest, loaded, transform, notes = _new_manifest(choice, source)
     if fresh:
-        return _recreate(db, manifest, operation, wait), loaded, transform
-    return DatabaseWriter(db, manifest, wait=wait, operation=operation), loaded, transform
+        return Opened(_recreate(db, manifest, operation, wait), loaded, transform, notes)
+    return Opened(DatabaseWriter(db, manifest, wait=wait, operation=operation), loaded, transform, notes)
 
 
 def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> LoadedModel:
@@ -104,7 +132,7 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
                         "omit --classes")
     stored = load_stored_model(manifest)
     if choice.spec is not None:
-        given = load_model(choice.spec, choice.weights, choice.num_classes, choice.task)
+        given = choice.load()
         if given.weights_sha256 != stored.weights_sha256:
             raise ModelError(
                 f"database '{db}' holds model {manifest.model.spec} "
@@ -130,9 +158,10 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
     return stored
 
 
-def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, LoadedModel, Transform]:
-    """The manifest of a new database: the model loaded and checked on the data's first sample."""
-    loaded = load_model(choice.spec, choice.weights, choice.num_classes, choice.task)
+def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, LoadedModel, Any, list[str]]:
+    """The manifest of a new database: the model loaded and checked on the data's first sample; and the
+    notes to say about it (``Opened.notes``)."""
+    loaded = choice.load()
     check_modality(loaded, source, f"model {choice.spec}")
     if loaded.modality == "text" and choice.transform is not None:
         raise SpecError(f"model {choice.spec} is a text model: its tokenizer is its transform; drop --transform")
@@ -140,12 +169,9 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
         raise SpecError(
             f"model {choice.spec} would be profiled with random weights (no --weights given, and the model is "
             "initialised differently on every build); pass --weights FILE (a state dict) or a torchvision weights "
-            "name such as DEFAULT, or --random-weights to profile an untrained model on purpose"
+            "name such as DEFAULT, or --random-weights [--seed N] to profile an untrained model on purpose"
         )
-    transform = Transform.parse(choice.transform) if choice.transform is not None else (
-        loaded.default_transform or source.default_transform)
-    if transform is None:
-        raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or resize=256,crop=224,...)")
+    transform, said, notes = choose_transform(choice, loaded, source)
     probe(loaded, transform, source)  # before anything is written
     layout = _layout(loaded, choice)
     if choice.stats is not None:  # checked against the model's filters before anything is written
@@ -153,11 +179,54 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
         if (choice.normalisation or "zscore") != "zscore" or (choice.aggregate or DEFAULT_AGGREGATE) != "mean_abs":
             raise SpecError(f"--stats reference:{choice.stats} are zscore statistics of mean_abs profiles; "
                             "drop --normalisation / --aggregate")
-    manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE),
+    manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE, said),
                         units=layout.to_dict(), feature_dim=feature_dim(loaded, transform, layout),
                         normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation)
-    _name_classes(manifest, loaded, source, choice.classes)
-    return manifest, loaded, transform
+    notes += name_classes(manifest, loaded, source, choice.classes, getattr(transform, "task", None))
+    return manifest, loaded, transform, notes
+
+
+def choose_transform(choice: ModelChoice, loaded: LoadedModel, source: Source) -> tuple[Any, str, list[str]]:
+    """The input transform of a new database, where it comes from (``ModelRecord.transform_source``) and
+    what to tell the user: --transform; else with --stats reference:NAME the preprocessing those statistics
+    were computed with; else the one of the weights actually loaded (or a stated guess); else the data's."""
+    notes: list[str] = []
+    if choice.stats is not None:
+        notes += _stats_weights_notes(choice, loaded)
+    reference = Transform.preset("imagenet")
+    if choice.transform is not None:
+        transform = Transform.parse(choice.transform)
+        if choice.stats is not None and transform != reference:
+            notes.append(f"the reference:{choice.stats} statistics were computed on inputs resized to 256, centre-cropped "
+                         f"to 224 and normalised with ImageNet's mean and std; --transform {choice.transform} gives the "
+                         "model other inputs, standardised with those statistics all the same")
+        return transform, "given with --transform", notes
+    if choice.stats is not None:
+        return reference, (f"the preprocessing the reference:{choice.stats} statistics were computed with (resize 256, "
+                           "centre crop 224, ImageNet mean and std)"), notes
+    if loaded.default_transform is not None:
+        said = loaded.transform_source or "the model's own"
+        if said.startswith("a guess"):
+            notes.append(f"the input transform ({loaded.default_transform.to_spec()}) is {said}")
+        return loaded.default_transform, said, notes
+    if source.default_transform is None:
+        raise SpecError("no input transform is known for this model and data; pass --transform (e.g. imagenet, mnist or "
+                        "resize=256,crop=224,...)")
+    return source.default_transform, f"the data's default ({source.spec.partition(':')[0]}:)", notes
+
+
+def _stats_weights_notes(choice: ModelChoice, loaded: LoadedModel) -> list[str]:
+    """--stats reference:NAME were computed with torchvision's IMAGENET1K_V1 weights: other published weights
+    are refused; random weights, or a local file that is not the published one, are said."""
+    if loaded.weights and not os.path.isfile(loaded.weights) and not loaded.weights.endswith(".IMAGENET1K_V1"):
+        raise SpecError(f"--stats reference:{choice.stats} were computed with torchvision's IMAGENET1K_V1 weights, not "
+                        f"{loaded.weights}; pass --weights IMAGENET1K_V1 (or a copy of that file), or drop --stats to "
+                        "compute statistics of these weights")
+    if "IMAGENET1K_V1" in (loaded.weights or "") and "IMAGENET1K_V1" in (loaded.transform_source or ""):
+        return []
+    what = "random weights" if loaded.random_seed is not None else (loaded.weights or "the model's own weights")
+    return [f"--stats reference:{choice.stats} were computed with torchvision's IMAGENET1K_V1 weights, not {what}: "
+            "its profiles are standardised with another model's statistics"]
 
 
 def check_modality(model: LoadedModel, source: Source, what: str) -> None:
@@ -177,20 +246,51 @@ def _layout(loaded: LoadedModel, choice: ModelChoice) -> UnitLayout:
     return layout
 
 
-def _name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classes: list[str] | None) -> None:
+def name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classes: list[str] | None,
+                 task: str | None = None) -> list[str]:
+    """Name the classes of a new database: --classes; else the model's own names (``models.names``), which
+    data labels given as names are matched to (ImageNet synset folders through the synsets' class order);
+    else the data's names. Returns the notes to say: an assumed order, labels the model does not have."""
     if classes is not None:
         if len(classes) != loaded.num_classes:
             raise SpecError(f"--classes names {len(classes)} classes, but the model has {loaded.num_classes}; "
                             "give one name per class, in the model's order")
         manifest.model.class_names = list(classes)
-    elif manifest.model.class_names is None and source.class_names and len(source.class_names) == loaded.num_classes:
-        manifest.model.class_names = list(source.class_names)
-    elif (source.labels_are_names and len(source.class_names) == loaded.num_classes
-          and not set(source.class_names) <= set(manifest.class_names) and not getattr(source, "whole_numbers", False)):
-        # one folder (or CSV name) per class of a model with names of its own (ImageNet's wnid
-        # folders for torchvision's categories): sorted names are the class indices, as
-        # documented; kept so that later sources are matched by these names too
-        manifest.model.label_names = list(source.class_names)
+        return []
+    data = list(source.class_names or [])
+    model = manifest.model.class_names
+    if model is None:
+        if data and len(data) == loaded.num_classes:
+            manifest.model.class_names = data
+            if source.labels_are_names and not getattr(source, "whole_numbers", False):
+                shown = ", ".join(f"{n} = {i}" for i, n in enumerate(data[:4])) + (", ..." if len(data) > 4 else "")
+                return [f"the model names no classes: the data's {len(data)} label names, sorted, are taken as its class "
+                        f"indices ({shown}); pass --classes FILE (one name per line, in the model's order) if it differs"]
+        elif data and source.labels_are_names and not getattr(source, "whole_numbers", False):
+            raise SpecError(f"the model names none of its {loaded.num_classes} classes and the data names {len(data)} "
+                            f"({', '.join(data[:4])}{', ...' if len(data) > 4 else ''}), so their order is unknown; pass "
+                            "--classes FILE (one name per line, in the model's class order), or give class indices")
+        return []
+    if task == "masked-lm" or not source.labels_are_names or set(data) <= set(model):
+        return []
+    if getattr(source, "whole_numbers", False):
+        return []  # whole numbers that are not the model's names are its class indices (label_mapping)
+    if loaded.num_classes == IMAGENET_CLASSES and set(data) <= set(imagenet_synsets()):
+        manifest.model.label_names = list(imagenet_synsets())  # ImageNet folders: n01440764 is class 0, ...
+        return []
+    return [_unknown_labels(data, model)]
+
+
+def _unknown_labels(data: list[str], model: list[str]) -> str:
+    """The note for data labels the model does not have (their samples fail), or a refusal when none is its."""
+    unknown = [n for n in data if n not in set(model)]
+    show = lambda names: ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")  # noqa: E731
+    if len(unknown) == len(data):
+        raise SpecError(f"none of the data's labels ({show(data)}) is a class of the model ({show(model)}); name the "
+                        "labels as the model does, give class indices (0, 1, ...), or pass --classes FILE to rename "
+                        "the model's classes")
+    return (f"{len(unknown)} of the data's labels are not classes of the model ({show(unknown)}); their samples are "
+            "recorded as failures")
 
 
 def _recreate(db: Path, manifest: Manifest, operation: str, wait: bool) -> DatabaseWriter:

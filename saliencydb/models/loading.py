@@ -22,6 +22,8 @@ from torch import nn
 from saliencydb.data.transforms import Transform
 from saliencydb.errors import ModelError, SpecError, WeightsUnavailableError
 
+from .names import check_count, checkpoint_names, module_names, timm_names
+
 MODEL_SPEC_HELP = ("use torchvision:NAME, timm:NAME, hf:DIR (a save_pretrained directory), torchscript:PATH, "
                    "python:MODULE:FACTORY or the path of a TorchScript file")
 _WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -43,6 +45,8 @@ class LoadedModel:
     class_names: list[str] | None
     default_transform: Transform | None
     scripted: bool
+    transform_source: str | None = None  # where default_transform comes from, said by `info` (a guess says so)
+    random_seed: int | None = None  # weights drawn at random under this seed (--random-weights), re-drawn on reload
 
     @property
     def modality(self) -> str:
@@ -74,10 +78,16 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load a state dict saved with ``torch.save`` (unwrapping a ``state_dict`` or ``model`` entry), weights-only."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """A weights file's state dict (``read_state_dict``) and the class names stored beside it, if any
+    (``models.names.checkpoint_names``: ``class_names``, ``classes``, ``idx_to_class``, ...)."""
     if not Path(path).is_file():
         raise SpecError(f"weights file {path} does not exist; give an existing .pt/.pth file with --weights")
     if path.endswith(".safetensors"):
-        return _read_safetensors(path)
+        return _read_safetensors(path), None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
@@ -85,12 +95,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             f"weights file {path} is not a loadable state dict ({_first_sentence(e)}); save one with "
             "torch.save(model.state_dict(), PATH), or pass a TorchScript file as --model torchscript:PATH"
         ) from None
+    names = None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            names = checkpoint_names(obj, path)
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"weights file {path} does not hold a state dict of tensors; save one with torch.save(model.state_dict(), PATH)")
-    return dict(obj)
+    return dict(obj), names
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -154,27 +166,57 @@ def _torchvision_weights(name: str, weights: str, enum: Any) -> Any:
         ) from None
 
 
-def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+def _seeded(seed: int, build: Any) -> nn.Module:
+    """``build()`` with torch's CPU generator seeded with ``seed`` (and the caller's generator state restored):
+    the same seed gives the same random weights, on any machine with this torch version."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _published_file(enum: Any, path: str) -> Any:
+    """The torchvision weights member whose published file ``path`` is (its URL names the first hex digits
+    of the file's sha256, as torch.hub checks them), or None."""
+    digest = file_sha256(Path(path))
+    for member in enum:
+        tail = Path(str(member.url)).stem.rpartition("-")[2]
+        if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) and digest.startswith(tail):
+            return member
+    return None
+
+
+def _torchvision_guess(enum: Any, why: str) -> tuple[Transform, str]:
+    """The transform of torchvision's first published weights of an architecture (the original recipe,
+    IMAGENET1K_V1 for the ImageNet classifiers), as a stated guess."""
+    first = next(iter(enum))
+    return Transform.from_torchvision(first), (f"a guess for {why}: the preprocessing of torchvision's {first} "
+                                               "(pass --transform if the model was trained on other inputs)")
+
+
+def _tv_kwargs(name: str, state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Constructor arguments of the two torchvision models with auxiliary heads (and their own init)."""
+    if name == "inception_v3":
+        return {"init_weights": state is None, "aux_logits": state is None or any(k.startswith("AuxLogits.") for k in state)}
+    if name == "googlenet":
+        return {"init_weights": state is None, "aux_logits": state is None or any(k.startswith(("aux1.", "aux2.")) for k in state)}
+    return {}
+
+
+def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: int | None,
+                      random_seed: int | None = None) -> LoadedModel:
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         close = difflib.get_close_matches(name.lower(), names, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         raise SpecError(f"model spec '{spec}': torchvision has no classification model {name!r}; {hint}")
     enum = torchvision.models.get_model_weights(name)
-    transform = Transform.from_torchvision(enum.DEFAULT)
+    if random_seed is not None:
+        module = _seeded(random_seed, lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000,
+                                                                          **_tv_kwargs(name, None)))
+        transform, said = _torchvision_guess(enum, "random weights")
+        return _finish(module, spec, None, None, transform, scripted=False, transform_source=said, random_seed=random_seed)
     if weights is not None and _is_weights_file(weights):
-        state = read_state_dict(weights)
-        n = num_classes or next((v.shape[0] for v in reversed(state.values()) if v.dim() == 2), None)
-        if n is None:
-            raise ModelError(f"cannot tell the number of classes from {weights} (no 2-D weight); pass --num-classes")
-        kwargs: dict[str, Any] = {}
-        if name == "inception_v3":
-            kwargs = {"init_weights": False, "aux_logits": any(k.startswith("AuxLogits.") for k in state)}
-        elif name == "googlenet":
-            kwargs = {"init_weights": False, "aux_logits": any(k.startswith(("aux1.", "aux2.")) for k in state)}
-        module = torchvision.models.get_model(name, weights=None, num_classes=int(n), **kwargs)
-        _load_strict(module, state, weights, f"torchvision:{name} with {n} classes")
-        return _finish(module, spec, weights, None, transform, scripted=False, num_classes=int(n))
+        return _load_torchvision_file(spec, name, enum, weights, num_classes)
     member = _torchvision_weights(name, weights or "DEFAULT", enum)
     categories = member.meta.get("categories")
     if num_classes is not None and categories is not None and num_classes != len(categories):
@@ -190,7 +232,28 @@ def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: in
             f"{member.url} on a machine with internet and pass the file with --weights /path/to/file.pth"
         ) from None
     class_names = None if categories is None else [str(c) for c in categories]
-    return _finish(module, spec, str(member), class_names, transform, scripted=False)
+    return _finish(module, spec, str(member), class_names, Transform.from_torchvision(member), scripted=False,
+                   transform_source=f"the weights' own: torchvision's {member} preprocessing")
+
+
+def _load_torchvision_file(spec: str, name: str, enum: Any, weights: str, num_classes: int | None) -> LoadedModel:
+    """A torchvision architecture with a local weights file: the file's class names, else the categories of
+    the published weights it is a copy of; its transform that file's recipe, else a stated guess."""
+    state, stored_names = read_checkpoint(weights)
+    n = num_classes or next((v.shape[0] for v in reversed(state.values()) if v.dim() == 2), None)
+    if n is None:
+        raise ModelError(f"cannot tell the number of classes from {weights} (no 2-D weight); pass --num-classes")
+    module = torchvision.models.get_model(name, weights=None, num_classes=int(n), **_tv_kwargs(name, state))
+    _load_strict(module, state, weights, f"torchvision:{name} with {n} classes")
+    member = _published_file(enum, weights)
+    if member is not None:
+        transform, said = Transform.from_torchvision(member), f"the weights' own: the file is torchvision's {member}"
+        categories = member.meta.get("categories")
+        stored_names = stored_names or (list(map(str, categories)) if categories and len(categories) == n else None)
+    else:
+        transform, said = _torchvision_guess(enum, "a local weights file")
+    return _finish(module, spec, weights, check_count(stored_names, int(n), f"weights file {weights}"), transform,
+                   scripted=False, num_classes=int(n), transform_source=said)
 
 
 def _load_torchscript(spec: str, path: str, weights: str | None, num_classes: int | None) -> LoadedModel:
@@ -235,23 +298,28 @@ def _import_module(spec: str, target: str) -> Any:
         raise ModelError(f"model spec '{spec}': importing {target} failed ({type(e).__name__}: {_first_sentence(e)}); fix the module") from None
 
 
-def _load_python(spec: str, target: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+def _load_python(spec: str, target: str, weights: str | None, num_classes: int | None,
+                 random_seed: int | None = None) -> LoadedModel:
     module_name, sep, factory_name = target.rpartition(":")
     if not sep or not module_name or not factory_name:
         raise SpecError(f"model spec '{spec}': expected python:MODULE:FACTORY, e.g. python:saliencydb.data.zoo:small_cnn")
     factory = getattr(_import_module(spec, module_name), factory_name, None)
     if not callable(factory):
         raise SpecError(f"model spec '{spec}': {module_name} has no callable {factory_name!r}; name a function returning an nn.Module")
+    build = (lambda: factory()) if num_classes is None else (lambda: factory(num_classes=num_classes))
     try:
-        module = factory() if num_classes is None else factory(num_classes=num_classes)
+        module = build() if random_seed is None else _seeded(random_seed, build)
     except Exception as e:  # the user's factory may raise anything
         raise ModelError(f"model spec '{spec}': {factory_name}() failed ({type(e).__name__}: {_first_sentence(e)}); fix the factory or --num-classes") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"model spec '{spec}': {factory_name}() returned {type(module).__name__}, not a torch.nn.Module")
     module = module.cpu()
+    names = module_names(module)
     if weights is not None:
-        _load_strict(module, read_state_dict(weights), weights, f"{factory_name}()")
-    return _finish(module, spec, weights, None, None, scripted=False, num_classes=num_classes)
+        state, stored = read_checkpoint(weights)
+        _load_strict(module, state, weights, f"{factory_name}()")
+        names = stored or names
+    return _finish(module, spec, weights, names, None, scripted=False, num_classes=num_classes, random_seed=random_seed)
 
 
 def _import_extra(spec: str, package: str, extra: str) -> Any:
@@ -321,7 +389,8 @@ def _load_timm_pretrained(spec: str, timm: Any, full: str, num_classes: int | No
             f"could not download timm weights {full} ({_first_sentence(e)}; no network?); download {where[0]} "
             f"on a machine with internet and pass the file with --weights /path/to/{where[1]}"
         ) from None
-    return _finish(module, spec, full, None, _timm_transform(module), scripted=False, num_classes=int(module.num_classes))
+    return _finish(module, spec, full, timm_names(module), _timm_transform(module), scripted=False,
+                   num_classes=int(module.num_classes), transform_source=f"the weights' own: timm's pretrained config of {full}")
 
 
 def _timm_classes_of(timm: Any, arch: str, state: dict[str, torch.Tensor]) -> int | None:
@@ -333,20 +402,27 @@ def _timm_classes_of(timm: Any, arch: str, state: dict[str, torch.Tensor]) -> in
     return next((int(v.shape[0]) for v in reversed(state.values()) if v.dim() == 2), None)
 
 
-def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | None,
+               random_seed: int | None = None) -> LoadedModel:
     timm = _import_extra(spec, "timm", "timm")
     arch, tag = _timm_arch(spec, timm, name)
     if weights is not None and not _is_weights_file(weights):
         return _load_timm_pretrained(spec, timm, _timm_pretrained_name(spec, timm, arch, tag, weights), num_classes)
-    state = read_state_dict(weights) if weights is not None else None
+    state, names = read_checkpoint(weights) if weights is not None else (None, None)
     n = num_classes or (_timm_classes_of(timm, arch, state) if state is not None else None)
+    build = lambda: timm.create_model(name, pretrained=False, **({} if n is None else {"num_classes": n}))  # noqa: E731
     try:
-        module = timm.create_model(name, pretrained=False, **({} if n is None else {"num_classes": n}))
+        module = build() if random_seed is None else _seeded(random_seed, build)
     except Exception as e:  # a model's constructor may raise anything for arguments it does not take
         raise ModelError(f"model spec '{spec}': timm.create_model({name!r}) failed ({type(e).__name__}: {_first_sentence(e)})") from None
     if state is not None:
         _load_strict(module, state, str(weights), f"timm:{name} with {module.num_classes} classes")
-    return _finish(module, spec, weights, None, _timm_transform(module), scripted=False, num_classes=int(module.num_classes))
+    said = (f"a guess for {'a local weights file' if weights else 'random weights'}: timm's pretrained config of "
+            f"{module.pretrained_cfg.get('architecture', arch)}.{module.pretrained_cfg.get('tag') or ''} (pass --transform "
+            "if the model was trained on other inputs)")
+    return _finish(module, spec, weights, check_count(names, int(module.num_classes), f"weights file {weights}"),
+                   _timm_transform(module), scripted=False, num_classes=int(module.num_classes), transform_source=said,
+                   random_seed=random_seed)
 
 
 class HFImageClassifier(nn.Module):
@@ -473,7 +549,8 @@ def _hf_transform(transformers: Any, source: str, config: Any) -> Transform | No
     return _processor_transform(processor.to_dict(), int(getattr(config, "num_channels", 3) or 3))
 
 
-def _load_hf(spec: str, rest: str, weights: str | None, num_classes: int | None, task: str | None = None) -> LoadedModel:
+def _load_hf(spec: str, rest: str, weights: str | None, num_classes: int | None, task: str | None = None,
+             random_seed: int | None = None) -> LoadedModel:
     if weights is not None:
         raise SpecError(f"model spec '{spec}': a Hugging Face model directory carries its own weights; drop --weights")
     transformers = _import_extra(spec, "transformers", "hf")
@@ -483,19 +560,25 @@ def _load_hf(spec: str, rest: str, weights: str | None, num_classes: int | None,
     if task in _HF_TEXT_TASKS:
         from .text import load_hf_text
 
-        module, transform, n, names = load_hf_text(spec, transformers, source, config, task)
+        module, transform, n, names = load_hf_text(spec, transformers, source, config, task, random_seed)
         if num_classes is not None and num_classes != n:
             raise SpecError(f"--num-classes {num_classes} does not match the {n} outputs of {spec}; drop --num-classes")
-        return _finish(module, spec, None, names, transform, scripted=False, num_classes=n)
+        names = names if task == "masked-lm" else _hf_class_names(config)  # a classifier's id2label, in id order
+        return _finish(module, spec, None, names, transform, scripted=False, num_classes=n,
+                       transform_source=f"the tokenizer saved in {source}", random_seed=random_seed)
     if num_classes is not None and num_classes != int(config.num_labels):
         raise SpecError(f"--num-classes {num_classes} does not match the {config.num_labels} labels of {spec}; drop --num-classes")
+    auto = transformers.AutoModelForImageClassification
     try:  # float32, and eager attention: per-sample and input gradients differentiate through every op
-        model = transformers.AutoModelForImageClassification.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+        model = auto.from_pretrained(source, dtype=torch.float32, attn_implementation="eager") if random_seed is None else \
+            _seeded(random_seed, lambda: auto.from_config(config, attn_implementation="eager").float())
     except Exception as e:  # transformers raises many types (OSError, ValueError, hub errors, ...)
         error = ModelError if Path(source).is_dir() else WeightsUnavailableError
         raise error(f"model spec '{spec}': loading the image classifier from {source} failed ({type(e).__name__}: {_first_sentence(e)})") from None
-    return _finish(HFImageClassifier(model), spec, None, _hf_class_names(config), _hf_transform(transformers, source, config),
-                   scripted=False, num_classes=int(config.num_labels))
+    transform = _hf_transform(transformers, source, config)
+    return _finish(HFImageClassifier(model), spec, None, _hf_class_names(config), transform, scripted=False,
+                   num_classes=int(config.num_labels), transform_source=f"the image processor saved in {source}",
+                   random_seed=random_seed)
 
 
 def _finish(
@@ -506,12 +589,17 @@ def _finish(
     transform: Transform | None,
     scripted: bool,
     num_classes: int | None = None,
+    transform_source: str | None = None,
+    random_seed: int | None = None,
 ) -> LoadedModel:
     n = num_classes or (len(class_names) if class_names else None) or _linear_out_features(module)
     if n is None:
         raise ModelError(f"model spec '{spec}': cannot tell the number of classes (no Linear layer); pass --num-classes")
+    if class_names is not None and len(class_names) != n:  # e.g. a factory's class_names of another head
+        class_names = None
     module.eval()
-    return LoadedModel(module, spec, weights, state_dict_sha256(module), n, class_names, transform, scripted)
+    return LoadedModel(module, spec, weights, state_dict_sha256(module), n, class_names, transform, scripted,
+                       transform_source=transform_source if transform is not None else None, random_seed=random_seed)
 
 
 def model_file(spec: str) -> Path | None:
@@ -551,30 +639,36 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(spec: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None) -> LoadedModel:
+def load_model(spec: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None,
+               random_seed: int | None = None) -> LoadedModel:
     """Build the model a spec names, in eval mode on the CPU (see ``MODEL_SPEC_HELP``).
 
     ``weights`` is a local state-dict file, or the name of published weights: a torchvision weights name
-    (default DEFAULT) or a timm pretrained tag (DEFAULT, TAG or NAME.TAG; downloaded, so online only).
-    Without weights a torchvision or timm model is initialised at random. ``task`` (hf: only; default:
-    the one the config's architectures name) is ``image-classification``, ``sequence-classification`` or
-    ``masked-lm`` (``models.text``: token tensors in, the tokenizer as the default transform).
+    (default DEFAULT, downloaded) or a timm pretrained tag (DEFAULT, TAG or NAME.TAG; downloaded, so online
+    only). Without weights a timm model, or a torchvision model given ``random_seed``, is initialised at
+    random. ``random_seed`` draws every weight at random under that seed, never downloading, for any spec
+    but a TorchScript file (the same seed gives the same weights: a database re-creates its model from it).
+    ``task`` (hf: only; default: the one the config's architectures name) is ``image-classification``,
+    ``sequence-classification`` or ``masked-lm`` (``models.text``: token tensors in, the tokenizer as the
+    default transform).
     """
     if num_classes is not None and num_classes <= 0:
         raise SpecError(f"--num-classes {num_classes} must be a positive integer")
     kind, sep, rest = spec.partition(":")
     if task is not None and kind != "hf":
         raise SpecError(f"model spec '{spec}': a task is chosen only for hf: models; drop it")
+    if random_seed is not None and weights is not None:
+        raise SpecError(f"model spec '{spec}': --random-weights draws the weights; drop --weights (or --random-weights)")
     if sep and kind == "hf" and rest:
-        return _load_hf(spec, rest, weights, num_classes, task)
+        return _load_hf(spec, rest, weights, num_classes, task, random_seed)
     if sep and kind == "timm" and rest:
-        return _load_timm(spec, rest, weights, num_classes)
+        return _load_timm(spec, rest, weights, num_classes, random_seed)
     if sep and kind == "torchvision" and rest:
-        return _load_torchvision(spec, rest, weights, num_classes)
-    if sep and kind == "torchscript" and rest:
-        return _load_torchscript(spec, rest, weights, num_classes)
+        return _load_torchvision(spec, rest, weights, num_classes, random_seed)
     if sep and kind == "python" and rest:
-        return _load_python(spec, rest, weights, num_classes)
-    if Path(spec).is_file():
-        return _load_torchscript(spec, spec, weights, num_classes)
+        return _load_python(spec, rest, weights, num_classes, random_seed)
+    if (sep and kind == "torchscript" and rest) or Path(spec).is_file():
+        if random_seed is not None:
+            raise SpecError(f"model spec '{spec}': a TorchScript file carries its own weights; drop --random-weights")
+        return _load_torchscript(spec, rest if kind == "torchscript" and rest else spec, weights, num_classes)
     raise SpecError(f"model spec '{spec}': not a known kind or an existing file; {MODEL_SPEC_HELP}")

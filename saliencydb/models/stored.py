@@ -23,7 +23,8 @@ def code_file(spec: str) -> Path | None:
     return path / "config.json" if path is not None and spec.startswith("hf:") else path
 
 
-def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str) -> ModelRecord:
+def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str,
+                 transform_source: str | None = None) -> ModelRecord:
     """The manifest's ``model`` entry for a model loaded from its spec (README "Database layout")."""
     code = code_file(model.spec)
     return ModelRecord(
@@ -37,6 +38,8 @@ def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int 
         transform=transform.to_dict(),
         scripted=model.scripted,
         aggregate=aggregate,
+        transform_source=transform_source,
+        random_seed=model.random_seed,
     )
 
 
@@ -53,7 +56,14 @@ def load_stored_model(manifest: Manifest) -> LoadedModel:
                              f"{rec.code_sha256[:12]}, now {file_sha256(code)[:12]}); restore the original file, "
                              "or index into a new database")
     task = rec.transform.get("task") if rec.transform.get("kind") == "tokens" else None
-    model = load_model(rec.spec, rec.weights, rec.num_classes_arg, task)
+    model = load_model(rec.spec, rec.weights, rec.num_classes_arg, task, random_seed=rec.random_seed)
+    if model.weights_sha256 != rec.weights_sha256 and rec.random_seed is not None:
+        raise ModelError(
+            f"the database holds model {rec.spec} with random weights drawn under seed {rec.random_seed} (sha256 "
+            f"{rec.weights_sha256[:12]}), but drawing them again gives {model.weights_sha256[:12]}: torch's random "
+            "generator or the architecture's initialisation changed since (another torch version?); use the "
+            "versions the database was made with, or index into a new database"
+        )
     if model.weights_sha256 != rec.weights_sha256:
         raise ModelError(
             f"the database holds model {rec.spec} with weights {rec.weights or 'default'} "
@@ -68,7 +78,7 @@ def initialised_at_random(model: LoadedModel, num_classes: int | None) -> bool:
     a python: factory or hf: directory whose weights differ between two builds under different seeds
     (a factory that loads its own weights builds the same model every time; an hf: directory whose
     weights miss a layer, e.g. a new classifier head, gets that layer at random)."""
-    if model.weights is not None or model.scripted:
+    if model.weights is not None or model.scripted or model.random_seed is not None:
         return False
     if model.spec.startswith(("torchvision:", "timm:")):
         return True

@@ -70,15 +70,22 @@ class HFTextModel(nn.Module):
         return _mlm_head(self.model)(at)  # looked up per call: a deep copy of this module uses its own head
 
 
-def load_hf_text(spec: str, transformers: Any, source: str, config: Any, task: str) -> tuple[nn.Module, Any, int, list[str] | None]:
-    """The wrapped model of an ``hf:`` text directory, its tokenizer transform, class count and names."""
+def load_hf_text(spec: str, transformers: Any, source: str, config: Any, task: str,
+                 random_seed: int | None = None) -> tuple[nn.Module, Any, int, list[str] | None]:
+    """The wrapped model of an ``hf:`` text directory, its tokenizer transform, class count and the vocabulary
+    (masked-LM; None for a classifier). ``random_seed``: the config's architecture with weights drawn under it."""
     from ..data.text import TokenTransform
 
     auto = transformers.AutoModelForMaskedLM if task == "masked-lm" else transformers.AutoModelForSequenceClassification
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is noise on a command's stderr
     try:  # float32, and eager attention: per-sample and input gradients differentiate through every op
-        model = auto.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+        if random_seed is None:
+            model = auto.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(random_seed)
+                model = auto.from_config(config, attn_implementation="eager").float()
     except Exception as e:  # transformers raises many types (OSError, ValueError, hub errors, ...)
         raise ModelError(f"model spec '{spec}': loading the {task} model from {source} failed ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]})") from None

@@ -83,9 +83,11 @@ class ModelRecord(Record):
     transform: dict = field(default_factory=dict)  # data.transforms.Transform.to_dict()
     scripted: bool = False
     aggregate: str | None = None  # absent in databases made before the option: mean_abs
-    label_names: list[str] | None = None  # the source's names of the classes, when they are not the model's
+    label_names: list[str] | None = None  # the data's names of the classes, when they are not the model's (ImageNet synsets)
+    transform_source: str | None = None  # where ``transform`` comes from (the weights' own, a stated guess, --transform, ...)
+    random_seed: int | None = None  # --random-weights: the weights are re-drawn under this seed (no weights file)
 
-    OPTIONAL = ("label_names",)
+    OPTIONAL = ("label_names", "transform_source", "random_seed")
 
 
 @dataclass
@@ -200,6 +202,17 @@ class Manifest:
     def aggregate(self) -> str:
         """How a unit's gradient became its profile value: 'mean_abs' (the paper's) or 'rms'."""
         return self.model.aggregate or "mean_abs"  # databases made before the option: mean_abs
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the samples carry a feature vector (the input of the model's last linear layer): a
+        TorchScript model takes no hooks, so its database has no feature column and no feature index."""
+        return self.feature_dim > 0
+
+    @property
+    def no_features_reason(self) -> str:
+        """Why the samples carry no feature vector, in words."""
+        return "its model, a TorchScript file, takes no hooks" if self.model.scripted else "its model has no feature vector"
 
     def part_files(self, split: str | None = None) -> list[str]:
         return [p.file for p in self.parts if split is None or p.split == split]
