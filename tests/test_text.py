@@ -395,3 +395,13 @@ def test_web_app_shows_sentences(text_db):
     assert 'class="sentence"' in client.get("/").text or client.get("/").status_code == 200
     assert client.get("/img/0.png").status_code == 400 and "sentence" in client.get("/img/0.png").text
     assert client.get("/api/samples/0").json()["sample"]["text"] == first
+
+
+def test_channel_reduce_is_refused_on_a_text_database(text_db, tmp_path):
+    db, _ = text_db
+    r = run_cli("explain", "--db", db, "--id", 0, "--out", tmp_path / "t.png", "--channel-reduce", "abs-max", expect=1)
+    assert r.output == ("Error: --channel-reduce applies to input-space (pixel) maps; a text database's token saliency "
+                        "draws none: drop it\n")
+    assert not (tmp_path / "t.png").exists()
+    run_cli("explain", "--db", db, "--id", 0, "--out", tmp_path / "t.png", "-q")  # without it: token saliency
+    assert (tmp_path / "t.png").is_file()

@@ -7,6 +7,21 @@ import click
 
 from .output import emit, handle_errors, db_option, as_of_option, emit_rows, text_format_option, progress_bars
 
+CHANNEL_REDUCTIONS = ("max-abs", "abs-max")  # saliency.input_space's, named here so that --help loads no torch
+channel_reduce_option = click.option(
+    "--channel-reduce", type=click.Choice(CHANNEL_REDUCTIONS),
+    help="How an input-space map reduces a pixel's colour channels: max-abs = max over channels of |gradient| (the "
+         "default); abs-max = |max over channels of the signed gradient| (the paper authors' code). Same for one channel.")
+
+
+def _channel_reduce(channel_reduce: str | None, unused: str | None) -> str:
+    """The --channel-reduce to use; given where no input-space map is drawn (``unused`` says where), one clear line."""
+    from ..errors import QueryError
+
+    if channel_reduce is not None and unused:
+        raise QueryError(f"--channel-reduce applies to input-space (pixel) maps; {unused} draws none: drop it")
+    return channel_reduce or CHANNEL_REDUCTIONS[0]
+
 
 @click.command()
 @db_option
@@ -18,11 +33,12 @@ from .output import emit, handle_errors, db_option, as_of_option, emit_rows, tex
 @click.option("--split", help="Gallery: only mistakes of this split.")
 @click.option("--limit", default=12, show_default=True, type=int, help="Gallery: number of mistakes.")
 @click.option("--neighbors", "n_neighbors", default=5, show_default=True, type=int, help="Gallery: neighbours per mistake.")
+@channel_reduce_option
 @text_format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @as_of_option
 @handle_errors
-def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, fmt, quiet, as_of):
+def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors, channel_reduce, fmt, quiet, as_of):
     """Input-space saliency of a sample's salient filters, GradCAM and its profile in one figure; or (--errors) an HTML gallery."""
     from ..errors import QueryError
     from ..explain import Explainer, check_out_file, explain_sample, explain_text_sample
@@ -34,11 +50,13 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
         raise QueryError("--split selects the gallery's mistakes; add --errors (or drop --split)")
     with open_db(db, as_of=as_of) as d:
         if errors:
-            _gallery(d, out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k, fmt=fmt, quiet=quiet)
+            _gallery(d, out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k, fmt=fmt, quiet=quiet,
+                     channel_reduce=_channel_reduce(channel_reduce, None))
             return
         check_out_file(out)
         d.sample(sample_id)  # an unknown id fails before the model is loaded
-        ex = Explainer(d)
+        text = d.modality == "text"
+        ex = Explainer(d, _channel_reduce(channel_reduce, "a text database's token saliency" if text else None))
         explainer = explain_text_sample if ex.modality == "text" else explain_sample
         result = explainer(ex, sample_id, out, top_k=top_k, units=ex.parse_units(units) if units else None)
     if fmt != "table":  # csv: the rows of the main table
@@ -52,7 +70,8 @@ def explain(db, sample_id, out, top_k, units, errors, split, limit, n_neighbors,
                f"({'correct' if s.correct else 'wrong'}); p(true) {c.true_conf:.3f}, p(pred) {c.pred_conf:.3f}")
     emit_rows(result.rows(), "table", title="boosted units (standardised saliency z)")
     corr = "" if m.spearman_vs_gradcam is None else f"; Spearman with GradCAM {m.spearman_vs_gradcam:.2f}"
-    click.echo(f"input-space map: the top 5% of pixels hold {m.top5pct_mass:.0%} of the saliency{corr}")
+    click.echo(f"input-space map (channels {m.channel_reduce}): the top 5% of pixels hold {m.top5pct_mass:.0%} of the "
+               f"saliency{corr}")
     click.echo(f"wrote {result.out}")
 
 
@@ -67,14 +86,14 @@ def _print_tokens(result) -> None:
     click.echo(f"wrote {result.out}")
 
 
-def _gallery(d, out, *, split, limit: int, n_neighbors: int, top_k: int, fmt: str, quiet: bool) -> None:
+def _gallery(d, out, *, split, limit: int, n_neighbors: int, top_k: int, fmt: str, quiet: bool, channel_reduce: str) -> None:
     """explain --errors: write the gallery of mistakes and print its summary."""
     from ..explain import Explainer, gallery
     from ..explain.gallery import check_out_dir
 
     check_out_dir(out)
     with progress_bars(not quiet and fmt == "table") as progress:
-        result = gallery(Explainer(d), out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k,
+        result = gallery(Explainer(d, channel_reduce), out, split=split, limit=limit, n_neighbors=n_neighbors, top_k=top_k,
                          progress=progress)
     if fmt != "table":
         emit(result, fmt)
@@ -123,17 +142,19 @@ def profile_plot(db, split, cluster, out, fmt, as_of):
 @click.option("--stats-samples", default=256, show_default=True, type=int,
               help="randomization: samples used to re-standardise each randomised model (0: the database's statistics).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (bootstrap, k-means, sample subsets, noise).")
+@channel_reduce_option
 @text_format_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @as_of_option
 @handle_errors
 def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_rise, limit, levels, n_noise,
-          stats_samples, seed, fmt, quiet, as_of):
+          stats_samples, seed, channel_reduce, fmt, quiet, as_of):
     """Check an explanation with numbers: masking salient pixels (A.9), SmoothGrad agreement (A.1), model randomisation (A.11)."""
     from ..explain import parse_levels
     from ..query import open as open_db
 
     _check_check_args(what, sample_id, split, find_corrections)
+    channel_reduce = _channel_reduce(channel_reduce, "smoothgrad (parameter saliency)" if what == "smoothgrad" else None)
     level_list = parse_levels(levels)
     with progress_bars(not quiet and fmt == "table") as progress:
         with open_db(db, as_of=as_of) as d:
@@ -143,7 +164,8 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
                 d.ids_where(split=split)  # an unknown split too
             result = _run_check(d, "corrections" if find_corrections else what, sample_id, split=split, top_k=top_k,
                                 top_p=top_p, fill=fill, min_rise=min_rise, limit=limit, levels=level_list,
-                                n_noise=n_noise, stats_samples=stats_samples, seed=seed, progress=progress)
+                                n_noise=n_noise, stats_samples=stats_samples, seed=seed, progress=progress,
+                                channel_reduce=channel_reduce)
     if fmt != "table":
         emit(result, fmt)
     elif find_corrections:
@@ -166,11 +188,12 @@ def _check_check_args(what: str, sample_id, split, find_corrections: bool) -> No
 
 
 def _run_check(d, what: str, sample_id, *, split, top_k: int, top_p: float, fill: str, min_rise: float, limit,
-               levels: list[float], n_noise: int, stats_samples: int, seed: int, progress):
-    """Run one check (``what``: masking, smoothgrad, randomization or corrections) on the open database."""
+               levels: list[float], n_noise: int, stats_samples: int, seed: int, progress, channel_reduce: str):
+    """Run one check (``what``: masking, smoothgrad, randomization or corrections) on the open database; the input-space
+    maps of masking and randomization reduce their channels by ``channel_reduce``."""
     from .. import explain as E
 
-    ex = E.Explainer(d)
+    ex = E.Explainer(d, channel_reduce)
     ex.require_images(f"check {what}")
     if what == "corrections":
         return E.find_corrections(ex, split, top_p=top_p, fill=fill, top_k=top_k, min_rise=min_rise, seed=seed,

@@ -14,7 +14,7 @@ from ..models.inference import predict
 from ..models.stored import load_stored_model
 from ..saliency import UnitLayout
 from ..saliency.normalise import Normaliser
-from ..saliency.input_space import input_saliency, token_saliency
+from ..saliency.input_space import DEFAULT_CHANNEL_REDUCE, check_channel_reduce, input_saliency, token_saliency
 
 
 @dataclass
@@ -33,10 +33,14 @@ class Explainer:
 
     >>> ex = Explainer(saliencydb.open("db"))
     >>> s = ex.sample(42); m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10))
+
+    ``channel_reduce`` (``max-abs`` or ``abs-max``, ``saliency.input_space.reduce_channels``): how the input-space
+    maps it computes reduce a pixel's colour channels, unless a call names another.
     """
 
-    def __init__(self, db):
+    def __init__(self, db, channel_reduce: str = DEFAULT_CHANNEL_REDUCE):
         self.db = db
+        self.channel_reduce = check_channel_reduce(channel_reduce)
         m = db.manifest
         self.mean, self.std = db.stats
         self.normalisation = db.normalisation
@@ -140,12 +144,14 @@ class Explainer:
 
     # -- model --------------------------------------------------------------------------
     def input_map(self, x: torch.Tensor, y: torch.Tensor, *, units=None, top_k: int = 10, model=None,
-                  mean=None, std=None) -> np.ndarray:
-        """Input-space saliency (B, H, W) with the database's statistics (or the given ones)."""
+                  mean=None, std=None, channel_reduce: str | None = None) -> np.ndarray:
+        """Input-space saliency (B, H, W) with the database's statistics (or the given ones), its channels reduced
+        by ``channel_reduce`` (None: the explainer's)."""
         self.require_images("an input-space (pixel) map")
         return input_saliency(model or self.model, x, y, self.mean if mean is None else mean,
                               self.std if std is None else std, top_k=top_k, units=units, aggregate=self.aggregate,
-                              normalisation=self.normalisation, layout=self.layout).numpy()
+                              normalisation=self.normalisation, layout=self.layout,
+                              channel_reduce=channel_reduce or self.channel_reduce).numpy()
 
     def token_map(self, x: torch.Tensor, y: torch.Tensor, *, units=None, top_k: int = 10) -> np.ndarray:
         """Token-level saliency (L,) of one stored sentence ``x`` (1, 2, L) with the database's statistics."""

@@ -62,6 +62,7 @@ class MapStats(Result):
     p99: float
     top5pct_mass: float  # share of the saliency held by the top 5% of pixels
     spearman_vs_gradcam: float | None  # None without GradCAM (TorchScript models)
+    channel_reduce: str  # how the map reduced a pixel's channels: max-abs (max |g|) or abs-max (|max g|)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top
         try:
             explain_figure(out, image=ex.display_image(s.x), input_map=input_map, cam=cam, z=s.z, layout=ex.layout,
                            boosted=boosted, meta=s.meta, top_rows=boosted_rows,
-                           cam_layer=last_conv(ex.model)[0] if cam is not None else "")
+                           cam_layer=last_conv(ex.model)[0] if cam is not None else "", channel_reduce=ex.channel_reduce)
         except OSError as e:
             raise QueryError(f"cannot write --out {str(out)!r}: {e.strerror or e}") from None
     meta = s.meta
@@ -131,7 +132,8 @@ def explain_sample(ex: Explainer, sample_id: int, out: str | Path | None, *, top
                                 loss=float(meta["loss"])),
         top_units=[UnitRow(**r) for r in top_rows],
         boosted_units=[UnitRow(**r) for r in boosted_rows],
-        map=MapStats(**map_stats(input_map), spearman_vs_gradcam=None if cam is None else spearman(input_map, cam)),
+        map=MapStats(**map_stats(input_map), spearman_vs_gradcam=None if cam is None else spearman(input_map, cam),
+                     channel_reduce=ex.channel_reduce),
         gradcam=None if cam is None else GradCamInfo(layer=last_conv(ex.model)[0], target=int(meta["pred"]),
                                                      max=float(cam.max())),
         out=None if out is None else str(out),

@@ -73,7 +73,8 @@ def explain_figure(path, **parts) -> None:
 
 
 def build_explain_figure(*, image: np.ndarray, input_map: np.ndarray, cam: np.ndarray | None, z: np.ndarray,
-                         layout: UnitLayout, boosted, meta: dict, top_rows: list[dict], cam_layer: str = "the last conv layer"):
+                         layout: UnitLayout, boosted, meta: dict, top_rows: list[dict], cam_layer: str = "the last conv layer",
+                         channel_reduce: str = "max-abs"):
     """The figure of ``explain_figure``, laid out by matplotlib's constrained layout so that no
     title or label is clipped, whatever the number of layers (ResNet-50: 53)."""
     import textwrap
@@ -91,8 +92,8 @@ def build_explain_figure(*, image: np.ndarray, input_map: np.ndarray, cam: np.nd
     ax.axis("off")
     ax = fig.add_subplot(grid[0, 1])
     ax.imshow(overlay(image, display_map(input_map)), interpolation="nearest")
-    ax.set_title(f"input-space saliency ({len(boosted)} units boosted)\n>90th pct, 3x3 blur, clipped at 99th",
-                 fontsize=10)
+    ax.set_title(_wrap(f"input-space saliency ({len(boosted)} units boosted)\n"
+                       f"channels {channel_reduce}, >90th pct, 3x3 blur, clipped at 99th"), fontsize=10)
     ax.axis("off")
     ax = fig.add_subplot(grid[0, 2])
     if cam is not None:

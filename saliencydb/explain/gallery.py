@@ -107,7 +107,7 @@ def gallery(ex: Explainer, out_dir: str | Path, *, split: str | None = None, lim
     if task:
         task.close()
     title = f"The {len(ranked)} most confident mistakes" + (f" of split {split}" if split else "")
-    path = _write_page(out_dir, title, cards, ex.db.path, top_k)
+    path = _write_page(out_dir, title, cards, ex.db.path, top_k, ex.channel_reduce)
     return Gallery(out=str(path), split=split, mistakes=summary)
 
 
@@ -150,11 +150,12 @@ def _card(ex: Explainer, e: Explanation, neighbors: list, share: float | None) -
         f"<div style='font-size:12px;color:#666;margin-top:6px'>top units: {html.escape(units)}</div></div>")
 
 
-def _write_page(out_dir: Path, title: str, cards: list[str], db_path, top_k: int) -> Path:
+def _write_page(out_dir: Path, title: str, cards: list[str], db_path, top_k: int, channel_reduce: str) -> Path:
     """Write the self-contained page ``out_dir/index.html``."""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"</head><body><h1>{html.escape(title)}</h1><p>Database {html.escape(str(db_path))}. Input-space saliency "
-            f"boosts each sample's top {top_k} filters; neighbours are by cosine similarity of standardised profiles."
+            f"boosts each sample's top {top_k} filters (a pixel's colour channels reduced by {channel_reduce}); "
+            "neighbours are by cosine similarity of standardised profiles."
             f"</p>{''.join(cards)}</body></html>")
     out_dir.mkdir(exist_ok=True)
     path = out_dir / "index.html"

@@ -229,7 +229,7 @@ def explanation_html(result) -> str:
             f"; p(true) {esc(fmt(c.true_conf, 3))}, p(pred) {esc(fmt(c.pred_conf, 3))}")
     panels = [("image", array_uri(result.image))]
     if result.input_map is not None:
-        panels.append(("input-space map", array_uri(result.input_map, cmap="inferno")))
+        panels.append((f"input-space map (channels {result.map.channel_reduce})", array_uri(result.input_map, cmap="inferno")))
     if result.cam is not None:
         panels.append(("GradCAM", array_uri(result.cam, cmap="inferno")))
     figures = "".join(f'<figure style="display:inline-block;margin:4px">{img_tag(uri, name)}'

@@ -126,6 +126,7 @@ class Mistakes:
     spaces: list[str] = field(default_factory=list)  # the neighbour spaces, in display order
     knn_rows: bool = False  # the knn table holds rows
     maps_note: str | None = None  # why there are no input-space maps
+    channel_reduce: str = "max-abs"  # how the input-space maps reduce a pixel's colour channels (max-abs or abs-max)
 
 
 @dataclass

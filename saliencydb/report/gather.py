@@ -28,9 +28,10 @@ BIG = 112  # side of a mistake's own picture
 _SAMPLE_COLS = "s.sample_id, s.split, s.key, coalesce(s.label_name, s.label::VARCHAR), coalesce(s.pred_name, s.pred::VARCHAR), s.correct"
 
 
-def gather(db, *, progress=None, max_mistakes: int = 40) -> ReportData:
-    """Everything the report of ``db`` shows, its ``max_mistakes`` most confident mistakes included."""
-    return _Gatherer(db, progress or NullProgress(), max_mistakes).gather()
+def gather(db, *, progress=None, max_mistakes: int = 40, channel_reduce: str = "max-abs") -> ReportData:
+    """Everything the report of ``db`` shows, its ``max_mistakes`` most confident mistakes included; their input-space
+    maps reduce a pixel's colour channels by ``channel_reduce`` (``saliency.input_space.reduce_channels``)."""
+    return _Gatherer(db, progress or NullProgress(), max_mistakes, channel_reduce).gather()
 
 
 def _sample(row) -> Sample:
@@ -38,8 +39,9 @@ def _sample(row) -> Sample:
 
 
 class _Gatherer:
-    def __init__(self, db, progress, max_mistakes: int):
+    def __init__(self, db, progress, max_mistakes: int, channel_reduce: str = "max-abs"):
         self.db = db
+        self.channel_reduce = channel_reduce
         self.m = db.manifest
         self.progress = progress
         self.max_mistakes = max_mistakes
@@ -192,7 +194,7 @@ class _Gatherer:
                     q.neighbors[space] = got
             task.advance(1)
         task.close()
-        return Mistakes(total, shown, spaces, knn_rows, maps_note)
+        return Mistakes(total, shown, spaces, knn_rows, maps_note, self.channel_reduce)
 
     def neighbor_samples(self, found) -> dict[tuple[int, str], list[Sample]]:
         """The neighbour lists as samples. A name missing from the knn table's join falls back to the class index as SQL's
@@ -246,7 +248,8 @@ class _Gatherer:
             maps = []
             for i in range(len(shown)):  # one at a time, to report progress
                 maps.append(input_saliency(model, x[i:i + 1], torch.tensor(ys[i:i + 1]), mean, std, aggregate=self.m.aggregate,
-                                           normalisation=self.db.normalisation, layout=self.layout)[0].numpy())
+                                           normalisation=self.db.normalisation, layout=self.layout,
+                                           channel_reduce=self.channel_reduce)[0].numpy())
                 task.advance(1)
         except (SaliencyDBError, OSError, RuntimeError, ValueError) as e:
             return f"Input-space maps could not be computed: {' '.join(str(e).split())[:300]}"

@@ -225,7 +225,8 @@ def _mistakes(ms: Mistakes) -> str:
     if n_maps:
         notes.append(f'<p class="small muted">The first {n_maps} mistakes also show an <b>input-space saliency</b> map: the '
                      "pixels that drive the filters the sample leans on most (its top-10 filters boosted, the gradient taken "
-                     "back to the image; brighter = more influence).</p>")
+                     f"back to the image, a pixel's colour channels reduced by {_e(ms.channel_reduce)}; brighter = more "
+                     "influence).</p>")
     elif ms.maps_note:
         notes.append(f'<p class="note">{_e(ms.maps_note)}</p>')
     if any(q.searched for q in ms.shown):

@@ -5,7 +5,9 @@ graph: the per-sample weight gradients of the convolutions are formed with
 ``create_graph=True``, reduced to ``mean |g|`` per output filter (in the
 ``UnitLayout`` order) and standardised with the frozen ``mean``/``std``. The target
 ``b`` is ``s`` detached with the chosen units (its top-k by default) multiplied by
-``boost``. The map is ``max over channels |d cos(s(x), b) / dx|``.
+``boost``. With ``g = d cos(s(x), b) / dx`` the map is ``max over channels |g|`` (``max-abs``,
+the default), or ``|max over channels g|`` (``abs-max``, the authors' published code), see
+``reduce_channels``.
 
 This needs a second-order backward pass per sample, so it loops over the batch; it
 is an explanation tool for a handful of samples, not an indexing path.
@@ -25,6 +27,29 @@ from .aggregates import DEFAULT_AGGREGATE, aggregate_rows
 from .layout import UnitLayout
 from .normalise import DEFAULT_NORMALISATION, Normaliser, check_normalisation
 from ..models.modes import evaluating
+
+#: how a pixel's colour channels become one map value (``reduce_channels``); the first is the default
+CHANNEL_REDUCTIONS = ("max-abs", "abs-max")
+DEFAULT_CHANNEL_REDUCE = CHANNEL_REDUCTIONS[0]
+
+
+def check_channel_reduce(how: str) -> str:
+    if how not in CHANNEL_REDUCTIONS:
+        raise ModelError(f"unknown channel reduction {how!r}; use {' or '.join(CHANNEL_REDUCTIONS)}")
+    return how
+
+
+def reduce_channels(g: torch.Tensor, how: str = DEFAULT_CHANNEL_REDUCE) -> torch.Tensor:
+    """Signed input gradients (B, C, H, W) -> maps (B, H, W), one value per pixel.
+
+    ``max-abs``: ``max_c |g|``, the largest magnitude of any channel. ``abs-max``: ``|max_c g|``, the
+    absolute value of the channel-wise maximum of the signed gradient, as the authors' code computes
+    it: a pixel whose strongest channel is negative counts only its largest (signed) channel, so
+    channels (-3, 1, 2) give 3 and 2. With one channel both are ``|g|``.
+    """
+    if check_channel_reduce(how) == "max-abs":
+        return g.abs().amax(dim=1)
+    return g.amax(dim=1).abs()
 
 
 def random_units(n_units: int, k: int, seed: int | Sequence[int] = 0) -> np.ndarray:
@@ -79,18 +104,21 @@ def _check_units(units, n_units: int) -> torch.Tensor:
 
 def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, *, top_k: int = 10,
                    boost: float = 100.0, units=None, aggregate: str = DEFAULT_AGGREGATE,
-                   normalisation: str = DEFAULT_NORMALISATION, layout: UnitLayout | None = None) -> torch.Tensor:
+                   normalisation: str = DEFAULT_NORMALISATION, layout: UnitLayout | None = None,
+                   channel_reduce: str = DEFAULT_CHANNEL_REDUCE) -> torch.Tensor:
     """Input-space saliency maps, shaped (B, H, W), for the batch ``x`` (B, C, H, W) with labels ``y`` (B,).
 
     ``mean``/``std``: the per-unit standardisation statistics (U,) of the profile ``normalisation``
     (saliency.normalise; its prescale is applied to the differentiable profile). ``units``: unit ids to boost for
     every sample instead of each sample's own top ``top_k``. ``aggregate``: the database's profile
-    aggregate (``mean_abs`` or ``rms``). The model is evaluated in eval mode; its
+    aggregate (``mean_abs`` or ``rms``). ``channel_reduce``: ``max-abs`` or ``abs-max`` (``reduce_channels``).
+    The model is evaluated in eval mode; its
     training and ``requires_grad`` flags are restored, no hook is registered, ``x`` and ``y`` are not
     modified and no ``.grad`` is written.
     """
     if x.dim() != 4:
         raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
+    check_channel_reduce(channel_reduce)
     y = torch.as_tensor(y).to(device=x.device, dtype=torch.long).reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise ModelError(f"{x.shape[0]} images but {y.shape[0]} labels")
@@ -117,7 +145,7 @@ def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std
             xi = x[i : i + 1].detach().clone().requires_grad_(True)
             g = _boosted_gradient(model, xi, y[i : i + 1], layout, weights, aggregate, norm,
                                   chosen if units is not None else None, top_k, boost)
-            maps.append(g.abs().amax(dim=1)[0])
+            maps.append(reduce_channels(g, channel_reduce)[0])
     return torch.stack(maps)
 
 

@@ -60,6 +60,15 @@ class _Handlers:
         except (TypeError, ValueError):
             raise self.HTTPException(400, f"{name} must be an integer, not {raw!r}") from None
 
+    def channel_reduce_of(self, request) -> str:
+        """The ``channel_reduce`` query parameter of an input-space map: max-abs (the default) or abs-max."""
+        from ..saliency.input_space import CHANNEL_REDUCTIONS
+
+        value = request.query_params.get("channel_reduce", CHANNEL_REDUCTIONS[0])
+        if value not in CHANNEL_REDUCTIONS:
+            raise self.HTTPException(400, f"channel_reduce must be {' or '.join(CHANNEL_REDUCTIONS)}, not {value!r}")
+        return value
+
     @staticmethod
     def where_of(request) -> str | None:
         where = request.query_params.get("where")
@@ -80,7 +89,7 @@ class _Handlers:
     def sample_page(self, request):
         with self.served.reading() as db:
             doc = api.sample(self.served, db, self.int_param(request, "sample_id"), self.where_of(request))
-            return self.HTML(pages.sample(doc, self.label, db.modality))
+            return self.HTML(pages.sample(doc, self.label, db.modality, self.channel_reduce_of(request)))
 
     def sql_page(self, request):
         query = request.query_params.get("q")
@@ -156,10 +165,13 @@ class _Handlers:
 
     def input_map(self, request):
         kind = "map" if request.url.path.endswith("/map.png") else "gradcam"
+        if kind == "gradcam" and "channel_reduce" in request.query_params:
+            raise self.HTTPException(400, "channel_reduce applies to the input-space map (map.png), not to GradCAM")
+        channel_reduce = self.channel_reduce_of(request)
         with self.served.reading() as db:
             sample_id = self.int_param(request, "sample_id")
             db.sample(sample_id)
-            return self.png(self.served.input_map(db, sample_id, kind))
+            return self.png(self.served.input_map(db, sample_id, kind, channel_reduce))
 
     def profile(self, request):
         with self.served.reading() as db:

@@ -101,7 +101,19 @@ def _neighbour_list(space: str, doc: dict, modality: str) -> str:
     return f'<div id="{space}-neighbors"><h3>{space} neighbours</h3>{items}</div>'
 
 
-def sample(doc: dict, db_path: str, modality: str) -> str:
+def _map_choice(sid: int, channel_reduce: str) -> tuple[str, str, str]:
+    """The input-space map's URL, its caption, and a link to the sample page with the other channel reduction."""
+    other = "abs-max" if channel_reduce == "max-abs" else "max-abs"
+
+    def query(how: str) -> str:
+        return "" if how == "max-abs" else f"?channel_reduce={how}"
+
+    switch = (f'<p id="channel-reduce">input-space map: colour channels reduced by <b>{e(channel_reduce)}</b> '
+              f'(<a href="/sample/{sid}{query(other)}">show {other}</a>)</p>')
+    return f"/img/{sid}/map.png{query(channel_reduce)}", f"input-space saliency ({channel_reduce})", switch
+
+
+def sample(doc: dict, db_path: str, modality: str, channel_reduce: str = "max-abs") -> str:
     s = doc["sample"]
     verdict = '<span class="ok">correct</span>' if s["correct"] else '<span class="bad">wrong</span>'
     head = (f'<p id="meta" data-label="{e(s["label_name"])}" data-pred="{e(s["pred_name"])}">split {e(s["split"])}, '
@@ -111,15 +123,18 @@ def sample(doc: dict, db_path: str, modality: str) -> str:
         pics = f'<p class="sentence" id="sentence">{e(s.get("text"))}</p>'
     else:
         sid = int(s["sample_id"])
-        pics = "".join(f'<figure style="display:inline-block;margin:4px"><img src="{src}" alt="{cap}" width="{w}">'
+        map_src, map_cap, switch = _map_choice(sid, channel_reduce)
+        pics = "".join(f'<figure style="display:inline-block;margin:4px"><img src="{e(src)}" alt="{cap}" width="{w}">'
                        f"<figcaption>{cap}</figcaption></figure>" for src, cap, w in
-                       ((f"/img/{sid}.png?side=224", "image", 224), (f"/img/{sid}/map.png", "input-space saliency", 224),
-                        (f"/img/{sid}/gradcam.png", "GradCAM", 224)))
+                       ((f"/img/{sid}.png?side=224", "image", 224), (map_src, map_cap, 224),
+                        (f"/img/{sid}/gradcam.png", "GradCAM", 224))) + switch
     units = table(["rank", "unit", "layer", "channel", "z"],
                   [[e(u["rank"]), e(u["unit_id"]), e(u["layer"]), e(u["channel"]), f"{u['z']:.3f}"] for u in doc["top_units"]],
                   'id="top-units"')
     where = (f'<form method="get"><label>restrict neighbours: <input name="where" size="50" value="{e(doc.get("where") or "")}" '
-             f'placeholder="NOT correct"></label> <button>search</button></form>')
+             f'placeholder="NOT correct"></label> <button>search</button>'
+             + ('' if channel_reduce == "max-abs" else f'<input type="hidden" name="channel_reduce" value="{e(channel_reduce)}">')
+             + '</form>')
     cols = "".join(_neighbour_list(space, doc["neighbors"][space], modality) for space in ("saliency", "feature"))
     return layout(f"Sample {s['sample_id']}", head + pics + "<h3>Top units</h3>" + units + where + f'<div class="cols">{cols}</div>',
                   db_path)

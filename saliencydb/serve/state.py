@@ -109,11 +109,12 @@ class ServedDatabase:
         img = self._images.image(meta["split"], meta["key"])
         return png_bytes(placeholder(side) if img is None else fit(img, side))
 
-    def input_map(self, db, sample_id: int, kind: str) -> bytes:
-        """The sample's input-space saliency map (``map``) or GradCAM (``gradcam``) over its image, as PNG."""
-        return self.cached(db, (kind, sample_id), lambda: self._map(db, sample_id, kind))
+    def input_map(self, db, sample_id: int, kind: str, channel_reduce: str = "max-abs") -> bytes:
+        """The sample's input-space saliency map (``map``, its channels reduced by ``channel_reduce``: max-abs or
+        abs-max) or GradCAM (``gradcam``) over its image, as PNG."""
+        return self.cached(db, (kind, sample_id, channel_reduce), lambda: self._map(db, sample_id, kind, channel_reduce))
 
-    def _map(self, db, sample_id: int, kind: str) -> bytes:
+    def _map(self, db, sample_id: int, kind: str, channel_reduce: str) -> bytes:
         import torch
         from PIL import Image
 
@@ -123,7 +124,7 @@ class ServedDatabase:
         ex.require_images("an input-space map")
         s = ex.sample(sample_id)
         if kind == "map":
-            m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10))[0]
+            m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10), channel_reduce=channel_reduce)[0]
         else:
             if ex.scripted or not any(isinstance(mod, torch.nn.Conv2d) for mod in ex.model.modules()):
                 raise QueryError("GradCAM needs a convolution; this model has none")
