@@ -15,7 +15,7 @@ import torch
 from ..data.sources import Source
 from ..data.transforms import Transform, transform_from_dict
 from ..errors import DatabaseError, DataError, ModelError, SaliencyDBError, SpecError
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedModel, check_reference_weights, load_model
 from ..models.names import IMAGENET_CLASSES, imagenet_synsets
 from ..progress import NullProgress, Progress
 from ..models.stored import initialised_at_random, load_stored_model, model_record
@@ -161,6 +161,8 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
 def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, LoadedModel, Any, list[str]]:
     """The manifest of a new database: the model loaded and checked on the data's first sample; and the
     notes to say about it (``Opened.notes``)."""
+    if choice.stats is not None and not choice.random_weights:
+        check_reference_weights(choice.spec, choice.load_weights, choice.stats)
     loaded = choice.load()
     check_modality(loaded, source, f"model {choice.spec}")
     if loaded.modality == "text" and choice.transform is not None:
@@ -224,7 +226,7 @@ def _stats_weights_notes(choice: ModelChoice, loaded: LoadedModel) -> list[str]:
                         "compute statistics of these weights")
     if "IMAGENET1K_V1" in (loaded.weights or "") and "IMAGENET1K_V1" in (loaded.transform_source or ""):
         return []
-    what = "random weights" if loaded.random_seed is not None else (loaded.weights or "the model's own weights")
+    what = "random weights" if loaded.random_seed is not None else (loaded.weights or f"the weights {loaded.spec} builds")
     return [f"--stats reference:{choice.stats} were computed with torchvision's IMAGENET1K_V1 weights, not {what}: "
             "its profiles are standardised with another model's statistics"]
 
@@ -259,6 +261,10 @@ def name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classe
         return []
     data = list(source.class_names or [])
     model = manifest.model.class_names
+    imagenet = loaded.num_classes == IMAGENET_CLASSES and bool(data) and set(data) <= set(imagenet_synsets())
+    if model is None and imagenet and source.labels_are_names:  # ImageNet folders of a 1000-class model without names
+        manifest.model.class_names = list(imagenet_synsets())
+        return []
     if model is None:
         if data and len(data) == loaded.num_classes:
             manifest.model.class_names = data
@@ -266,7 +272,8 @@ def name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classe
                 shown = ", ".join(f"{n} = {i}" for i, n in enumerate(data[:4])) + (", ..." if len(data) > 4 else "")
                 return [f"the model names no classes: the data's {len(data)} label names, sorted, are taken as its class "
                         f"indices ({shown}); pass --classes FILE (one name per line, in the model's order) if it differs"]
-        elif data and source.labels_are_names and not getattr(source, "whole_numbers", False):
+        elif (data and source.labels_are_names and not getattr(source, "whole_numbers", False)
+              and not set(data) <= set(manifest.class_names)):  # "3", "7" are the classes 3 and 7 of a model without names
             raise SpecError(f"the model names none of its {loaded.num_classes} classes and the data names {len(data)} "
                             f"({', '.join(data[:4])}{', ...' if len(data) > 4 else ''}), so their order is unknown; pass "
                             "--classes FILE (one name per line, in the model's class order), or give class indices")
@@ -275,7 +282,7 @@ def name_classes(manifest: Manifest, loaded: LoadedModel, source: Source, classe
         return []
     if getattr(source, "whole_numbers", False):
         return []  # whole numbers that are not the model's names are its class indices (label_mapping)
-    if loaded.num_classes == IMAGENET_CLASSES and set(data) <= set(imagenet_synsets()):
+    if imagenet:
         manifest.model.label_names = list(imagenet_synsets())  # ImageNet folders: n01440764 is class 0, ...
         return []
     return [_unknown_labels(data, model)]

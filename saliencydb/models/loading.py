@@ -185,6 +185,23 @@ def _published_file(enum: Any, path: str) -> Any:
     return None
 
 
+def check_reference_weights(spec: str, weights: str | None, stats: str) -> None:
+    """``--stats reference:NAME`` were computed with torchvision's IMAGENET1K_V1 weights: published weights
+    of another recipe (ResNet-50's DEFAULT is IMAGENET1K_V2) are refused before anything is downloaded."""
+    kind, _, name = spec.partition(":")
+    if kind != "torchvision" or weights is None or _is_weights_file(weights):
+        return
+    try:
+        enum = torchvision.models.get_model_weights(name)
+        member = enum[weights.rpartition(".")[2]]
+    except (ValueError, KeyError):
+        return  # not a torchvision model or weights name: the loader says so
+    if member is not getattr(enum, "IMAGENET1K_V1", None):
+        raise SpecError(f"--stats reference:{stats} were computed with torchvision's IMAGENET1K_V1 weights, not {member}; "
+                        "pass --weights IMAGENET1K_V1 (or a copy of that file), or drop --stats to compute statistics "
+                        "of these weights")
+
+
 def _torchvision_guess(enum: Any, why: str) -> tuple[Transform, str]:
     """The transform of torchvision's first published weights of an architecture (the original recipe,
     IMAGENET1K_V1 for the ImageNet classifiers), as a stated guess."""
