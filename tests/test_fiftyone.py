@@ -94,3 +94,27 @@ def test_export_refusals(digits_db, tmp_path, fo_env):
     assert again.returncode != 0 and "already has a dataset named 'y'" in again.stderr and "Traceback" not in again.stderr
     bad = _cli(fo_env, "export", "fiftyone", "--db", digits_db, "--name", "z", "--split", "nope", "--media-dir", tmp_path / "m")
     assert bad.returncode != 0 and "unknown split 'nope'" in bad.stderr
+
+
+def test_export_of_a_database_without_feature_vectors(tmp_path, fo_env, cnn_weights):
+    """A TorchScript model takes no hooks, so its database has no feature vectors: the export carries the saliency
+    embedding only and says the feature one is absent."""
+    import torch
+
+    from saliencydb.data.zoo import small_cnn
+
+    model = small_cnn()
+    model.load_state_dict(torch.load(cnn_weights))
+    torch.jit.script(model.eval()).save(str(tmp_path / "cnn-ts.pt"))
+    db = tmp_path / "db"
+    run_cli("index", "--db", db, "--model", tmp_path / "cnn-ts.pt", "--transform", "mnist", "--data", "builtin:mnist5k:val",
+            "--limit", 12, "--quiet")
+    out = _cli(fo_env, "export", "fiftyone", "--db", db, "--name", "scripted", "--media-dir", tmp_path / "m",
+               "--no-visualization", "--format", "json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert doc["samples"] == 12 and "saliency" in doc["fields"] and "feature" not in doc["fields"]
+    assert doc["absent"] == {"feature": "its model, a TorchScript file, takes no hooks"}
+    table = _cli(fo_env, "export", "fiftyone", "--db", db, "--name", "scripted", "--media-dir", tmp_path / "m",
+                 "--no-visualization", "--no-similarity", "--overwrite")
+    assert table.returncode == 0 and "no feature embedding: the database has no feature vectors (its model, a TorchScript" in table.stdout

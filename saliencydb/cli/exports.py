@@ -42,6 +42,8 @@ def fiftyone(db, name, split, media_dir, overwrite, no_similarity, no_visualizat
                f"brain runs: {brain}" + (f" ({result.visualization_method})" if result.visualization_method else ""))
     if result.media_dir:
         click.echo(f"images decoded from memory were written to {result.media_dir}")
+    for embedding, why in result.absent.items():
+        click.echo(f"no {embedding} embedding: the database has no {embedding} vectors ({why})")
     click.echo(f"open it: python -c \"import fiftyone as fo; fo.launch_app(fo.load_dataset('{result.name}')).wait()\"")
 
 

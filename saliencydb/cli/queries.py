@@ -166,8 +166,7 @@ def mistakes(db, k, bootstrap, seed, no_store, normalisation, as_of, wait, fmt, 
         report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
                                 lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
                                                         write=w is not None, store=w), normalisation)
-    if note:
-        notes([f"note: {note}"])
+    notes([f"note: {n}" for n in (note, report.note) if n])
     for name, e in report.splits.items():
         if e.samples < TINY_PER_GROUP * k:
             notes([f"warning: split '{name}' has {e.samples} samples for k={k} neighbours each; "

@@ -43,6 +43,7 @@ class FiftyOneExport(Result):
     media_dir: str | None  # images decoded from memory were written here as PNG (None: every image is a file)
     commit: int
     tags: dict[str, int] = field(default_factory=dict)  # tag -> samples carrying it
+    absent: dict[str, str] = field(default_factory=dict)  # embedding -> why the database has none (no feature vectors)
 
 
 def _bundled_openssl() -> None:
@@ -156,16 +157,19 @@ def _sample_rows(db, split: str | None) -> list[tuple]:
 def _new_samples(fo, db, rows, images: _Images, groups) -> list:
     """FiftyOne samples of ``rows`` (one batch), with their embeddings and fields."""
     ids = [r[0] for r in rows]
-    z, feats = db.z(ids), db.rows("feature", ids)
+    z = db.z(ids)
+    feats = db.rows("feature", ids) if "feature" in db.spaces else [None] * len(ids)  # no feature vectors: no embedding
     clusters, triage = groups
     out = []
     for (sid, split, key, label, pred, pconf, tconf, correct, loss), zi, fi in zip(rows, z, feats):
+        vectors = {SALIENCY_FIELD: zi.astype(np.float64).tolist()}
+        if fi is not None:
+            vectors[FEATURE_FIELD] = fi.astype(np.float64).tolist()
         tags = [split, "correct" if correct else "mistake"]
         sample = fo.Sample(filepath=images.path(sid, split, key), saliencydb_id=int(sid), split=split, key=key,
                            ground_truth=fo.Classification(label=label),
                            prediction=fo.Classification(label=pred, confidence=float(pconf)),
-                           true_conf=float(tconf), correct=bool(correct), loss=float(loss),
-                           **{SALIENCY_FIELD: zi.astype(np.float64).tolist(), FEATURE_FIELD: fi.astype(np.float64).tolist()})
+                           true_conf=float(tconf), correct=bool(correct), loss=float(loss), **vectors)
         if sid in clusters:
             sample["error_group"] = int(clusters[sid])
             tags.append(f"group:{clusters[sid]}")
@@ -233,4 +237,5 @@ def _build(fo, fob, db, name, rows, samples, images, media, overwrite, similarit
                           fields=sorted(dataset.get_field_schema()), similarity_key=SIMILARITY_KEY if similarity else None,
                           visualization_key=VISUALIZATION_KEY if method else None, visualization_method=method,
                           media_dir=None if images.written == 0 and media is None else str(media), commit=db.commit,
-                          tags=dict(sorted(tags.items())))
+                          tags=dict(sorted(tags.items())),
+                          absent={} if "feature" in db.spaces else {FEATURE_FIELD: db.manifest.no_features_reason})

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..data.sources import Source
+from ..errors import DatabaseError, SaliencyDBError
 from ..faults import crash_point
 from ..progress import NullProgress, Progress
 from ..saliency import RunningStats, UnitLayout, l2_normalize
@@ -64,7 +65,14 @@ class PartWriter:
         self.schema = samples_schema(m.n_units, m.feature_dim)
 
     def write(self, cols: dict[str, np.ndarray], ids: np.ndarray) -> WrittenPart:
-        rel = self.write_file(part_table(cols, ids, self.split, self.source, self.class_names, self.schema))
+        try:
+            table = part_table(cols, ids, self.split, self.source, self.class_names, self.schema)
+        except (pa.ArrowException, ValueError, TypeError) as e:  # rows that do not fit the schema: never "run verify"
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DatabaseError(f"the profiled rows of split '{self.split}' do not fit the samples table "
+                                f"({type(e).__name__}: {text}); nothing of them was stored and committed samples are kept. "
+                                "This is a saliencydb bug: please report it with the command") from None
+        rel = self.write_file(table)
         entry = PartEntry(file=rel, split=self.split, rows=len(ids), min_id=int(ids.min()), max_id=int(ids.max()))
         stats = (RunningStats(self.n_units).update(prescale(cols["raw"], self.normalisation, cols["dlogit_norm"]))
                  if self.with_stats else None)
@@ -91,6 +99,8 @@ def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source:
                schema: pa.Schema) -> pa.Table:
     """One Parquet part of the samples table from a buffer of profiled rows."""
     n = len(ids)
+    feature = ({"feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size)}
+               if "feature" in schema.names else {})  # a model without a feature vector stores no feature column
     return pa.table(
         {
             "sample_id": ids,
@@ -105,7 +115,7 @@ def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source:
             "true_conf": cols["true_conf"],
             "pred_conf": cols["pred_conf"],
             "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
-            "feature": pa.FixedSizeListArray.from_arrays(cols["feature"].reshape(-1), schema.field("feature").type.list_size),
+            **feature,
             "dlogit_norm": cols["dlogit_norm"].astype(np.float32),
             "text": pa.array([_text(source, int(i)) for i in cols["index"]], pa.string()),
         },
@@ -161,10 +171,19 @@ def finish(writer: DatabaseWriter, plan, run_stats: dict[str, RunningStats], reb
     ``Plan``; ``settings``: its ``JobSettings``."""
     if writer.manifest.rows() == 0:
         return
-    if plan.is_reference:
-        write_stats(writer, split_stats(writer, plan.split, run_stats), [plan.split])
-        rebuild = True
-    update_indexes(writer, settings.index_kind, settings.progress, rebuild=rebuild)
+    try:
+        if plan.is_reference:
+            write_stats(writer, split_stats(writer, plan.split, run_stats), [plan.split])
+            rebuild = True
+        update_indexes(writer, settings.index_kind, settings.progress, rebuild=rebuild)
+    except (SaliencyDBError, OSError, KeyboardInterrupt):
+        raise  # one line already (a disk-full or read-only error names the commit the database is at)
+    except Exception as e:  # FAISS, Arrow or memory: nothing of this step is listed, the last commit stands
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DatabaseError(
+            f"building the statistics and indexes of '{writer.path}' failed ({type(e).__name__}: {text}); nothing of "
+            f"that step was committed: the database stays at commit {writer.committed}, its last whole version, with the "
+            "samples profiled so far; rerun the same command to resume and build them") from None
 
 
 def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Progress | None = None,
@@ -179,9 +198,8 @@ def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Pr
     if m.stats is None or m.rows() == 0:
         return
     normaliser = Normaliser(m.profile_normalisation, *read_stats(writer.path, m))
-    for space, dim in (("saliency", m.n_units), ("feature", m.feature_dim)):
-        if dim:
-            _update_index(writer, space, normaliser, kind, progress or NullProgress(), rebuild)
+    for space in ("saliency", "feature") if m.has_features else ("saliency",):  # no feature vector: no feature index
+        _update_index(writer, space, normaliser, kind, progress or NullProgress(), rebuild)
 
 
 def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, kind: str | None, progress: Progress,

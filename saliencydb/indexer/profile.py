@@ -40,10 +40,11 @@ class Profiler:
             raise ModelError(f"profiling a batch of inputs of shape {tuple(x.shape)} failed ({type(e).__name__}: {text}); "
                              "committed samples are kept. Check the model and its --transform, or lower --batch-size "
                              "if memory ran out") from None
-        finite = (np.isfinite(rows["loss"]) & np.isfinite(rows["dlogit_norm"]) & np.isfinite(rows["raw"]).all(1)
-                  & np.isfinite(rows["feature"]).all(1))
+        finite = np.isfinite(rows["loss"]) & np.isfinite(rows["dlogit_norm"]) & np.isfinite(rows["raw"]).all(1)
+        if "feature" in rows:
+            finite &= np.isfinite(rows["feature"]).all(1)
         for i in idx.numpy()[~finite].tolist():
-            failures.append((self.source.key(i), "non-finite loss, profile or feature"))
+            failures.append((self.source.key(i), "non-finite loss, profile" + (" or feature" if "feature" in rows else "")))
         if not finite.any():
             return None
         rows = {k: v[finite] for k, v in rows.items()}
@@ -67,13 +68,13 @@ class Profiler:
         return x[keep], y[keep], idx[keep]
 
     def _profile(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-        if self.engine is None:  # TorchScript: no module hooks on compiled graphs; the per-sample definition
+        if self.engine is None:  # TorchScript: no module hooks on compiled graphs; the per-sample definition, no feature
             raw = reference_profiles(self.module, x, y, self.layout, self.aggregate)
             with torch.no_grad():
                 logits = self.module(x)
             outs = outputs_from_logits(logits, y)
             return {
-                "raw": raw.cpu().numpy(), "feature": torch.zeros(len(x), 0).numpy(),
+                "raw": raw.cpu().numpy(),
                 "dlogit_norm": dlogit_norms(logits, y).cpu().numpy().astype(np.float32),
                 **{k: v.cpu().numpy().astype(np.float32) if v.is_floating_point() else v.cpu().numpy() for k, v in outs.items()},
             }

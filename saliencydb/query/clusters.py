@@ -26,6 +26,7 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     """Cluster the (misclassified, by default) samples; write clusters + blame tables; return a summary."""
     if n_clusters < 1:
         raise QueryError(f"--n-clusters must be at least 1, got {n_clusters}")
+    db.require_samples()
     ids = db.ids_where("NOT correct" if errors_only else None, split)
     what = ("misclassified " if errors_only else "") + "samples" + (f" in split '{split}'" if split else "")
     if len(ids) < n_clusters:

@@ -224,6 +224,18 @@ class Database:
         found = {int(i): np.nan if v is None else float(v) for i, v in t}
         return np.array([found.get(int(i), np.nan) for i in ids], dtype=np.float64)
 
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """The vector spaces of this database: saliency, and feature when its samples carry a feature vector."""
+        return SPACES if self.manifest.has_features else ("saliency",)
+
+    def require_space(self, space: str) -> None:
+        """Refuse, in one line, a space this database does not have (feature, when its model has no feature vector)."""
+        check_space(space)
+        if space not in self.spaces:
+            raise QueryError(f"database '{self.path}' has no feature vectors ({self.manifest.no_features_reason}); "
+                             "use --space saliency")
+
     def index(self, space: str):
         """The FAISS index of ``space`` (loaded once, on the CPU: single queries are cheap there, and
         filtered searches need ID selectors, which GPU indexes do not take; the batched
@@ -232,7 +244,7 @@ class Database:
         An index that does not cover this version's samples (an ingest in progress, or one
         interrupted during the index update) is not used: an exact flat index over the
         version's committed profiles takes its place, and ``stale_indexes`` says so."""
-        check_space(space)
+        self.require_space(space)
         if space not in self._indexes:
             entry = self.manifest.indexes.get(space)
             if entry is None:
@@ -261,7 +273,7 @@ class Database:
     def vectors(self, space: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """Search vectors of the given sample ids, in that order: standardised + L2-normalised
         profiles (saliency) or L2-normalised features (feature)."""
-        check_space(space)
+        self.require_space(space)
         if space == "saliency":
             return l2_normalize(self.z(ids))
         return l2_normalize(self.rows("feature", ids))
@@ -271,6 +283,8 @@ class Database:
 
         Only the parts whose id range holds a wanted id are read, with a row filter, so a few
         ids cost a few small row groups, not a scan of the whole table."""
+        if column == "feature":
+            self.require_space("feature")
         ids = np.asarray(ids, dtype=np.int64)
         width = self.manifest.n_units if column == "raw_profile" else self.manifest.feature_dim
         out = np.empty((len(ids), width), dtype=np.float32)
@@ -311,9 +325,16 @@ class Database:
         cols += ["text"] if self.modality == "text" else []
         rows = self._execute(f"SELECT {', '.join(cols)} FROM samples WHERE sample_id = ?", [int(sample_id)]).fetchall()
         if not rows:
+            self.require_samples()
             lo, hi = self._execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
             raise QueryError(f"no sample with id {sample_id} in '{self.path}' (ids run {lo}..{hi}); find ids with `saliencydb sql`")
         return dict(zip(cols, rows[0]))
+
+    def require_samples(self) -> None:
+        """Refuse, in one line, to answer about the samples of a version that holds none."""
+        if self.manifest.rows() == 0:
+            raise QueryError(f"database '{self.path}' holds no samples yet (commit {self.commit}: no indexing job has "
+                             "committed any); run `saliencydb index` (its error, if it failed, says why)")
 
     def _execute(self, query: str, params: list | None = None):
         """Run the library's own SQL; a damaged file becomes one line."""

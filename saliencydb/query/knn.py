@@ -40,6 +40,7 @@ def knn_graph(db, space: str, k: int, progress=None) -> Graph:
     one copy of the split's vectors plus one block, and no per-query filter is needed.
     """
     progress = progress or NullProgress()
+    db.require_space(space)
     m = db.manifest
     dim = m.n_units if space == "saliency" else m.feature_dim
     out_ids, out_nb, out_sim = [], [], []
@@ -110,9 +111,13 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
         raise QueryError(f"-k must be at least 1, got {k}")
     meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     order = meta["sample_id"]
-    spaces = [s for s in ("saliency", "feature") if s in db.manifest.indexes]
+    db.require_samples()
+    spaces = [s for s in db.spaces if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
     report = MistakesReport(k=k, bootstrap=n_boot, seed=seed, normalisation=db.normalisation)
+    if "feature" not in db.spaces:
+        report.note = (f"the feature space is absent: database '{db.path}' has no feature vectors "
+                       f"({db.manifest.no_features_reason}); only the saliency space is compared with the baselines")
     for g in graphs:
         rng = np.random.default_rng(seed)
         q = np.searchsorted(order, g.ids)

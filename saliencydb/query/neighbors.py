@@ -59,6 +59,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
                          "a new sentence (--text SENTENCE --label L)")
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
+    db.require_space(space)  # before anything is profiled or read: a database without feature vectors refuses that space
     if image is not None and db.modality == "text":
         raise QueryError(f"'{db.path}' is a text database: --image does not apply; give a sample id (--id) or a sentence (--text)")
     if text is not None and db.modality != "text":

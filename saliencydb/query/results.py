@@ -178,6 +178,9 @@ class MistakesReport(Result):
     base_commit: int | None = None
     stored: bool = False
     normalisation: str = "zscore"  # the profile normalisation of the saliency space
+    note: str | None = None  # e.g. the feature space is absent (a model without a feature vector); absent from the JSON when None
+
+    optional = ("note",)
 
     def rows(self) -> list[dict]:
         """One row per split, space and group (correctly or incorrectly classified)."""

@@ -152,3 +152,4 @@ class ReportData:
     mistakes: Mistakes
     profiles: Profiles
     problems: dict[str, str]  # split -> why some of its pictures are grey squares
+    absent: dict[str, str] = field(default_factory=dict)  # space -> why the database has no such space (no feature vectors)

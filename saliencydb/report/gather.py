@@ -67,7 +67,8 @@ class _Gatherer:
         groups = self.groups()
         mistakes = self.mistakes(overview.mistakes)
         profiles = self.profiles()
-        return ReportData(about, overview, shared, groups, mistakes, profiles, dict(self.thumbs.problems))
+        absent = {space: self.m.no_features_reason for space in ("feature",) if space not in self.db.spaces}
+        return ReportData(about, overview, shared, groups, mistakes, profiles, dict(self.thumbs.problems), absent)
 
     # -- header ------------------------------------------------------------------------------
     def about(self) -> About:

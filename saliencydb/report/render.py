@@ -20,7 +20,7 @@ ARROW = "\u2192"
 def render(data: ReportData, *, progress=None) -> str:
     """The page: header, error groups, mistakes with their neighbours, profiles, missing pictures."""
     progress = progress or NullProgress()
-    body = [_header(data), _groups(data.groups, data.about.db_path), _mistakes(data.mistakes),
+    body = [_header(data), _groups(data.groups, data.about.db_path), _mistakes(data.mistakes, data.absent),
             _profiles(data.profiles, progress)]
     if data.problems:
         items = "".join(f"<li><b>{_e(s)}</b>: {_e(p)}</li>" for s, p in sorted(data.problems.items()))
@@ -96,7 +96,7 @@ def _header(data: ReportData) -> str:
     <div><h3>Splits</h3>
       <table class="data"><thead><tr><th>split</th><th>source</th><th class="num">samples</th><th class="num">accuracy</th>
       <th class="num">mistakes</th></tr></thead><tbody>{split_rows}</tbody></table></div>
-    <div>{_shared_table(data.shared, a.db_path)}</div>
+    <div>{_shared_table(data.shared, a.db_path)}{_absent_note(data.absent)}</div>
   </div>
   <nav class="toc"><a href="#groups">Error groups</a><a href="#mistakes">Mistakes and their neighbours</a><a href="#profiles">Profiles</a></nav>
 </header>"""
@@ -155,6 +155,12 @@ def _shared_table(shared: SharedMistakes | None, db_path: str) -> str:
       mistakes"; the same-confusion share is what the profile adds.</p>"""
 
 
+def _absent_note(absent: dict[str, str]) -> str:
+    """The spaces the database does not have, and why (a model without a feature vector: no feature baseline)."""
+    return "".join(f'<p class="note" data-absent="{_e(space)}">No {_e(space)} space: the database has no {_e(space)} '
+                   f"vectors ({_e(why)}), so only the saliency space is shown.</p>" for space, why in absent.items())
+
+
 BASELINE_NAMES = {"loss": "closest loss (baseline)", "label": "same label, random (baseline)", "random": "random (baseline)"}
 
 
@@ -211,10 +217,13 @@ def _group_card(g: ErrorGroup, zmax: float) -> str:
 
 
 # -- mistakes --------------------------------------------------------------------------------
-def _mistakes(ms: Mistakes) -> str:
+def _mistakes(ms: Mistakes, absent: dict[str, str] | None = None) -> str:
+    baseline = ("neighbours by saliency profile (the feature-space baseline is absent: "
+                f"{_e((absent or {})['feature'])}). Saliency" if "feature" in (absent or {}) else
+                "neighbours by saliency profile and, as a baseline, by the model's own features (the input of its last layer). "
+                "Feature neighbours are samples the model represents alike; saliency")
     intro = (f"The model's most confident mistakes ({len(ms.shown)} of {ms.total:,}). Next to each: its {NEIGHBORS} nearest "
-             "neighbours by saliency profile and, as a baseline, by the model's own features (the input of its last layer). "
-             "Feature neighbours are samples the model represents alike; saliency neighbours are samples whose loss leans "
+             f"{baseline} neighbours are samples whose loss leans "
              "on the same filters, so they tend to fail the same way, even when they look different. Borders: "
              '<span class="key bad">misclassified</span> <span class="key ok">correct</span>; hover a picture for its id.')
     if not ms.shown:

@@ -9,7 +9,9 @@ FORMAT_VERSION = 2  # 2: versions/, pins/, per-file checksums, derived-table bas
 
 
 def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
-    """One row per profiled sample; ``raw_profile`` is the unstandardised profile."""
+    """One row per profiled sample; ``raw_profile`` is the unstandardised profile. A model without a
+    feature vector (``feature_dim`` 0: a TorchScript file takes no hooks) has no ``feature`` column."""
+    feature = [pa.field("feature", pa.list_(pa.float32(), feature_dim), nullable=False)] if feature_dim > 0 else []
     return pa.schema(
         [
             pa.field("sample_id", pa.int64(), nullable=False),
@@ -24,7 +26,7 @@ def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
             pa.field("true_conf", pa.float32(), nullable=False),
             pa.field("pred_conf", pa.float32(), nullable=False),
             pa.field("raw_profile", pa.list_(pa.float32(), n_units), nullable=False),
-            pa.field("feature", pa.list_(pa.float32(), feature_dim), nullable=False),
+            *feature,
             # ||dL/dlogits||_2 (the zscore-dlogit normalisation's scale); null in parts written before it was stored
             pa.field("dlogit_norm", pa.float32()),
             # the sentence of a text sample (data.text); null for images, and in parts written before it was stored

@@ -50,7 +50,10 @@ def _stored_groups(db) -> list[dict]:
 
 def overview(served, db) -> dict:
     """Splits and accuracy, the shared-mistake statistics in both spaces, and the stored error groups."""
-    doc = {"info": info(db), "groups": served.cached(db, ("groups",), lambda: _stored_groups(db)), "modality": db.modality}
+    doc = {"info": info(db), "groups": served.cached(db, ("groups",), lambda: _stored_groups(db)), "modality": db.modality,
+           "spaces": list(db.spaces)}
+    if "feature" not in db.spaces:
+        doc["absent"] = {"feature": f"no feature vectors: {db.manifest.no_features_reason}"}
     if db.manifest.stats is not None and db.manifest.rows() > 11:
         def shares():
             return db.mistakes(k=min(10, db.manifest.rows() - 1), n_boot=200, write=False).to_dict()
@@ -73,6 +76,9 @@ def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHB
     k = max(1, min(k, n)) if n > 0 else 0
     spaces = {}
     for space in ("saliency", "feature"):
+        if space not in db.spaces:  # a model without a feature vector (TorchScript): that space is absent, said so
+            spaces[space] = {"neighbors": [], "absent": f"no feature vectors: {db.manifest.no_features_reason}"}
+            continue
         if k == 0:
             spaces[space] = {"neighbors": []}
             continue

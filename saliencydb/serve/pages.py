@@ -59,13 +59,16 @@ def overview(doc: dict, db_path: str) -> str:
     if "mistakes" in doc:
         rows = []
         for name, sp in doc["mistakes"]["splits"].items():
-            for space in ("saliency", "feature"):
+            for space in doc.get("spaces", ("saliency", "feature")):
                 d = sp.get(space) or {}
                 rows.append([e(name), e(space), e(sp.get("incorrect")),
                              pct((d.get("correct_neighbors_of_incorrect") or {}).get("mean")),
                              pct((d.get("same_confusion_of_incorrect") or {}).get("mean"))])
+        absent = "".join(f'<p class="note" data-absent="{e(space)}">the {e(space)} space is absent ({e(why)})</p>'
+                         for space, why in doc.get("absent", {}).items())
         shared = ("<h3>Do a mistake's neighbours share it?</h3>" + table(
-            ["split", "space", "mistakes", "correct among a mistake's neighbours", "same confusion"], rows, 'id="shared"'))
+            ["split", "space", "mistakes", "correct among a mistake's neighbours", "same confusion"], rows, 'id="shared"')
+            + absent)
     cards = []
     for g in doc["groups"]:
         confusions = "".join(f"<li>{e(c['pair'])} × {e(c['count'])}</li>" for c in g["top_confusions"])
@@ -93,6 +96,8 @@ def group(doc: dict, db_path: str, modality: str) -> str:
 
 
 def _neighbour_list(space: str, doc: dict, modality: str) -> str:
+    if doc.get("absent"):
+        return f'<div id="{space}-neighbors" data-absent="1"><h3>{space}</h3><p class="note">{e(doc["absent"])}</p></div>'
     if doc.get("error"):
         return f'<div id="{space}-neighbors"><h3>{space}</h3><p class="err">{e(doc["error"])}</p></div>'
     items = "".join(thumb(n["sample_id"], f"{n['label_name']}→{n['pred_name']} {n['similarity']:.2f}", n["correct"],

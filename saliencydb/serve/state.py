@@ -126,7 +126,9 @@ class ServedDatabase:
         if kind == "map":
             m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10), channel_reduce=channel_reduce)[0]
         else:
-            if ex.scripted or not any(isinstance(mod, torch.nn.Conv2d) for mod in ex.model.modules()):
+            if ex.scripted:
+                raise QueryError("GradCAM needs module hooks, which a TorchScript model does not take")
+            if not any(isinstance(mod, torch.nn.Conv2d) for mod in ex.model.modules()):
                 raise QueryError("GradCAM needs a convolution; this model has none")
             m = gradcam(ex.model, s.x, torch.tensor([int(s.meta["pred"])]))[0]
         rgb = overlay(ex.display_image(s.x), display_map(np.asarray(m)))

@@ -83,9 +83,16 @@ class Snapshot:
 
     def read_index(self, space: str):
         entry = self.manifest.indexes.get(space)
+        if space == "feature" and not self.manifest.has_features:
+            raise no_features(self.path, self.manifest)
         if entry is None:
             raise DatabaseError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
         return read_index(self.path, entry.file)
+
+
+def no_features(db: Path, manifest: Manifest) -> DatabaseError:
+    """The one-line refusal of a feature-space read in a database whose samples carry no feature vector."""
+    return DatabaseError(f"database '{db}' has no feature vectors ({manifest.no_features_reason}); use the saliency space")
 
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
@@ -111,6 +118,8 @@ def iter_profiles(
     files: list[str] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(sample_ids, rows) chunks of a vector column, in committed order."""
+    if column == "feature" and not manifest.has_features:
+        raise no_features(Path(db), manifest)
     width = manifest.n_units if column == "raw_profile" else manifest.feature_dim
     for batch in iter_part_batches(db, files if files is not None else manifest.part_files(split), ["sample_id", column], batch_rows):
         ids = batch.column(0).to_numpy()
