@@ -59,11 +59,17 @@ def info(db, as_of, fmt):
         r["accuracy"] = None if r["accuracy"] is None else f"{r['accuracy']:.2%}"
     behind = f"; the latest is {s.latest_commit}" if s.latest_commit not in (None, s.commit) else ""
     click.echo(f"database   {s.path} (format {s.format_version}, commit {s.commit}{behind}, {s.versions} versions kept)")
-    click.echo(f"model      {s.model.spec}  weights {s.model.weights or '-'}  sha256 {s.model.weights_sha256[:12]}  "
+    weights = s.model.weights or (f"random (seed {s.model.random_seed})" if s.model.random_seed is not None else "-")
+    click.echo(f"model      {s.model.spec}  weights {weights}  sha256 {s.model.weights_sha256[:12]}  "
                f"classes {s.model.num_classes}")
     if s.model.transform.get("kind") == "tokens":  # a text database (data.text)
         t = s.model.transform
         click.echo(f"data       text: {t['task']} sentences, tokenized by {t['tokenizer']} (up to {t['max_length']} tokens)")
+    else:
+        from ..data.transforms import Transform
+
+        source = f" ({s.model.transform_source})" if s.model.transform_source else ""
+        click.echo(f"transform  {Transform.from_dict(s.model.transform).to_spec()}{source}")
     click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
                f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
     if s.units.excluded:

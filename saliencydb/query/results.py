@@ -21,6 +21,8 @@ class ModelInfo(Result):
     weights_sha256: str
     num_classes: int
     transform: dict
+    transform_source: str | None = None  # where the transform comes from (the weights' own, a stated guess, ...)
+    random_seed: int | None = None  # --random-weights: the seed its weights are drawn under
 
 
 @dataclass
