@@ -245,7 +245,7 @@ def test_layout_order_and_counts():
 @pytest.mark.parametrize("strategy", ["bmm", "mm", "conv", "offsets"])
 @pytest.mark.parametrize("name", ["resnet18", "odd_convs", "shared_conv", "mobilenet_v3_small"])
 def test_every_reduction_strategy_is_exact(name, strategy):
-    """Each per-layer strategy the engine may pick by timing gives the reference profile."""
+    """Each per-layer strategy the engine may pick (choose_reduction) gives the reference profile."""
     build, size = MODELS[name]
     model = build()
     x, y = _batch(model, size, n=4)
@@ -277,7 +277,7 @@ def test_backward_stops_at_the_convolutions_that_read_the_input(name, skipped):
     model = build()
     x, y = _batch(model, size, n=2)
     engine = ProfileEngine(model)
-    engine.profile(x, y)  # strategies are timed on the first pass
+    engine.profile(x, y)  # a first pass, as the indexer runs many
     calls = []
     handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():

@@ -13,14 +13,16 @@ model is in eval mode, samples do not interact, so row ``i`` of that gradient is
 ``dL_i/d out_i`` and the per-sample weight gradient of the layer is a batched product of the
 unfolded input with it. It is formed a block at a time in one reused workspace, reduced to one
 number per filter and dropped, layer by layer: at no time are the per-sample gradients of more
-than one block held.
+than one block held. Each layer's way of forming them (strategy and block) follows a fixed rule on
+its shape, dtype and device (``choose_reduction``), never a timing: the same model, inputs and
+options give the same bytes on every run.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -231,52 +233,142 @@ def _reduce_gram(module, x, g, padding, block, ws, p) -> torch.Tensor:
 
 _REDUCERS = {"bmm": _reduce_bmm, "mm": _reduce_mm, "conv": _reduce_conv, "offsets": _reduce_offsets, "gram": _reduce_gram}
 STRATEGIES = ("bmm", "mm", "conv", "offsets")  # exact for every aggregate; "gram" is added for rms
-OFFSETS_MAX_POSITIONS = 64  # the offsets strategy is tried on output maps this small or smaller
+
+# The rule that picks a layer's reduction (``choose_reduction``). Its constants come from timing
+# every (strategy, block) on the layer shapes of ResNet-18/50, MobileNet-v3, DenseNet-121, ConvNeXt-atto
+# and the demo CNN on a 2-core AMD EPYC (torch 2.14, oneDNN 3.12); they steer speed only, never the value.
+OFFSETS_MAX_POSITIONS = 64  # the offsets form is considered on output maps this small or smaller
+OFFSETS_MAX_SHARE = 0.5  # ... and used when it forms at most this share of the direct product
+MAX_SAMPLE_BLOCK = 16  # samples per block of products (bmm, gram)
+MAX_OFFSETS_BLOCK = 4  # samples per block of the offsets form
+MAX_CONV_BLOCK = 32  # samples folded into the groups of one weight-gradient kernel call
+MIN_CONV_BLOCK, CONV_BLOCK_FLOPS = 4, 64e6  # ... at least 4, else as many as make about this much work
+CONV_FEW_CHANNELS, CONV_FEW_CHANNELS_FLOPS = 4, 8e6  # an input layer (<= 4 channels) this large: one sample a call
+MM_FILTER_BLOCKS = (256, 64)  # filters per product when one sample's gradient exceeds ``block_bytes``
 
 
-def _candidates(strategies, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, block_bytes: int,
-                padding: tuple[int, int] = (0, 0)) -> list[tuple[str, int]]:
-    """(strategy, block) pairs worth timing whose temporaries stay within ``block_bytes``.
+@dataclass(frozen=True)
+class LayerShape:
+    """What the choice of a layer's reduction may depend on: shapes, dtype, device, never the batch size."""
 
-    A block is a number of samples (``bmm``, ``conv``, ``offsets``, ``gram``) or of filters
-    (``mm``). The filter chunks of ``mm`` are only tried when one sample's gradient exceeds the
-    bound, ``offsets`` only on small zero-padded maps, ``gram`` only where it is not hopeless;
-    a strategy forced alone falls back to its smallest block when nothing fits.
-    """
-    B, O, Ho, Wo = g.shape
-    K = module.weight[0].numel()
-    size = x.element_size()
-    per_sample = O * K * size  # one sample's gradient
-    sample_blocks = (1, 4) if module.groups == 1 else (4, 16)
-    out = []
-    for name in strategies:
-        if name == "offsets":
-            groups = _offset_groups(module.kernel_size, module.dilation, tuple(padding), module.stride, *x.shape[2:])
-            widest = max([len(offs) for pos, offs in groups if len(pos) > 1], default=0)
-            need = O * x.shape[1] * widest * size  # one sample's largest gradient block
-            fits = [b for b in sample_blocks if b <= max(B, 1) and b * need <= block_bytes]
-            if strategies == ("offsets",):
-                out += [(name, b) for b in fits or [1]]
-            elif module.groups == 1 and Ho * Wo <= OFFSETS_MAX_POSITIONS and any(padding):
-                out += [(name, b) for b in fits]
-            continue
-        if name == "gram":
-            P, Og = Ho * Wo, O // module.groups
-            if P * (K + Og) <= 2 * Og * K or strategies == ("gram",):  # not hopeless against the direct product
-                out += [(name, b) for b in (1, 4) if b <= max(B, 1) and b * module.groups * P * P * size <= block_bytes] or [(name, 1)]
-            continue
-        if name == "mm":
-            if per_sample > block_bytes or strategies == ("mm",):
-                fit = [ob for ob in (256, 64) if ob < O and ob * K * size <= block_bytes]
-                out.append((name, fit[0] if fit else max(1, min(O, block_bytes // max(K * size, 1)))))
-            else:
-                out.append((name, O))
-            continue
-        fits = [b for b in sample_blocks if b <= max(B, 1) and b * per_sample <= block_bytes]
-        if name == "bmm" and not fits and "mm" in strategies:
-            continue  # mm chunks the filters instead
-        out += [(name, b) for b in fits or [1]]
-    return out
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int]  # still to apply (zeros); other padding modes are applied to ``x`` already
+    groups: int
+    x: tuple[int, int, int]  # (C, H, W) of the (padded) input
+    g: tuple[int, int, int]  # (O, Ho, Wo) of the output gradient
+    itemsize: int
+    device: str
+
+    @classmethod
+    def of(cls, module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, padding) -> "LayerShape":
+        return cls(tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation), tuple(padding), module.groups,
+                   tuple(x.shape[1:]), tuple(g.shape[1:]), x.element_size(), x.device.type)
+
+    @property
+    def positions(self) -> int:
+        return self.g[1] * self.g[2]
+
+    @property
+    def patch(self) -> int:
+        """Weights per filter, K."""
+        return self.x[0] // self.groups * self.kernel[0] * self.kernel[1]
+
+    @property
+    def gradient_bytes(self) -> int:
+        """One sample's weight gradient, (O, K)."""
+        return self.g[0] * self.patch * self.itemsize
+
+
+def _pow2_block(each: int, budget: int, cap: int) -> int:
+    """The largest power of two n <= cap with n * each <= budget; 1 when not even one fits."""
+    n = 1
+    while n * 2 <= cap and n * 2 * each <= budget:
+        n *= 2
+    return n
+
+
+def _offsets_form(s: LayerShape) -> tuple[float, int]:
+    """The share of the direct product the offsets form still forms (offsets that read at one position
+    factorise), and its widest group of offsets (its block's size)."""
+    groups = _offset_groups(s.kernel, s.dilation, s.padding, s.stride, s.x[1], s.x[2])
+    formed = sum(len(pos) * len(offs) for pos, offs in groups if len(pos) > 1)
+    widest = max([len(offs) for pos, offs in groups if len(pos) > 1], default=0)
+    return formed / (s.kernel[0] * s.kernel[1] * s.positions), widest
+
+
+def _block_for(name: str, s: LayerShape, block_bytes: int) -> int:
+    """The block of ``name`` on a layer: samples (``bmm``, ``conv``, ``offsets``, ``gram``) or filters (``mm``),
+    the largest (up to a cap) whose temporaries stay within ``block_bytes``; at least one."""
+    O, K, P, G = s.g[0], s.patch, s.positions, s.groups
+    if name == "mm":
+        if s.gradient_bytes <= block_bytes:
+            return O  # one product per sample
+        fit = [ob for ob in MM_FILTER_BLOCKS if ob < O and ob * K * s.itemsize <= block_bytes]
+        return fit[0] if fit else max(1, min(O, block_bytes // max(K * s.itemsize, 1)))
+    if name == "conv":
+        flops = 2 * O * K * P
+        if s.x[0] // G <= CONV_FEW_CHANNELS and flops >= CONV_FEW_CHANNELS_FLOPS:
+            return 1  # few channels per folded group run slowly: a large input layer goes one sample at a time
+        n = max(MIN_CONV_BLOCK, _pow2_block(flops, CONV_BLOCK_FLOPS, MAX_CONV_BLOCK))
+        return min(n, _pow2_block(s.gradient_bytes, block_bytes, MAX_CONV_BLOCK))
+    if name == "offsets":
+        return _pow2_block(O * s.x[0] * _offsets_form(s)[1] * s.itemsize, block_bytes, MAX_OFFSETS_BLOCK)
+    if name == "gram":
+        return _pow2_block(G * P * P * s.itemsize, block_bytes, MAX_SAMPLE_BLOCK)
+    return _pow2_block(s.gradient_bytes + G * K * P * s.itemsize, block_bytes, MAX_SAMPLE_BLOCK)  # patches + gradient
+
+
+def _rule(s: LayerShape, block_bytes: int, p: int) -> str:
+    """The strategy for a layer shape (docs in ``choose_reduction``)."""
+    O, K, P, G = s.g[0], s.patch, s.positions, s.groups
+    cpu, zero_padded = s.device == "cpu", any(s.padding)
+    if p == 2 and 2 * P * (K + O // G) <= (O // G) * K:
+        return "gram"  # at least twice fewer products than the direct form
+    if G > 1:
+        return "bmm"
+    if cpu and zero_padded and P <= OFFSETS_MAX_POSITIONS:
+        share, widest = _offsets_form(s)
+        if share <= OFFSETS_MAX_SHARE and O * s.x[0] * widest * s.itemsize <= block_bytes:
+            return "offsets"
+    if cpu and s.kernel != (1, 1) and 2 * P >= O and s.gradient_bytes <= block_bytes:
+        return "conv"  # the patches would be at least half the gradient: the kernel never forms them
+    if s.gradient_bytes > block_bytes:
+        return "mm"
+    return "bmm"
+
+
+def choose_reduction(s: LayerShape, block_bytes: int, p: int, strategy: str | None = None) -> tuple[str, int]:
+    """A layer's (strategy, block), by a fixed rule on its shape, dtype, device and ``block_bytes``:
+    never by timing, nor by the batch size, so that the same inputs give the same bytes on every run.
+
+    The strategies round differently (all are exact), so the choice is part of the arithmetic. The
+    rule: ``gram`` (rms only) where it forms at most half the products of the direct form; grouped
+    convolutions: ``bmm``; on a CPU, small zero-padded maps whose kernel offsets mostly read at one
+    position: ``offsets``; on a CPU, kernels larger than 1x1 whose patches would be at least half as
+    large as the gradient (2 * Ho * Wo >= O): the weight-gradient kernel (``conv``), which never
+    forms the patches; one sample's gradient larger than a block: ``mm`` over blocks of filters;
+    otherwise ``bmm``. Each block is the largest power of two whose temporaries fit (``_block_for``).
+    ``strategy`` forces one (``bmm`` where it does not apply)."""
+    if strategy is not None:
+        name = strategy if s.groups == 1 or strategy in ("bmm", "gram") else "bmm"
+    else:
+        name = _rule(s, block_bytes, p)
+    return name, _block_for(name, s, block_bytes)
+
+
+@contextmanager
+def cudnn_without_timing():
+    """cuDNN's algorithms chosen by its fixed heuristics, not by timing them (``benchmark``), and only
+    the deterministic ones, for the pass: its flags as they were afterwards."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark, cudnn.deterministic
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved
 
 
 def _units_by_module(model: nn.Module, layout: UnitLayout):
@@ -336,7 +428,7 @@ class ProfileEngine:
         self.model = model
         self.strategy = strategy
         self._checked = False  # linear units: the first sample compared with the definition (``_self_check``)
-        self._chosen: dict = {}  # layer shape -> (strategy, block) measured fastest here
+        self.choices: dict[LayerShape, tuple[str, int]] = {}  # each layer shape's (strategy, block), by rule
         self._workspace = _Workspace()
         self.has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
         self.layout = layout or UnitLayout.from_module(model)
@@ -355,7 +447,7 @@ class ProfileEngine:
             raise ModelError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(x.shape)}")
         y = y.to(device=x.device, dtype=torch.long)
         raw = torch.zeros(x.shape[0], self.layout.n_units, dtype=torch.float32, device=x.device)
-        with evaluating(self.model, grad_params=[]):
+        with evaluating(self.model, grad_params=[]), cudnn_without_timing():
             tokens = not x.is_floating_point()  # token ids (models.text): the pass starts at the embeddings
             x_in = x.detach() if tokens else x.detach().requires_grad_(True)
             state = _PassState(self, raw, x_in)
@@ -424,9 +516,10 @@ class ProfileEngine:
         by ``block_bytes``), reduced and dropped: the full (B, O, K) gradient of a large batch
         never exists. When the output has a single position, the gradient is the outer
         product of the output gradient and the input, and the aggregate factorises exactly.
-        Otherwise one of several strategies is used per layer shape: the one that measured
-        fastest on this machine the first time the shape was seen (``strategy`` forces one).
-        All are exact; for ``rms`` the Gram form avoids the per-sample gradient altogether.
+        Otherwise one of several exact strategies is used, chosen per layer shape by a fixed rule
+        (``choose_reduction``: shapes, dtype, device and ``block_bytes``, never timing nor the batch
+        size), so that the same model, inputs and options give the same bytes on every run;
+        ``strategy`` forces one. For ``rms`` the Gram form avoids the per-sample gradient altogether.
         """
         x, padding = _explicit_padding(module, x)
         B, O, Ho, Wo = g.shape
@@ -435,15 +528,10 @@ class ProfileEngine:
             cols = _columns(module, x, padding, Ho, Wo).reshape(B, G, -1)  # (B, G, K)
             per_group = aggregate_rows(cols, self.aggregate)  # (B, G)
             return g.reshape(B, G, O // G).abs().mul_(per_group[:, :, None]).reshape(B, O)
-        strategies = STRATEGIES if G == 1 else ("bmm",)
-        if self._p == 2:
-            strategies += ("gram",)
-        if self.strategy is not None:
-            strategies = (self.strategy,) if self.strategy in strategies else ("bmm",)
-        key = (type(module), module.kernel_size, module.stride, module.dilation, G, tuple(x.shape[1:]), tuple(g.shape[1:]), x.dtype, x.device.type)
-        choice = self._chosen.get(key)
+        shape = LayerShape.of(module, x, g, padding)
+        choice = self.choices.get(shape)
         if choice is None:
-            choice = self._chosen[key] = self._tune(_candidates(strategies, module, x, g, self.block_bytes, padding), module, x, g, padding)
+            choice = self.choices[shape] = choose_reduction(shape, self.block_bytes, self._p, self.strategy)
         name, block = choice
         if self._p == 1:
             return _REDUCERS[name](module, x, g, padding, block, self._workspace, 1).div_(K)
@@ -452,25 +540,6 @@ class ProfileEngine:
         sx, sg = _scale(x), _scale(g)
         sums = _REDUCERS[name](module, x / sx, g / sg, padding, block, self._workspace, 2)
         return sums.div_(K).sqrt_().mul_((sx * sg).reshape(B, 1))
-
-    def _tune(self, candidates, module, x, g, padding) -> tuple[str, int]:
-        """The candidate that is fastest on (up to) 4 samples of this batch, after a warm-up run."""
-        if len(candidates) == 1:
-            return candidates[0]
-        b = max(1, min(x.shape[0], 4))
-        x, g = x[:b], g[:b]
-        best, best_t = candidates[0], float("inf")
-        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # time the work, not the launch
-        for name, block in candidates:
-            _REDUCERS[name](module, x, g, padding, block, self._workspace, self._p)  # warm-up
-            sync()
-            t = time.perf_counter()
-            _REDUCERS[name](module, x, g, padding, block, self._workspace, self._p)
-            sync()
-            t = time.perf_counter() - t
-            if t < best_t:
-                best, best_t = (name, block), t
-        return best
 
 
 class _PassState:
