@@ -2,8 +2,8 @@
 
     python benchmarks/approximate.py [--json]
 
-On a trained model and real data (the demo's small CNN, trained once and cached, and the
-2,000 held-out built-in MNIST digits) it indexes the digits twice, with ``--aggregate
+On a trained model and real data (the demo's small CNN with the weights shipped in the package,
+or with ``--train`` trained here and cached, and the 2,000 held-out built-in MNIST digits) it indexes the digits twice, with ``--aggregate
 mean_abs`` (the paper's) and ``--aggregate rms``, and prints for each sample, averaged:
 
   spearman       rank correlation of the two standardised profiles
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout
 
 import saliencydb  # noqa: E402
-from saliencydb.demo import MODEL_SPEC, VAL_DATA, default_cache_dir, train_demo_model  # noqa: E402
+from saliencydb.demo import MODEL_SPEC, VAL_DATA, default_cache_dir, shipped_weights, train_demo_model  # noqa: E402
 from saliencydb.indexer import Indexer  # noqa: E402
 
 K = 10
@@ -78,9 +78,11 @@ def build(db: Path, weights: Path, aggregate: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--cache-dir", type=Path, help="where the demo model is cached (default ~/.cache/saliencydb)")
+    ap.add_argument("--train", action="store_true", help="train the demo model here (as `saliencydb demo --train`) "
+                    "instead of using the weights shipped with saliencydb")
+    ap.add_argument("--cache-dir", type=Path, help="with --train: where the model is cached (default ~/.cache/saliencydb)")
     args = ap.parse_args()
-    weights = train_demo_model(args.cache_dir or default_cache_dir())
+    weights = train_demo_model(args.cache_dir or default_cache_dir()) if args.train else shipped_weights()
     with tempfile.TemporaryDirectory() as tmp:
         exact = build(Path(tmp) / "mean_abs", weights, "mean_abs")
         approx = build(Path(tmp) / "rms", weights, "rms")

@@ -144,14 +144,17 @@ def restat(db, splits, normalisation, wait, quiet):
 @click.option("--db", type=click.Path(file_okay=False), help="Where to build the demo database (default demo-db, or demo-vit-db for --model vit; an existing demo database is brought up to date; any other is refused).")
 @click.option("--model", "model", type=click.Choice(["cnn", "vit"]), default="cnn", show_default=True,
               help="The demo's small CNN (conv filters), or its small vision transformer (linear units).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the trained demo model is cached (default ~/.cache/saliencydb).")
+@click.option("--train", is_flag=True,
+              help="Train the model on this machine's CPU with the demo's recipe instead of using the weights shipped "
+                   "with saliencydb (training rounds differently on other CPUs, so the numbers may differ from the README's).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="With --train: where the trained model is cached (default ~/.cache/saliencydb).")
 @click.option("--n-clusters", default=8, show_default=True, type=int, help="Number of error groups (k-means clusters).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @wait_option
 @handle_errors
-def demo(db, model, cache_dir, n_clusters, no_report, quiet, wait):
-    """Train a small CNN (or ViT) on built-in real digits, index 2,000 held-out digits, and show what the database finds."""
+def demo(db, model, train, cache_dir, n_clusters, no_report, quiet, wait):
+    """Index 2,000 held-out digits with a small CNN (or ViT) trained on built-in real digits, and show what the database finds."""
     from pathlib import Path
 
     from ..demo import run_demo, story
@@ -159,7 +162,7 @@ def demo(db, model, cache_dir, n_clusters, no_report, quiet, wait):
     with progress_bars(not quiet) as progress:
         result = run_demo(db or ("demo-db" if model == "cnn" else f"demo-{model}-db"),
                           cache_dir=Path(cache_dir) if cache_dir else None, n_clusters=n_clusters,
-                          progress=progress, report=not no_report, wait=wait, model=model)
+                          progress=progress, report=not no_report, wait=wait, model=model, train=train)
     click.echo(story(result))
 
 
