@@ -58,13 +58,16 @@ def hf_column_options(fn):
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--random-weights", is_flag=True,
-              help="Profile a model whose weights are random (no --weights) on purpose; refused otherwise.")
+              help="Profile an untrained model on purpose: every weight drawn at random under --seed (nothing is "
+                   "downloaded; the database re-draws the same weights when it reloads the model). Any spec but a "
+                   "TorchScript file; not with --weights.")
+@click.option("--seed", type=int, help="With --random-weights: the seed the weights are drawn under (default 0).")
 @click.option("--classes", "classes", type=click.Path(dir_okay=False),
               help="A text file naming the model's classes, one per line in its class order; labels given as names "
                    "(folders, CSV) are matched to them.")
 @handle_errors
 def index(db, model_spec, task, weights, num_classes, transform, data_spec, image_column, label_column, text_column, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, classes):
+          aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, seed, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
@@ -75,7 +78,7 @@ def index(db, model_spec, task, weights, num_classes, transform, data_spec, imag
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
                          aggregate=aggregate, units=units, linear_units=linear_units, stats=stats, normalisation=normalisation,
                          progress=progress, wait=wait,
-                         random_weights=random_weights, classes=classes).run(data_spec, split=split, limit=limit)
+                         random_weights=random_weights, seed=seed, classes=classes).run(data_spec, split=split, limit=limit)
     _job_summary(report)
 
 
@@ -109,6 +112,8 @@ def ingest(db, data_spec, image_column, label_column, text_column, split, replac
 def _job_summary(report) -> None:
     if report is None:  # a torchrun rank other than 0: rank 0 reports for the job
         return
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     acc = (f", split accuracy {report.split_accuracy:.2%} over its {report.split_samples} samples"
            if report.split_accuracy is not None else "")
     click.echo(f"{report.split}: {report.added} samples added, {report.skipped} already there, {report.failed} failed{acc} "
