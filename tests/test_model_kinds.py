@@ -96,7 +96,8 @@ def _model_args(kind: str, root: Path, cnn_weights: Path, digits: tuple[str, str
         import timm
 
         torch.manual_seed(0)
-        w = _state_dict(timm.create_model("resnet18", num_classes=10), root / "timm-resnet18.pt")
+        # zero_init_last=False: timm's zero-initialised last norms make a random resnet18 answer every digit alike
+        w = _state_dict(timm.create_model("resnet18", num_classes=10, zero_init_last=False), root / "timm-resnet18.pt")
         return ["--model", "timm:resnet18", "--weights", w, "--transform", DIGITS], val, train
     if kind == "python":
         return ["--model", "python:saliencydb.data.zoo:small_cnn", "--weights", cnn_weights, "--transform", "mnist"], val, train
@@ -157,6 +158,19 @@ def test_every_command_on_every_model_kind(kind, tmp_path, cnn_weights, digits):
         assert len(far["neighbors"]) == 3 and {n["sample_id"] for n in far["neighbors"]} <= ids - {first_train}
     else:
         _one_line_error(run_cli("neighbors", "--db", db, "--id", first_train, "--space", "feature", expect=None), NO_FEATURES)
+
+    # a new input profiled with the stored model finds its stored copy first (TorchScript: the per-sample definition)
+    labels = {row["sample_id"]: row["label"] for row in rows}
+    if text:
+        sentence = json.loads(Path(train[len("jsonl:"):]).read_text().splitlines()[0])
+        new = ["--text", sentence["text"], "--label", sentence["label"]]
+    else:
+        new = ["--image", Path(train[len("csv:"):]).parent / key[first_train], "--label", labels[first_train]]
+    for space in ("saliency", "feature") if features else ("saliency",):
+        fresh, _ = _json("neighbors", "--db", db, *new, "-k", 3, "--space", space)
+        assert fresh["query"]["sample_id"] is None and fresh["query"]["label"] == labels[first_train]
+        same = [n["sample_id"] for n in fresh["neighbors"] if n["similarity"] > 0.999]  # ties: inputs the model sees alike
+        assert first_train in same and fresh["neighbors"][0]["sample_id"] in same, fresh
 
     # the shared-mistake statistics: both spaces, or the saliency space and a note that the feature space is absent
     report, r = _json("mistakes", "--db", db, "-k", 3, "--bootstrap", 20, "--quiet")

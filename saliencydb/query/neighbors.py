@@ -161,7 +161,6 @@ def _new_query(db, image, text, label, space: str) -> tuple[SampleMeta, np.ndarr
     from ..data.transforms import transform_from_dict
     from ..errors import DataError
     from ..models.stored import load_stored_model
-    from ..saliency import ProfileEngine, UnitLayout
     from ..saliency.normalise import dlogit_norms
 
     m = db.manifest
@@ -172,13 +171,29 @@ def _new_query(db, image, text, label, space: str) -> tuple[SampleMeta, np.ndarr
         x = transform(text) if text is not None else transform(open_image(Path(image), str(image)))
     except DataError as e:
         raise QueryError(f"--text: {e}" if text is not None else str(e)) from None
-    model = load_stored_model(m)
-    if model.scripted:
-        raise QueryError("new images are not supported for TorchScript models; index them with `saliencydb index`")
-    out = ProfileEngine(model.module, aggregate=m.aggregate, layout=UnitLayout.from_dict(m.units)).profile(x[None], torch.tensor([y]))
-    pred = int(out.pred[0])
+    out = _profile_one(load_stored_model(m), m, x, torch.tensor([y]))
+    pred = int(out["pred"][0])
     query = SampleMeta(sample_id=None, split=None, key=str(image) if image is not None else "(new sentence)", label=y,
-                       label_name=names[y], pred=pred, pred_name=names[pred], correct=pred == y, loss=float(out.loss[0]),
-                       true_conf=float(out.true_conf[0]), pred_conf=float(out.pred_conf[0]), text=text)
-    raw = out.raw.numpy() if space == "saliency" else out.feature.numpy()
-    return query, db.search_vectors(space, raw, dlogit=dlogit_norms(out.logits, out.pred.new_tensor([y])).numpy())
+                       label_name=names[y], pred=pred, pred_name=names[pred], correct=pred == y, loss=float(out["loss"][0]),
+                       true_conf=float(out["true_conf"][0]), pred_conf=float(out["pred_conf"][0]), text=text)
+    raw = out["raw"].numpy() if space == "saliency" else out["feature"].numpy()
+    return query, db.search_vectors(space, raw, dlogit=dlogit_norms(out["logits"], torch.tensor([y])).numpy())
+
+
+def _profile_one(model, m, x, y) -> dict:
+    """The raw profile (and feature), logits, loss, prediction and confidences of one new input ``x`` with label ``y``,
+    as indexing computes them: the batched engine, or for a TorchScript model (no hooks) the per-sample definition."""
+    import torch
+
+    from ..models.inference import outputs_from_logits
+    from ..saliency import ProfileEngine, UnitLayout, reference_profiles
+
+    layout = UnitLayout.from_dict(m.units)
+    if model.scripted:
+        raw = reference_profiles(model.module, x[None], y, layout, m.aggregate)
+        with torch.no_grad():
+            logits = model.module(x[None])
+        return {"raw": raw, "logits": logits, **outputs_from_logits(logits, y)}
+    out = ProfileEngine(model.module, aggregate=m.aggregate, layout=layout).profile(x[None], y)
+    return {"raw": out.raw, "feature": out.feature, "logits": out.logits, "loss": out.loss, "pred": out.pred,
+            "true_conf": out.true_conf, "pred_conf": out.pred_conf}
