@@ -303,7 +303,7 @@ def test_torchvision_random_weights_never_download(tmp_path, monkeypatch):
     assert m["weights_sha256"] == state_dict_sha256(want)  # the seed's weights, as torchvision draws them
     run_cli("ingest", "--db", db, "--data", f"imagefolder:{images}", "--split", "again", "-q")
     got = _sql(db, "SELECT split, list(loss ORDER BY key) AS l FROM samples GROUP BY split ORDER BY split")
-    # the same weights: the same losses (to float32 rounding: the resumed split ran its samples in other batches)
+    # the same weights: the same losses (to float32 rounding: a job smaller than a batch runs unpadded)
     assert len(got) == 2 and np.allclose(got[0]["l"], got[1]["l"], rtol=1e-5, atol=0)
     run_cli("explain", "--db", db, "--id", 0, "--out", tmp_path / "e.png")
     assert (tmp_path / "e.png").stat().st_size > 0

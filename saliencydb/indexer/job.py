@@ -39,7 +39,7 @@ from ..storage.indexes import INDEX_KINDS
 from .commit import (PartWriter, RowBuffer, WrittenPart, failures_table, finish, job_table, list_part,
                      write_reference_stats)
 from .plan import JobSettings, ModelChoice, Plan, check_split_name, label_mapping, open_database, plan_job, read_class_names
-from .profile import Profiler, loader
+from .profile import Profiler, loader, pad_rows
 from .sharded import PlanChannel, ShardedProfiling, follow, world
 
 
@@ -174,7 +174,8 @@ class Indexer:
         _adopt_relative_record(m, args.split, args.data, args.replace)
         plan = plan_job(writer, source, args.data, args.split, args.limit, args.replace)
         report.skipped = plan.skipped
-        profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m, transform))
+        profiler = Profiler(model, m, source, self.settings.device, label_mapping(source, m, transform),
+                            pad_rows(self.settings.batch_size, len(plan.todo)))
         sink = JobSink(writer, plan, report)
         if channel is not None:  # a torchrun job: this rank profiles its share, rank 0 lists every part
             channel.send_plan(m, plan)

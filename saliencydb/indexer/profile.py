@@ -3,6 +3,8 @@ predictions, with the samples that cannot be profiled set aside as failures (nam
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -12,15 +14,29 @@ from ..errors import ModelError
 from ..models.inference import outputs_from_logits
 from ..models.loading import LoadedModel
 from ..saliency import ProfileEngine, UnitLayout, reference_profiles
+from ..saliency.engine import Profiles
 from ..saliency.normalise import dlogit_norms
 from ..schemas import Manifest
 
 
+def pad_rows(batch_size: int, todo: int) -> int | None:
+    """The batch size every profiled batch of a job is padded to: ``batch_size`` when the job has at least that
+    many samples (its short last batch, and batches that lost failed samples, are filled up), else None.
+
+    A sample's numbers then never depend on which other samples, or how many, shared its batch: the forward and
+    backward kernels run on the same shapes (BLAS and oneDNN can round differently for another batch size, by
+    about 1e-7), so a resumed `index` and an `ingest` store what one `index` run stores. A job smaller than one
+    batch runs as it is (it costs up to a batch of padding otherwise): its last bits can differ from a larger
+    job's (README "Reproducible bytes")."""
+    return batch_size if todo >= batch_size > 1 else None
+
+
 class Profiler:
-    """One model on one device, profiling batches of one source into database rows."""
+    """One model on one device, profiling batches of one source into database rows (``pad_to``: ``pad_rows``)."""
 
     def __init__(self, model: LoadedModel, m: Manifest, source: Source, device: torch.device,
-                 label_map: tuple[np.ndarray, dict[int, str]] | None):
+                 label_map: tuple[np.ndarray, dict[int, str]] | None, pad_to: int | None = None):
+        self.pad_to = pad_to
         self.module = model.module.to(device)
         self.layout = UnitLayout.from_dict(m.units)
         self.engine = None if model.scripted else ProfileEngine(self.module, aggregate=m.aggregate, layout=self.layout)
@@ -78,7 +94,12 @@ class Profiler:
                 "dlogit_norm": dlogit_norms(logits, y).cpu().numpy().astype(np.float32),
                 **{k: v.cpu().numpy().astype(np.float32) if v.is_floating_point() else v.cpu().numpy() for k, v in outs.items()},
             }
+        n, extra = len(x), max(0, (self.pad_to or 0) - len(x))
+        if extra:  # fill the batch up with copies of its first sample; their rows are dropped below
+            x, y = torch.cat([x, x[:1].expand(extra, *x.shape[1:])]), torch.cat([y, y[:1].expand(extra)])
         out = self.engine.profile(x, y)
+        if extra:
+            out, y = Profiles(**{f.name: getattr(out, f.name)[:n] for f in dataclasses.fields(out)}), y[:n]
         return {
             "raw": out.raw.cpu().numpy(),
             "feature": out.feature.cpu().numpy().astype(np.float32),

@@ -22,7 +22,7 @@ from ..schemas import Manifest
 from ..storage import write_parquet
 from .commit import PartWriter, RowBuffer, WrittenPart, list_part
 from .plan import JobSettings, Plan, label_mapping
-from .profile import Profiler, loader
+from .profile import Profiler, loader, pad_rows
 
 
 @contextmanager
@@ -79,7 +79,8 @@ def follow(db: Path, source, split: str, settings: JobSettings) -> None:
         raise DatabaseError(f"rank 0 stopped the job: {plan['error']}")
     m = Manifest.from_dict(plan["manifest"])
     transform = transform_from_dict(m.model.transform)
-    profiler = Profiler(load_stored_model(m), m, source, settings.device, label_mapping(source, m, transform))
+    profiler = Profiler(load_stored_model(m), m, source, settings.device, label_mapping(source, m, transform),
+                        pad_rows(settings.batch_size, len(plan["todo"])))
     work = Plan(split=split, data="", source=source, todo=plan["todo"], done=0, skipped=0,
                 is_reference=plan["is_reference"], replace=plan["replace"])
     ShardedProfiling(db, m, work, transform, settings).run(profiler, None)
