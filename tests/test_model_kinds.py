@@ -264,3 +264,29 @@ def test_a_database_without_samples_says_so(tmp_path, cnn_weights, digits):
         _one_line_error(run_cli(args[0], "--db", db, *args[1:], expect=None), f"database '{db}' holds no samples yet")
     assert "8 samples added" in run_cli(*index).output
     assert len(_json("neighbors", "--db", db, "--id", 0, "-k", 2)[0]["neighbors"]) == 2
+
+
+def test_torchscript_answers_as_its_python_model(tmp_path, cnn_weights, digits):
+    """The same weights as a python: model and as a TorchScript file: the same stored profiles, the same adversarial
+    profiles and intervention (the bench's copy of a scripted model keeps leaf parameters); the checks that need
+    module hooks are refused in one line."""
+    val = digits[0]
+    dbs = {}
+    for kind in ("python", "torchscript"):
+        model, _, _ = _model_args(kind, tmp_path, cnn_weights, digits)
+        dbs[kind] = tmp_path / kind
+        run_cli("index", "--db", dbs[kind], *model, "--data", val, "--quiet")
+    q = "SELECT key, pred, loss, raw_profile FROM read_parquet('{}/samples/**/*.parquet') ORDER BY key"
+    a, b = (duckdb.sql(q.format(dbs[k])).fetchall() for k in ("python", "torchscript"))
+    assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) == N_VAL
+    assert max(abs(x - y) / max(abs(x), 1e-12) for ra, rb in zip(a, b) for x, y in zip(ra[3], rb[3])) < 1e-4
+    answers = {}
+    for kind, db in dbs.items():
+        adv, _ = _json("adversarial", "--db", db, "--limit", 4, "--steps", 2, "--eps", 0.5)
+        tune, _ = _json("intervene", "--db", db, "--id", 3, "--method", "finetune", "--top-k", 2, "--no-record")
+        answers[kind] = ([{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in adv["rows"]],
+                         [(t["filters"], t["unit_ids"], round(t["true_conf_after"], 5)) for t in tune["attempts"]])
+    assert answers["python"] == answers["torchscript"]
+    for what in ("randomization", "smoothgrad"):
+        r = run_cli("check", "--db", dbs["torchscript"], "--id", 3, "--what", what, expect=None)
+        _one_line_error(r, "a TorchScript model takes no hooks and exposes no layers")

@@ -295,6 +295,7 @@ def smoothgrad(ex: Explainer, sample_id: int, *, levels=SMOOTHGRAD_LEVELS, n: in
         raise QueryError(f"noise levels must be >= 0, got {list(levels)}")
     if n < 1:
         raise QueryError(f"--n-noise must be at least 1, got {n}")
+    _require_hooks(ex, "check smoothgrad profiles batches of noisy copies with module hooks")
     s = ex.sample(sample_id)
     engine = ProfileEngine(ex.model, aggregate=ex.aggregate, layout=ex.layout)
     plain = engine.profile(s.x, s.y)
@@ -313,6 +314,13 @@ def smoothgrad(ex: Explainer, sample_id: int, *, levels=SMOOTHGRAD_LEVELS, n: in
                                majority_pred=ex.class_names[majority], prediction_changed=majority != plain_pred))
     return SmoothGrad(sample=CheckedSample.of(s.meta), plain_pred=ex.class_names[plain_pred], n_noise=n, k=k, seed=seed,
                       levels=rows)
+
+
+def _require_hooks(ex: Explainer, what: str) -> None:
+    """Refuse, in one line, a check that needs the model's modules on a TorchScript model (a compiled graph)."""
+    if ex.scripted:
+        raise QueryError(f"{what}; a TorchScript model takes no hooks and exposes no layers: index the model as "
+                         "python:, torchvision:, timm: or hf: to run it")
 
 
 def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -353,6 +361,7 @@ def randomization(ex: Explainer, sample_id: int, *, top_k: int = 10, stats_sampl
     """
     if stats_samples < 0:
         raise QueryError(f"--stats-samples must be >= 0, got {stats_samples}")
+    _require_hooks(ex, "check randomization re-initialises the model's layers and profiles each copy with module hooks")
     s = ex.sample(sample_id)
     ref = None
     if stats_samples:

@@ -11,6 +11,7 @@ neighbours, or a whole split) in batched forward passes.
 from __future__ import annotations
 
 import copy
+import io
 
 import numpy as np
 import torch
@@ -25,6 +26,17 @@ from .editor import FilterEditor
 
 DEFAULT_BATCH = 256
 DEFAULT_CACHE_BYTES = 1 << 30  # inputs kept in memory between evaluations; beyond it they are re-read
+
+
+def model_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``module`` whose parameters are leaves: ``copy.deepcopy`` of a TorchScript module gives
+    parameters that are not, which autograd flags and edits then refuse; it is copied through its serialised form."""
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location="cpu")
+    return copy.deepcopy(module)
 
 
 class Bench:
@@ -42,7 +54,7 @@ class Bench:
         self.ex = explainer if explainer is not None else Explainer(db)
         self.device = torch.device(device)
         # the explainer's model stays the pristine reference; every edit happens on this copy
-        self.model = copy.deepcopy(self.ex.model).to(self.device).eval()
+        self.model = model_copy(self.ex.model).to(self.device).eval()
         self.layout = self.ex.layout
         self.n_units = self.layout.n_units
         self.editor = FilterEditor(self.model, self.layout)
