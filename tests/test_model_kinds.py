@@ -203,7 +203,11 @@ def test_every_command_on_every_model_kind(kind, tmp_path, cnn_weights, digits):
         assert "the feature space is absent" in client.get("/").text
         api = client.get(f"/api/neighbors/{first_train}?space=feature")
         assert api.status_code == 400 and NO_FEATURES in api.json()["error"]
-    if not text:  # the pictures the page shows: the image, its input-space map, GradCAM (no hooks: one line)
+    if text:  # a sentence has no pixels: each picture is refused in one line that names it
+        for picture, what in (("map", "an input-space map"), ("gradcam", "GradCAM")):
+            refused = client.get(f"/img/{first_train}/{picture}.png")
+            assert refused.status_code == 400 and f"{what} works on images" in refused.text
+    else:  # the pictures the page shows: the image, its input-space map, GradCAM (no hooks: one line)
         assert client.get(f"/img/{first_train}.png").status_code == 200
         assert client.get(f"/img/{first_train}/map.png").status_code == 200
         cam = client.get(f"/img/{first_train}/gradcam.png")

@@ -121,7 +121,7 @@ class ServedDatabase:
         from ..explain.maps import display_map, gradcam, overlay
 
         ex = self.explainer(db)
-        ex.require_images("an input-space map")
+        ex.require_images("an input-space map" if kind == "map" else "GradCAM")
         s = ex.sample(sample_id)
         if kind == "map":
             m = ex.input_map(s.x, s.y, units=ex.top_units(s.z, 10), channel_reduce=channel_reduce)[0]
