@@ -341,3 +341,11 @@ def test_random_weights_are_the_seeds_for_every_spec():
     load_model("torchvision:resnet18", random_seed=0, num_classes=2)
     assert torch.equal(before, torch.random.get_rng_state())  # the caller's generator is left alone
     assert np.isfinite(a.module(torch.zeros(1, 1, 28, 28)).detach().numpy()).all()
+
+
+@pytest.mark.parametrize("spec", ["imagenet", "mnist", "resize=232,crop=224,mode=RGB,mean=0.5/0.5/0.5,std=0.2/0.2/0.2,interpolation=bicubic"])
+def test_info_writes_the_transform_as_index_reads_it(spec):
+    from saliencydb.cli.queries import _transform_spec
+
+    t = Transform.parse(spec)
+    assert _transform_spec(t.to_dict()) == t.to_spec() and Transform.parse(_transform_spec(t.to_dict())) == t

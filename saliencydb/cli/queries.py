@@ -40,6 +40,15 @@ def _derived(db: str, as_of: int | None, no_store: bool, wait: bool, operation: 
             return compute(d, writer), None
 
 
+def _transform_spec(t: dict) -> str:
+    """An image transform record as the key=value text ``--transform`` takes (``Transform.to_spec``, without
+    importing torch: `info` starts fast)."""
+    parts = [f"{key}={t[key]}" for key in ("resize", "crop", "size") if t.get(key) is not None]
+    parts += [f"mode={t['mode']}", "mean=" + "/".join(map(repr, map(float, t["mean"]))),
+              "std=" + "/".join(map(repr, map(float, t["std"])))]
+    return ",".join(parts + ([f"interpolation={t['interpolation']}"] if t.get("interpolation", "bilinear") != "bilinear" else []))
+
+
 @click.command()
 @db_option
 @as_of_option
@@ -66,12 +75,11 @@ def info(db, as_of, fmt):
         t = s.model.transform
         click.echo(f"data       text: {t['task']} sentences, tokenized by {t['tokenizer']} (up to {t['max_length']} tokens)")
     else:
-        from ..data.transforms import Transform
-
         source = f" ({s.model.transform_source})" if s.model.transform_source else ""
-        click.echo(f"transform  {Transform.from_dict(s.model.transform).to_spec()}{source}")
+        click.echo(f"transform  {_transform_spec(s.model.transform)}{source}")
+    features = f"features {s.feature_dim}" if s.feature_dim else "no feature vectors (a TorchScript model takes no hooks)"
     click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
-               f"({s.units.aggregate} of dL/dw); features {s.feature_dim}")
+               f"({s.units.aggregate} of dL/dw); {features}")
     if s.units.excluded:
         click.echo(f"not units  {len(s.units.excluded)} weights: " + "; ".join(s.units.excluded[:6])
                    + (f"; +{len(s.units.excluded) - 6} more" if len(s.units.excluded) > 6 else ""))
