@@ -349,3 +349,37 @@ def test_info_writes_the_transform_as_index_reads_it(spec):
 
     t = Transform.parse(spec)
     assert _transform_spec(t.to_dict()) == t.to_spec() and Transform.parse(_transform_spec(t.to_dict())) == t
+
+
+def test_python_and_timm_models_name_their_classes(tmp_path):
+    """A python: model's class_names attribute, and a timm model's checkpoint names, are the stored names of
+    what the model itself predicts."""
+    timm = pytest.importorskip("timm")  # installed by make install (the timm extra): never skipped in CI
+    (tmp_path / "named.py").write_text(
+        "import torch\nfrom saliencydb.data.zoo import small_cnn\n\ndef named(num_classes=3):\n"
+        "    torch.manual_seed(4)\n    m = small_cnn(num_classes=3)\n    m.class_names = ['z', 'y', 'x']\n    return m\n")
+    images = make_image_folder(tmp_path / "imgs", classes=("x", "y", "z"), per_class=2, size=(28, 28))
+    db = tmp_path / "db"
+    run_cli("index", "--db", db, "--model", f"python:{tmp_path / 'named.py'}:named", "--transform", "mnist",
+            "--data", f"imagefolder:{images}", "-q")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3, zero_init_last=False).eval()
+    weights = _checkpoint(tmp_path / "t.pt", net, classes=["y", "z", "x"])
+    tdb = tmp_path / "tdb"
+    run_cli("index", "--db", tdb, "--model", "timm:resnet18", "--weights", weights, "--transform", "resize=32,crop=32," +
+            "mode=RGB,mean=0.5/0.5/0.5,std=0.5/0.5/0.5", "--data", f"imagefolder:{images}", "-q")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("named_factory", tmp_path / "named.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for database, model, names, t in ((db, mod.named().eval(), ["z", "y", "x"], Transform.parse("mnist")),
+                                      (tdb, net, ["y", "z", "x"], Transform.parse("resize=32,crop=32,mode=RGB,mean=0.5/0.5/0.5,std=0.5/0.5/0.5"))):
+        rows = _sql(database, "SELECT key, label, label_name, pred_name FROM samples")
+        assert len(rows) == 6
+        for row in rows:
+            f = images / row["key"] if not Path(row["key"]).is_absolute() else Path(row["key"])
+            with torch.no_grad():
+                pred = int(model(t(Image.open(f))[None]).argmax())
+            assert row["pred_name"] == names[pred]
+            assert (row["label_name"], row["label"]) == (f.parent.name, names.index(f.parent.name))
