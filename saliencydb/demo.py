@@ -1,7 +1,8 @@
 """The demo: a small CNN trained on built-in real digits, a held-out split indexed, and what the
 database finds. The trained weights ship with the package (``demo_weights/``, checked against their
-recorded SHA-256), so the demo prints the same numbers on every machine without training;
-``train=True`` trains them here with RECIPE instead (training rounds differently on other CPUs)."""
+recorded SHA-256), so the demo trains nothing and its numbers do not depend on how a processor rounds a
+training run (the README prints them; tests/test_readme.py compares); ``train=True`` trains them here with
+RECIPE instead (training rounds differently on other CPUs, so the numbers may then differ)."""
 
 from __future__ import annotations
 
