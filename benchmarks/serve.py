@@ -10,9 +10,11 @@ The server is the real command, ``python -m saliencydb.cli serve --db DB --port 
 subprocess on 127.0.0.1 at a free port; the benchmark waits (at most ``--start-timeout`` s) until
 ``/api/info`` answers and always stops the server at the end.
 
-Measured, after one untimed warm-up request of each kind (reported on its own: the first overview computes
-the shared-mistake statistics, which are then cached per database version; the first sample page and
-neighbour query pay for reading the profiles and the index), three request kinds, each as its own phase:
+Measured, after one untimed warm-up request of each kind (reported on its own: the first overview reads
+the shared-mistake statistics from the stored knn table, which are then cached per database version; it
+never searches the neighbour graph: a database without the table shows a note instead; the first sample
+page and neighbour query pay for reading the profiles and the index), three request kinds, each as its
+own phase:
 
   overview    GET /                              the overview page (statistics cached, error groups queried)
   sample      GET /sample/{id}                   a sample page: metadata, top units, 10 neighbours in both spaces

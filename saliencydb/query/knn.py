@@ -110,18 +110,31 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
     meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
-    order = meta["sample_id"]
     db.require_samples()
     spaces = [s for s in db.spaces if s in db.manifest.indexes]
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
+    report = shares_report(db, meta, graphs, k, n_boot, seed)
+    report.base_commit = db.commit
+    if write:
+        store_derived(db, lambda w: {"knn": [w.write("knn", graph_table(g)) for g in graphs]},
+                      operation=f"mistakes -k {k}", store=store, wait=wait)
+        report.stored = True
+    return report
+
+
+def shares_report(db, meta: dict, graphs: list[Graph], k: int, n_boot: int, seed: int) -> MistakesReport:
+    """The shared-mistake statistics of neighbour graphs (each graph's rows taken in sample id order, so a
+    graph searched now and the same graph read back from the knn table give the same report)."""
     report = MistakesReport(k=k, bootstrap=n_boot, seed=seed, normalisation=db.normalisation)
     if "feature" not in db.spaces:
         report.note = (f"the feature space is absent: database '{db.path}' has no feature vectors "
                        f"({db.manifest.no_features_reason}); only the saliency space is compared with the baselines")
+    order = meta["sample_id"]
     for g in graphs:
         rng = np.random.default_rng(seed)
-        q = np.searchsorted(order, g.ids)
-        nb = np.searchsorted(order, g.neighbors)
+        rows = np.argsort(g.ids, kind="stable")
+        q = np.searchsorted(order, g.ids[rows])
+        nb = np.searchsorted(order, g.neighbors[rows])
         correct_q = meta["correct"][q]
         share_correct = meta["correct"][nb].mean(axis=1)
         same_pair = ((meta["label"][nb] == meta["label"][q][:, None]) & (meta["pred"][nb] == meta["pred"][q][:, None])).mean(axis=1)
@@ -136,11 +149,44 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
                 same_confusion_of_incorrect=bootstrap_mean(same_pair[sel & ~correct_q], n_boot, rng),
             )
     _add_baselines(report, meta, k, n_boot, seed)
-    report.base_commit = db.commit
-    if write:
-        store_derived(db, lambda w: {"knn": [w.write("knn", graph_table(g)) for g in graphs]},
-                      operation=f"mistakes -k {k}", store=store, wait=wait)
-        report.stored = True
+    return report
+
+
+def stored_graphs(db) -> tuple[int, list[Graph]]:
+    """The neighbour graphs of the stored knn table, read (never searched): (k, one graph per space).
+    A QueryError when there is none, or when it is not a complete k-neighbour graph per space."""
+    rerun = f"run `saliencydb mistakes --db {db.path}`"
+    if "knn" not in db.manifest.tables:
+        raise QueryError(f"no neighbour graph is stored; {rerun}")
+    graphs, ks = [], set()
+    for (space,) in db.con.execute("SELECT DISTINCT space FROM knn ORDER BY space").fetchall():
+        t = db.con.execute("SELECT sample_id, rank, neighbor_id, similarity FROM knn WHERE space = ? "
+                           "ORDER BY sample_id, rank", [space]).fetchnumpy()
+        k = int(t["rank"].max())
+        n = len(t["rank"]) // k
+        if n * k != len(t["rank"]) or not np.array_equal(t["rank"], np.tile(np.arange(1, k + 1), n)):
+            raise QueryError(f"the stored knn table is not a complete {k}-neighbour graph in the {space} space; {rerun}")
+        graphs.append(Graph(space, np.asarray(t["sample_id"])[::k], np.asarray(t["neighbor_id"]).reshape(n, k),
+                            np.asarray(t["similarity"]).reshape(n, k)))
+        ks.add(k)
+    if len(ks) != 1:
+        raise QueryError(f"the stored knn table holds no graph, or graphs of different k ({sorted(ks)}); {rerun}")
+    order = [s for s in db.spaces if s in {g.space for g in graphs}]
+    return ks.pop(), sorted(graphs, key=lambda g: order.index(g.space) if g.space in order else len(order))
+
+
+def stored_mistakes(db, *, n_boot: int = 1000, seed: int = 0) -> MistakesReport:
+    """``mistakes``' report from the stored knn table (read, never searched): the same shares as the run that
+    stored it. A QueryError when the table is missing, or was computed from other samples or statistics."""
+    stale = db.manifest.stale_derived()
+    if "knn" in stale:
+        raise QueryError(f"the stored neighbour graph was computed at commit {stale['knn']}, from other samples or "
+                         f"statistics than this version's; run `saliencydb mistakes --db {db.path}` to refresh it")
+    k, graphs = stored_graphs(db)
+    meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
+    report = shares_report(db, meta, graphs, k, n_boot, seed)
+    report.base_commit = db.manifest.derived["knn"].base_commit if "knn" in db.manifest.derived else None
+    report.stored = True
     return report
 
 

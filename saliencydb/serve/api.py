@@ -1,10 +1,13 @@
 """The JSON documents the web app serves under ``/api/...`` and renders as pages. Each is the CLI's
 ``--format json`` document where the CLI has one (``info``, ``neighbors``, ``mistakes``, ``sql``, ``triage``'s
-rows), computed read-only (``write=False``) from the open database."""
+rows), read from the open database's stored tables: nothing here searches the whole database or builds an
+index (a missing or stale derived table is a note naming the command that makes it); the per-sample
+neighbour queries are one search each."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 
 import numpy as np
@@ -17,6 +20,7 @@ SQL_TIMEOUT_S = 10.0
 NEIGHBORS = 10
 MEMBERS_SHOWN = 60
 UPLOAD_MAX_BYTES = 10 * 2**20
+OVERVIEW_BOOTSTRAP = 200  # resamples of the overview's 95% intervals (the means are the stored graph's, whatever this is)
 
 
 def info(db) -> dict:
@@ -48,18 +52,58 @@ def _stored_groups(db) -> list[dict]:
     return groups
 
 
+def stale_note(db, table: str, what: str, command: str) -> str | None:
+    """A note when the derived ``table`` was computed from other samples or statistics than the served version's."""
+    stale = db.manifest.stale_derived()
+    if table not in stale:
+        return None
+    return (f"{what} were computed at commit {stale[table]}, from other samples or statistics than this version's "
+            f"(commit {db.commit}); run `{command}` to refresh them")
+
+
+def _command(name: str, db) -> str:
+    return f"saliencydb {name} --db {shlex.quote(str(db.path))}"
+
+
+def _shares(db) -> dict:
+    """The shared-mistake statistics read from the stored knn table (never searched here), or a note saying
+    which command stores it."""
+    from ..query.knn import stored_mistakes
+
+    if "knn" not in db.manifest.tables:
+        return {"note": f"no neighbour graph is stored yet: run `{_command('mistakes', db)}` for the shared-mistake statistics"}
+    note = stale_note(db, "knn", "the stored neighbour graph and its shared-mistake statistics", _command("mistakes", db))
+    if note:
+        return {"note": note}
+    try:
+        return {"report": stored_mistakes(db, n_boot=OVERVIEW_BOOTSTRAP).to_dict()}
+    except QueryError as e:
+        return {"note": str(e)}
+
+
 def overview(served, db) -> dict:
-    """Splits and accuracy, the shared-mistake statistics in both spaces, and the stored error groups."""
+    """Splits and accuracy, the shared-mistake statistics in both spaces and the error groups, all read from
+    stored tables: a derived table that is missing or stale is a note naming the command that makes it."""
     doc = {"info": info(db), "groups": served.cached(db, ("groups",), lambda: _stored_groups(db)), "modality": db.modality,
-           "spaces": list(db.spaces)}
+           "spaces": list(db.spaces), "notes": {}}
     if "feature" not in db.spaces:
         doc["absent"] = {"feature": f"no feature vectors: {db.manifest.no_features_reason}"}
-    if db.manifest.stats is not None and db.manifest.rows() > 11:
-        def shares():
-            return db.mistakes(k=min(10, db.manifest.rows() - 1), n_boot=200, write=False).to_dict()
-
-        doc["mistakes"] = served.cached(db, ("mistakes",), shares)
+    if db.manifest.rows() > 0:
+        shares = served.cached(db, ("mistakes",), lambda: _shares(db))
+        if "report" in shares:
+            doc["mistakes"] = shares["report"]
+        else:
+            doc["notes"]["mistakes"] = shares["note"]
+    note = groups_note(db)
+    if note:
+        doc["notes"]["groups"] = note
     return doc
+
+
+def groups_note(db) -> str | None:
+    """A note when the stored error groups (clusters, blame) are stale."""
+    return (stale_note(db, "clusters", "the error groups", _command("clusters", db))
+            or stale_note(db, "blame", "the error groups' blame tables", _command("clusters", db)))
 
 
 def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHBORS) -> dict:
@@ -102,8 +146,12 @@ def group(db, cluster: int) -> dict:
     blame = db.con.execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
                            [cluster]).fetchall()
     cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance", "text"]
-    return {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
-            "blame": [dict(zip(["rank", "unit_id", "layer", "channel", "mean_z"], b)) for b in blame]}
+    doc = {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
+           "blame": [dict(zip(["rank", "unit_id", "layer", "channel", "mean_z"], b)) for b in blame]}
+    note = groups_note(db)
+    if note:
+        doc["note"] = note
+    return doc
 
 
 def sql(db, query: str, max_rows: int = SQL_MAX_ROWS) -> dict:
@@ -129,8 +177,12 @@ def triage_view(db, split: str | None) -> dict:
            USING (sample_id) WHERE t.split = ? ORDER BY t.cluster = -1 DESC, t.similarity DESC, t.sample_id""", [split]).fetchall()
     cols = ["sample_id", "label_name", "pred_name", "cluster", "similarity", "text"]
     out = [dict(zip(cols, r)) for r in rows]
-    return {"splits": splits, "split": split, "rows": plain(out),
-            "new": sum(r["cluster"] == -1 for r in out), "known": sum(r["cluster"] != -1 for r in out)}
+    doc = {"splits": splits, "split": split, "rows": plain(out),
+           "new": sum(r["cluster"] == -1 for r in out), "known": sum(r["cluster"] != -1 for r in out)}
+    note = stale_note(db, "triage", "the stored triage answers", f"{_command('triage', db)} --split {shlex.quote(split)}")
+    if note:
+        doc["note"] = note
+    return doc
 
 
 def search(db, data: bytes, label: str, suffix: str = ".png", k: int = NEIGHBORS) -> dict:

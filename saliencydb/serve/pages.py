@@ -4,6 +4,7 @@ Every value is escaped; every sample links to its page; pictures come from ``/im
 from __future__ import annotations
 
 import html
+import shlex
 import urllib.parse
 
 STYLE = """
@@ -15,7 +16,7 @@ td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:to
 .thumb{display:inline-block;margin:2px;text-align:center;font-size:11px}.thumb img{display:block;border:3px solid #8c959f;border-radius:4px}
 .thumb.ok img{border-color:#1a7f37}.thumb.bad img{border-color:#cf222e}.ok{color:#1a7f37}.bad{color:#cf222e}
 .sentence{display:block;max-width:240px;background:#fff;border:2px solid #8c959f;border-radius:4px;padding:3px;font-family:Georgia,serif}
-.cols{display:flex;gap:24px;flex-wrap:wrap}.err{color:#cf222e;font-weight:bold}textarea{width:100%;font-family:monospace}
+.cols{display:flex;gap:24px;flex-wrap:wrap}.note{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px}.err{color:#cf222e;font-weight:bold}textarea{width:100%;font-family:monospace}
 """
 
 
@@ -50,8 +51,14 @@ def table(header: list[str], rows: list[list[str]], attrs: str = "") -> str:
     return f"<table {attrs}><tr>{head}</tr>{body}</table>"
 
 
+def note(text: str | None, name: str) -> str:
+    """A stored table's note (missing or stale, with the command that makes it), or nothing."""
+    return f'<p class="note" id="{e(name)}-note">{e(text)}</p>' if text else ""
+
+
 def overview(doc: dict, db_path: str) -> str:
     info = doc["info"]
+    notes = doc.get("notes", {})
     splits = table(["split", "samples", "accuracy", "mistakes", "source"],
                    [[e(name), e(s["samples"]), pct(s["accuracy"]), e(s["mistakes"]), e(s["source"])]
                     for name, s in info["splits"].items()], 'id="splits"')
@@ -69,6 +76,8 @@ def overview(doc: dict, db_path: str) -> str:
         shared = ("<h3>Do a mistake's neighbours share it?</h3>" + table(
             ["split", "space", "mistakes", "correct among a mistake's neighbours", "same confusion"], rows, 'id="shared"')
             + absent)
+    elif notes.get("mistakes"):
+        shared = "<h3>Do a mistake's neighbours share it?</h3>" + note(notes["mistakes"], "shared")
     cards = []
     for g in doc["groups"]:
         confusions = "".join(f"<li>{e(c['pair'])} × {e(c['count'])}</li>" for c in g["top_confusions"])
@@ -77,8 +86,9 @@ def overview(doc: dict, db_path: str) -> str:
         cards.append(f'<div class="card" data-group="{g["cluster"]}"><a href="/group/{g["cluster"]}"><b>group {g["cluster"]}</b></a> · '
                      f'{g["size"]} samples, {g["mistakes"]} mistakes<ul>{confusions}</ul><div>{pics}</div>'
                      f'<div style="font-size:12px">most blamed: {units}</div></div>')
-    groups = ('<h3>Error groups</h3><div class="cards" id="groups">' + "".join(cards) + "</div>" if cards else
-              "<p>No error groups stored yet: run <code>saliencydb clusters --db DB</code>.</p>")
+    groups = ('<h3>Error groups</h3>' + note(notes.get("groups"), "groups") + '<div class="cards" id="groups">'
+              + "".join(cards) + "</div>" if cards else
+              f"<p id=\"groups-note\">No error groups stored yet: run <code>saliencydb clusters --db {e(shlex.quote(db_path))}</code>.</p>")
     head = (f"<p>model <code>{e(info['model']['spec'])}</code>, {e(info['units']['count'])} {e(info['units']['kind'])} units, "
             f"commit {e(info['commit'])}</p>")
     return layout("Overview", head + splits + shared + groups, db_path)
@@ -90,7 +100,7 @@ def group(doc: dict, db_path: str, modality: str) -> str:
                   [[e(b["rank"]), e(b["unit_id"]), e(b["layer"]), e(b["channel"]), f"{b['mean_z']:.3f}"] for b in doc["blame"]],
                   'id="blame"')
     plot = f'<h3>Average profile</h3><img src="/img/group/{doc["cluster"]}/profile.png" alt="profile" style="max-width:100%">'
-    body = (f'<p>{doc["size"]} members, mistakes first.</p><div id="members">{members}</div>'
+    body = (note(doc.get("note"), "group") + f'<p>{doc["size"]} members, mistakes first.</p><div id="members">{members}</div>'
             f"<h3>Most blamed units</h3>{blame}{plot}")
     return layout(f"Error group {doc['cluster']}", body, db_path)
 
@@ -186,6 +196,7 @@ def triage(doc: dict, error: str | None, db_path: str) -> str:
     elif doc.get("split"):
         new = [r for r in doc["rows"] if r["cluster"] == -1]
         known = [r for r in doc["rows"] if r["cluster"] != -1]
+        body += note(doc.get("note"), "triage")
         body += (f'<h3>New failure modes ({len(new)})</h3><div id="triage-new">'
                  + "".join(thumb(r["sample_id"], f"{r['label_name']}→{r['pred_name']}", False, r.get("text")) for r in new) + "</div>"
                  f'<h3>Joined known groups ({len(known)})</h3><div id="triage-known">'

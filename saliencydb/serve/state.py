@@ -2,7 +2,8 @@
 pictures drawn from it (thumbnails, input-space maps, GradCAM, profile plots), cached in memory per version.
 
 The server never opens a ``DatabaseWriter`` and never writes into the database directory: every read goes
-through ``query.open`` (a reader's pin, no lock), derived answers are computed with ``write=False``."""
+through ``query.open`` (a reader's pin, no lock). It reads stored results, never recomputes them: a group's
+profile plot is its stored blame row, the overview's statistics the stored knn table (``serve.api``)."""
 
 from __future__ import annotations
 
@@ -136,15 +137,27 @@ class ServedDatabase:
         return png_bytes(img.resize((MAP_SIDE, MAP_SIDE * img.height // max(img.width, 1)), Image.NEAREST))
 
     def profile_plot(self, db, cluster: int) -> bytes:
-        """The error group's mean standardised profile (with the correct samples' for contrast), as PNG."""
+        """The error group's mean standardised profile over its members, as PNG: read from the stored blame
+        table (which holds it for every unit), never recomputed from the members' profiles."""
         return self.cached(db, ("profile", cluster), lambda: self._profile_plot(db, cluster))
 
     def _profile_plot(self, db, cluster: int) -> bytes:
         import tempfile
 
-        from ..explain.groups import profile_plot
+        from ..explain.figures import group_profile_figure
+        from ..saliency import UnitLayout
 
+        t = db.con.execute("SELECT unit_id, mean_z FROM blame WHERE cluster = ? ORDER BY unit_id", [cluster]).fetchnumpy()
+        n_units = db.manifest.n_units
+        if len(t["unit_id"]) != n_units or not np.array_equal(t["unit_id"], np.arange(n_units)):
+            raise QueryError(f"the stored blame table does not hold error group {cluster}'s profile over all {n_units} "
+                             f"units; run `saliencydb clusters --db {db.path}`")
+        size, mistakes = db.con.execute("SELECT count(*), sum((NOT s.correct)::INT) FROM clusters c JOIN samples s "
+                                        "USING (sample_id) WHERE c.cluster = ?", [cluster]).fetchone()
         with tempfile.TemporaryDirectory() as tmp:  # the figure code writes files; outside the database
             out = Path(tmp) / "profile.png"
-            profile_plot(db, out, cluster=cluster)
+            group_profile_figure(out, groups=[(f"group {cluster}, {mistakes or 0} mistakes", np.asarray(t["mean_z"], np.float64),
+                                               int(size))],
+                                 layout=UnitLayout.from_dict(db.manifest.units),
+                                 title=f"mean standardised saliency profile: error group {cluster}")
             return out.read_bytes()
