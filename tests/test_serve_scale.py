@@ -120,3 +120,22 @@ def test_group_profile_plot_is_the_stored_blame_profile(digits_copy):
         missing = client.get("/img/group/99/profile.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert missing.status_code == 404 and "no error group 99" in missing.text
+
+
+def test_stale_triage_is_a_note(digits_copy):
+    db = digits_copy
+    ingest = ["--data", "builtin:mnist5k:train", "--quiet", "--workers", "0"]
+    run_cli("clusters", "--db", db, "--n-clusters", "3", "--split", "val")
+    run_cli("ingest", "--db", db, "--split", "new", "--limit", "60", *ingest)
+    run_cli("triage", "--db", db, "--split", "new")
+    with _client(db) as client:
+        fresh = client.get("/api/triage?split=new").json()
+    assert fresh["split"] == "new" and "note" not in fresh
+    run_cli("ingest", "--db", db, "--split", "later", "--limit", "30", *ingest)  # the triage table is now stale
+    with _client(db) as client:
+        doc = client.get("/api/triage?split=new").json()
+        page = client.get("/triage?split=new").text
+    assert doc["rows"] == fresh["rows"]  # still shown, with the note
+    assert doc["note"].startswith("the stored triage answers were computed at commit")
+    assert doc["note"].endswith(f"run `saliencydb triage --db {db} --split new` to refresh them")
+    assert 'id="triage-note"' in page
