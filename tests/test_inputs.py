@@ -191,13 +191,20 @@ def test_a_wrong_transform_is_refused_before_anything_is_written(tmp_path, train
 
 def test_a_database_without_samples_can_start_over(tmp_path, digit_folders, trained_weights):
     imgs = tmp_path / "imgs"
-    for name in ("x", "y"):  # names the model (classes "0".."9") does not know: every sample fails
+    for name in ("x", "y"):  # names the model (classes "0".."9") does not know: refused before anything is made
         (imgs / name).mkdir(parents=True)
         (imgs / name / "a.png").write_bytes((digit_folders / "d1" / sorted(os.listdir(digit_folders / "d1"))[0]).read_bytes())
     db = tmp_path / "db"
     r = cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--transform", "mnist",
-            "--data", f"imagefolder:{imgs}", "--quiet", "--workers", 0, expect=2)
-    assert "2 failed" in r.stdout and "'x' is not one of the database's classes" in r.stderr
+            "--data", f"imagefolder:{imgs}", "--quiet", "--workers", 0, expect=1)
+    assert "the model names none of its 10 classes and the data names 2 (x, y)" in r.stderr and not db.exists()
+    broken = tmp_path / "broken"
+    for name in ("1", "2"):  # the model's classes, but files that cannot be decoded: every sample fails
+        (broken / name).mkdir(parents=True)
+        (broken / name / "a.png").write_bytes(b"not a png")
+    r = cli("index", "--db", db, "--model", CNN, "--weights", trained_weights, "--transform", "mnist",
+            "--data", f"imagefolder:{broken}", "--quiet", "--workers", 0, expect=2)
+    assert "2 failed" in r.stdout and "a.png" in r.stderr
     r = cli("index", "--db", db, "--transform", "mode=L,size=28,mean=0.5,std=0.5", "--data", "builtin:mnist5k:val",
             "--quiet", expect=1)
     assert "has no samples yet: to start over" in r.stderr
