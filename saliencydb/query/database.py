@@ -56,6 +56,7 @@ class Database:
         self.snapshot = Snapshot(self.path, as_of)
         self.manifest: Manifest = self.snapshot.manifest
         self._indexes: dict = {}
+        self._mapped: dict = {}  # space -> the stored index, its vectors memory-mapped (query_index)
         self.stale_indexes: dict[str, tuple[int, int]] = {}  # space -> (vectors in the index, committed rows)
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
         try:
@@ -258,6 +259,21 @@ class Database:
             else:
                 self._indexes[space] = self.snapshot.read_index(space)
         return self._indexes[space]
+
+    def query_index(self, space: str):
+        """(index, mapped) for one query of ``space``: the index already loaded by ``index()`` if any;
+        else the stored index when it is current, read with its vectors memory-mapped (``mapped`` True:
+        a flat one is then searched by ``storage.indexes.scan_flat``, block by block, in bounded memory);
+        else ``index()`` (a stale or overridden index: the exact flat index built in memory)."""
+        self.require_space(space)
+        if space in self._indexes:
+            return self._indexes[space], False
+        entry = self.manifest.indexes.get(space)
+        if entry is None or entry.ntotal != self.manifest.rows() or (space == "saliency" and self.overridden):
+            return self.index(space), False
+        if space not in self._mapped:
+            self._mapped[space] = self.snapshot.read_index(space, mapped=True)
+        return self._mapped[space], True
 
     def _exact_index(self, space: str):
         def chunks():

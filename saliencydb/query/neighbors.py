@@ -11,7 +11,7 @@ from ..errors import QueryError
 from ..results import Result
 from .html import image_context
 from .results import NeighborSummary, SampleMeta
-from ..storage.indexes import kind_of
+from ..storage.indexes import flat_part, kind_of, scan_flat
 
 RERANK = 10  # an IVF-PQ search returns this many times k candidates, re-ranked exactly
 
@@ -38,8 +38,13 @@ class NeighborResult(Result):
         return neighbors_html(self, ImageLookup((self.images or {}).get("sources")))
 
 
-def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k inner products of ``vectors`` among ``candidates`` (all ids when None); -1 ids pad short rows."""
+def search(index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None,
+           mapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products of ``vectors`` among ``candidates`` (all ids when None); -1 ids pad short rows.
+    ``mapped``: the index's vectors are memory-mapped; a flat one is scanned block by block (the same
+    answer, in bounded memory)."""
+    if mapped and flat_part(index) is not None:
+        return scan_flat(index, vectors, k, candidates, release=True)
     params = selector = None
     if candidates is not None:
         # the selector must outlive the search: the parameters hold only a raw pointer to it
@@ -69,7 +74,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     else:
         query = SampleMeta(**db.sample(sample_id))
         vector = db.vectors(space, [sample_id])
-    index = db.index(space)
+    index, mapped = db.query_index(space)
     candidates = db.ids_where(where, split) if (where is not None or split is not None) else None
     exclude = sample_id
     if candidates is not None and sample_id is not None:
@@ -88,7 +93,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
         order = np.argsort(-exact, kind="stable")[:want]
         sims, ids = exact[order][None], found[order][None]
     else:
-        sims, ids = search(index, vector, want, candidates)
+        sims, ids = search(index, vector, want, candidates, mapped)
     found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0 and i != exclude][:k]
     if len(found) < min(k, n):  # never a short or empty answer with exit 0
         raise QueryError(f"the {space} index returned {len(found)} of the {min(k, n)} neighbours asked for; "

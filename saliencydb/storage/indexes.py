@@ -96,3 +96,94 @@ def to_search_device(index: faiss.Index) -> faiss.Index:
 
 def _on_gpu(index: faiss.Index) -> bool:
     return "Gpu" in type(index).__name__
+
+
+SCAN_BLOCK_BYTES = 64 << 20  # vectors scanned per block by ``scan_flat``: the most of a mapped index resident at once
+
+
+def flat_part(index: faiss.Index):
+    """The ``IndexFlat`` holding the vectors of a flat index (an ``IndexIDMap`` over one), else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    return inner if isinstance(inner, faiss.IndexFlat) else None
+
+
+def scan_flat(index: faiss.Index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None,
+              release: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(vectors, k)`` of a flat inner-product index (among ``candidates`` ids when given),
+    scanned in blocks of SCAN_BLOCK_BYTES with FAISS's own kernel, so the similarities, ids and the
+    order of ties are those of ``index.search``. ``release``: the index was read memory-mapped
+    (``IO_FLAG_MMAP_IFC``); each scanned block's pages are handed back (madvise DONTNEED: they
+    stay in the page cache), so the resident memory stays about one block however large the index."""
+    flat = flat_part(index)
+    n, d = index.ntotal, index.d
+    ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(n, dtype=np.int64)
+    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    q = np.ascontiguousarray(vectors, dtype=np.float32)
+    keep = None if candidates is None else np.isin(ids, np.asarray(candidates, dtype=np.int64))
+    block = max(4, (SCAN_BLOCK_BYTES // max(1, 4 * d)) // 4 * 4)  # a multiple of 4: FAISS's kernel groups 4 rows
+    found_s, found_p = [], []
+    for start in range(0, n, block):
+        rows = xb[start:start + block]
+        sel = None
+        if keep is not None:
+            local = np.flatnonzero(keep[start:start + block]).astype(np.int64)
+            if len(local) == 0:
+                continue
+            sel = faiss.IDSelectorBatch(local)
+        s, p = _knn_block(q, rows, min(k, len(rows)), sel)
+        found_s.append(s)
+        found_p.append(np.where(p >= 0, p + start, -1))
+        if release:
+            _release(rows)
+    return _merge(found_s, found_p, ids, len(q), k)
+
+
+def _knn_block(q: np.ndarray, rows: np.ndarray, k: int, sel) -> tuple[np.ndarray, np.ndarray]:
+    sims = np.empty((len(q), k), dtype=np.float32)
+    pos = np.empty((len(q), k), dtype=np.int64)
+    faiss.knn_inner_product(faiss.swig_ptr(q), faiss.swig_ptr(rows), q.shape[1], len(q), len(rows), k,
+                            faiss.swig_ptr(sims), faiss.swig_ptr(pos), sel)
+    return sims, pos
+
+
+def _merge(found_s: list, found_p: list, ids: np.ndarray, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of the blocks' answers, as FAISS's heap gives them: the highest similarities,
+    among equal ones the earliest stored; listed best first, equal ones latest stored first."""
+    sims = np.full((nq, k), -np.finfo(np.float32).max, dtype=np.float32)  # FAISS pads short rows so
+    out = np.full((nq, k), -1, dtype=np.int64)
+    if not found_s:
+        return sims, out
+    s_all, p_all = np.concatenate(found_s, axis=1), np.concatenate(found_p, axis=1)
+    for r in range(nq):
+        ok = p_all[r] >= 0
+        s, p = s_all[r][ok], p_all[r][ok]
+        chosen = np.lexsort((p, -s))[:k]  # best first; a tie goes to the earlier position
+        s, p = s[chosen], p[chosen]
+        order = np.lexsort((-p, -s))  # FAISS lists equal similarities latest position first
+        sims[r, :len(order)], out[r, :len(order)] = s[order], ids[p[order]]
+    return sims, out
+
+
+def _release(rows: np.ndarray) -> None:
+    """Drop the pages under ``rows`` (a view of a read-only file mapping) from this process's resident set."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = rows.ctypes.data // page * page
+    end = (rows.ctypes.data + rows.nbytes) // page * page  # the last partial page is shared with the next block
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _LIBC
+
+
+_LIBC = None

@@ -317,8 +317,8 @@ def _expected_table(m: Manifest, rel: str) -> tuple[pa.Schema | None, int | None
 def _check_index(db: Path, m: Manifest, rel: str) -> str | None:
     import faiss
 
-    try:
-        index = faiss.read_index(str(db / rel))
+    try:  # the vectors memory-mapped, never touched: the header and the id map are read, not the vectors
+        index = faiss.read_index(str(db / rel), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as e:
         return f"not a readable FAISS index ({str(e).strip().splitlines()[0]})"
     for space, e in m.indexes.items():

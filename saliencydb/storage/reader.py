@@ -81,13 +81,15 @@ class Snapshot:
     def read_stats(self) -> tuple[np.ndarray, np.ndarray]:
         return read_stats(self.path, self.manifest)
 
-    def read_index(self, space: str):
+    def read_index(self, space: str, *, mapped: bool = False):
+        """The FAISS index of ``space``; ``mapped``: a flat index's vectors memory-mapped, not read
+        (``IO_FLAG_MMAP_IFC``: only the pages a search touches are read; other kinds load whole)."""
         entry = self.manifest.indexes.get(space)
         if space == "feature" and not self.manifest.has_features:
             raise no_features(self.path, self.manifest)
         if entry is None:
             raise DatabaseError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
-        return read_index(self.path, entry.file)
+        return read_index(self.path, entry.file, mapped=mapped)
 
 
 def no_features(db: Path, manifest: Manifest) -> DatabaseError:
@@ -166,11 +168,12 @@ def committed_keys(db: Path, manifest: Manifest, split: str | None = None, files
     return keys
 
 
-def read_index(db: Path, rel: str):
+def read_index(db: Path, rel: str, *, mapped: bool = False):
+    """A committed FAISS index; ``mapped``: a flat index's vectors memory-mapped (read-only) instead of read."""
     import faiss
 
     try:
-        return faiss.read_index(str(Path(db) / rel))
+        return faiss.read_index(str(Path(db) / rel), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
     except RuntimeError as e:
         raise damaged(Path(db), rel, f"unreadable index: {_first_line(e)}") from None
 
