@@ -65,9 +65,19 @@ def test_neighbors_read_mapped_answer_as_the_loaded_index(synthetic_db, monkeypa
                 a = mapped.neighbors(sid, k=10, where=where).to_dict()
                 b = loaded.neighbors(sid, k=10, where=where).to_dict()
                 assert a["neighbors"] == b["neighbors"], (sid, where)
+        for space, split in (("feature", None), ("feature", "val"), ("saliency", "val")):
+            a = mapped.neighbors(42, k=7, space=space, split=split, where="correct").to_dict()
+            assert a["neighbors"] == loaded_in(loaded, space).neighbors(42, k=7, space=space, split=split,
+                                                                         where="correct").to_dict()["neighbors"]
         a = mapped.neighbors(3, k=699).to_dict()["neighbors"]  # every other sample, in the same order
         assert a == loaded.neighbors(3, k=699).to_dict()["neighbors"]
         assert 3 not in [r["sample_id"] for r in a]
+
+
+def loaded_in(db, space):
+    db.index(space)  # loaded whole: query_index then returns it
+    assert not db.query_index(space)[1]
+    return db
 
 
 def test_verify_reading_an_index_mapped_still_finds_a_wrong_count(synthetic_db, tmp_path):
