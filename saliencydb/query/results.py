@@ -24,6 +24,8 @@ class ModelInfo(Result):
     transform_source: str | None = None  # where the transform comes from (the weights' own, a stated guess, ...)
     random_seed: int | None = None  # --random-weights: the seed its weights are drawn under
 
+    optional = ("transform_source", "random_seed")  # absent from the JSON when None, as before they were recorded
+
 
 @dataclass
 class UnitsInfo(Result):
