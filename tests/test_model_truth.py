@@ -311,6 +311,8 @@ def test_torchvision_random_weights_never_download(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra,message", [
     (["--seed", "3"], "Error: --seed draws random weights: pass it with --random-weights"),
+    (["--random-weights", "--seed", str(2**70)], "Error: --seed 1180591620717411303424 is out of range"),
+    (["--random-weights", "--seed", "-1"], "Error: --seed -1 is out of range"),
     (["--random-weights", "--weights", "w.pt"], "Error: model spec 'python:saliencydb.data.zoo:small_cnn': --random-weights "
                                                 "draws the weights; drop --weights"),
 ])

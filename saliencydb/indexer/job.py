@@ -114,6 +114,8 @@ class Indexer:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
         if seed is not None and not random_weights:
             raise SpecError("--seed draws random weights: pass it with --random-weights (or drop it)")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise SpecError(f"--seed {seed} is out of range; give a whole number from 0 to 2**63 - 1")
         if index_kind not in INDEX_KINDS:
             raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
         self.db = Path(db)
