@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..saliency.reference_stats import reference_stats
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
 from ..storage import DatabaseWriter, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
-from ..storage.indexes import build_index, kind_of
+from ..storage.indexes import build_index, flat_file_layout, kind_of, write_flat_index
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, ki
         files = [p.file for p in m.parts if p.min_id >= entry.next_id]
         if not files:
             return
-        base = read_index(writer.path, entry.file)
+        base = writer.path / entry.file if space_kind == "flat" else read_index(writer.path, entry.file)
     else:
         files, base = m.part_files(), None
     n = sum(p.rows for p in m.parts if p.file in set(files))
@@ -230,13 +231,20 @@ def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, ki
             yield ids, l2_normalize(rows)
             task.advance(len(ids))
 
-    index = build_index(dim, chunks, space_kind, m.rows(), base=base)
-    task.close()
     rel = writer.unique_name("index", space, ".faiss")
-    writer.new_file(rel, lambda tmp: write_index(index, tmp))
+    if space_kind == "flat" and (base is None or flat_file_layout(base) is not None):
+        # streamed to the file, one chunk in memory (docs/architecture.md, storage: indexes)
+        written = []
+        writer.new_file(rel, lambda tmp: written.append(write_flat_index(tmp, dim, chunks(), base)))
+        built, ntotal = "flat", written[0]
+    else:
+        index = build_index(dim, chunks, space_kind, m.rows(), base=read_index(writer.path, entry.file)
+                            if isinstance(base, Path) else base)
+        writer.new_file(rel, lambda tmp: write_index(index, tmp))
+        built, ntotal = kind_of(index), int(index.ntotal)
+    task.close()
     crash_point("index-written")
-    m.indexes[space] = IndexEntry(file=rel, kind=space_kind, built=kind_of(index), ntotal=int(index.ntotal),
-                                  next_id=m.next_sample_id)
+    m.indexes[space] = IndexEntry(file=rel, kind=space_kind, built=built, ntotal=ntotal, next_id=m.next_sample_id)
 
 
 def failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:

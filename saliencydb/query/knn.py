@@ -1,14 +1,15 @@
 """The neighbour graph of a whole database and the shared-mistake statistic (appendix A.2).
 
 For every sample, its k nearest neighbours within its own split (itself excluded), in
-saliency space and in the feature-space baseline. Queries are read from Parquet in
-blocks and searched in batches, so memory holds one block of vectors plus the index.
+saliency space and in the feature-space baseline, searched exactly block against block
+(``query.graph``), so memory holds two blocks of vectors however many samples there are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -18,6 +19,7 @@ from ..schemas import KNN_SCHEMA
 from ..storage.derived import store_derived
 from ..storage.indexes import build_index, to_search_device
 from .baselines import baseline_shares
+from .graph import block_rows, index_vectors, is_flat, knn_positions, scratch_vectors
 from .neighbors import search
 from .results import Estimate, MistakesReport, SpaceShares, SplitShares
 
@@ -33,42 +35,92 @@ class Graph:
 
 
 def knn_graph(db, space: str, k: int, progress=None) -> Graph:
-    """k nearest neighbours of every sample within its split (self excluded).
+    """k nearest neighbours of every sample within its split (self excluded), exact.
 
-    Per split, the split's vectors are put in an exact flat index once (read from Parquet in
-    blocks), then queried in blocks of ``BLOCK_ROWS`` by BLAS matrix products: memory holds
-    one copy of the split's vectors plus one block, and no per-query filter is needed.
-    """
+    Searched block against block over vectors mapped from a file (``query.graph``): the committed
+    flat index when it is this version's (current, flat, the database's own normalisation), else a
+    scratch copy written from the Parquet profiles in blocks. Memory holds two blocks however many
+    samples there are; with GPUs, the split's vectors are searched there by FAISS instead."""
     progress = progress or NullProgress()
     db.require_space(space)
+    m = db.manifest
+    if faiss.get_num_gpus() > 0:
+        return _knn_graph_gpu(db, space, k, progress)
+    meta = db._execute("SELECT sample_id, split FROM samples").fetchnumpy()
+    task = progress.task(f"neighbour graph ({space})", m.rows())
+    out_ids, out_nb, out_sim = [], [], []
+    with _graph_vectors(db, space) as vectors:
+        split_of = _split_of(vectors.ids, meta)
+        for split in sorted(m.splits):
+            positions = np.flatnonzero(split_of == split)
+            if len(positions) <= k:
+                task.advance(len(positions))
+                continue
+            sims, nbs = knn_positions(vectors, positions, k, block_rows(vectors.rows.shape[1]), task.advance)
+            out_ids.append(vectors.ids[positions])
+            out_nb.append(vectors.ids[nbs])
+            out_sim.append(sims)
+    task.close()
+    if not out_ids:
+        raise QueryError(f"no split has more than k={k} samples; lower -k")
+    return Graph(space, np.concatenate(out_ids), np.concatenate(out_nb), np.concatenate(out_sim))
+
+
+def _split_of(ids: np.ndarray, meta: dict) -> np.ndarray:
+    """The split of each of ``ids`` (every one a committed sample)."""
+    order = np.argsort(meta["sample_id"])
+    pos = np.searchsorted(meta["sample_id"], ids, sorter=order)
+    return np.asarray(meta["split"], dtype=object)[order][pos]
+
+
+def _graph_vectors(db, space: str):
+    """The search vectors of ``space`` mapped from a file (``query.graph``): the stored index if it is a
+    current flat one in the database's own normalisation, else a scratch copy."""
+    entry = db.manifest.indexes.get(space)
+    own = entry is not None and entry.ntotal == db.manifest.rows() and not (space == "saliency" and db.overridden)
+    if own:
+        index = db.snapshot.read_index(space, mapped=True)
+        if is_flat(index):
+            return index_vectors(index)
+    dim = db.manifest.n_units if space == "saliency" else db.manifest.feature_dim
+    return scratch_vectors(dim, lambda: _chunks(db, space))
+
+
+def _chunks(db, space: str):
+    if space == "saliency":
+        for ids, raw, dlogit in db.snapshot.iter_raw_profiles(batch_rows=BLOCK_ROWS):
+            yield ids, db.search_vectors(space, raw, dlogit)
+        return
+    for ids, rows in db.snapshot.iter_profiles("feature", batch_rows=BLOCK_ROWS):
+        yield ids, db.search_vectors(space, rows)
+
+
+def _knn_graph_gpu(db, space: str, k: int, progress) -> Graph:
+    """The graph searched by FAISS on the GPUs, one split's vectors there at a time (a flat index)."""
     m = db.manifest
     dim = m.n_units if space == "saliency" else m.feature_dim
     out_ids, out_nb, out_sim = [], [], []
     task = progress.task(f"neighbour graph ({space})", 2 * m.rows())
 
     def chunks(split):
-        if space == "saliency":
-            for ids, raw, dlogit in db.snapshot.iter_raw_profiles(split=split, batch_rows=BLOCK_ROWS):
-                task.advance(len(ids))
-                yield ids, db.search_vectors(space, raw, dlogit)
-            return
-        for ids, rows in db.snapshot.iter_profiles("feature", split=split, batch_rows=BLOCK_ROWS):
+        for ids, vectors in _chunks(db, space):
             task.advance(len(ids))
-            yield ids, db.search_vectors(space, rows)
+            sel = np.isin(ids, split)
+            if sel.any():
+                yield ids[sel], vectors[sel]
 
     for split in sorted(m.splits):
-        if m.rows(split) <= k:
-            task.advance(2 * m.rows(split))
+        ids = db.ids_where(None, split)
+        if len(ids) <= k:
             continue
-        index = to_search_device(build_index(dim, lambda: chunks(split), "flat"))
-        for ids, vectors in chunks(split):
+        index = to_search_device(build_index(dim, lambda: chunks(ids), "flat"))
+        for q_ids, vectors in chunks(ids):
             sims, nbs = search(index, vectors, k + 1)
-            keep = nbs != ids[:, None]
-            # drop self; where self is not among the k+1 (exact duplicates), drop the last one
-            keep[keep.all(axis=1), -1] = False
-            out_ids.append(ids)
-            out_nb.append(nbs[keep].reshape(len(ids), k))
-            out_sim.append(sims[keep].reshape(len(ids), k))
+            keep = nbs != q_ids[:, None]
+            keep[keep.all(axis=1), -1] = False  # self not among the k+1 (exact duplicates): drop the last
+            out_ids.append(q_ids)
+            out_nb.append(nbs[keep].reshape(len(q_ids), k))
+            out_sim.append(sims[keep].reshape(len(q_ids), k))
         del index
     task.close()
     if not out_ids:

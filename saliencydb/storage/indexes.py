@@ -9,7 +9,12 @@ on the CPU, since GPU indexes take no ID selectors).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import struct
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterator
 
 import faiss
@@ -107,6 +112,16 @@ def flat_part(index: faiss.Index):
     return inner if isinstance(inner, faiss.IndexFlat) else None
 
 
+def mapped_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, ids) of a flat index: its stored rows as a (ntotal, d) float32 view (no copy; of the
+    file's mapping when it was read memory-mapped) and the sample id of each row."""
+    flat = flat_part(index)
+    n, d = index.ntotal, index.d
+    ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(n, dtype=np.int64)
+    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    return xb, ids
+
+
 def scan_flat(index: faiss.Index, vectors: np.ndarray, k: int, candidates: np.ndarray | None = None,
               release: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(vectors, k)`` of a flat inner-product index (among ``candidates`` ids when given),
@@ -114,10 +129,8 @@ def scan_flat(index: faiss.Index, vectors: np.ndarray, k: int, candidates: np.nd
     order of ties are those of ``index.search``. ``release``: the index was read memory-mapped
     (``IO_FLAG_MMAP_IFC``); each scanned block's pages are handed back (madvise DONTNEED: they
     stay in the page cache), so the resident memory stays about one block however large the index."""
-    flat = flat_part(index)
-    n, d = index.ntotal, index.d
-    ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(n, dtype=np.int64)
-    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    xb, ids = mapped_vectors(index)
+    n, d = xb.shape
     q = np.ascontiguousarray(vectors, dtype=np.float32)
     keep = None if candidates is None else np.isin(ids, np.asarray(candidates, dtype=np.int64))
     block = max(4, (SCAN_BLOCK_BYTES // max(1, 4 * d)) // 4 * 4)  # a multiple of 4: FAISS's kernel groups 4 rows
@@ -134,7 +147,7 @@ def scan_flat(index: faiss.Index, vectors: np.ndarray, k: int, candidates: np.nd
         found_s.append(s)
         found_p.append(np.where(p >= 0, p + start, -1))
         if release:
-            _release(rows)
+            release(rows)
     return _merge(found_s, found_p, ids, len(q), k)
 
 
@@ -164,7 +177,28 @@ def _merge(found_s: list, found_p: list, ids: np.ndarray, nq: int, k: int) -> tu
     return sims, out
 
 
-def _release(rows: np.ndarray) -> None:
+@contextlib.contextmanager
+def scratch_rows(dim: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, ids): the float32 vectors of ``chunks`` (ids, rows) written one chunk at a time to a scratch
+    file in the system's temporary directory (never in a database), mapped read-only as a (n, dim)
+    array; the file is removed on exit. Memory holds one chunk, and the pages a reader ``release``s."""
+    with tempfile.TemporaryDirectory(prefix="saliencydb-vectors-") as tmp:
+        path = Path(tmp) / "vectors.f32"
+        ids = []
+        with open(path, "wb") as f:
+            for chunk_ids, rows in chunks:
+                f.write(memoryview(np.ascontiguousarray(rows, dtype=np.float32)).cast("B"))
+                ids.append(np.asarray(chunk_ids, dtype=np.int64))
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        rows = (np.memmap(path, dtype=np.float32, mode="r", shape=(len(all_ids), dim)) if len(all_ids)
+                else np.zeros((0, dim), np.float32))
+        try:
+            yield rows, all_ids
+        finally:
+            del rows
+
+
+def release(rows: np.ndarray) -> None:
     """Drop the pages under ``rows`` (a view of a read-only file mapping) from this process's resident set."""
     import ctypes
     import mmap
@@ -187,3 +221,84 @@ def _libc():
 
 
 _LIBC = None
+
+
+# -- the flat index file, written as a stream ------------------------------------------------
+# FAISS's own serialisation of IndexIDMap2(IndexFlatIP) (faiss/impl/index_write.cpp), which
+# ``faiss.read_index`` reads back: "IxM2" + header, "IxFI" + header, the vectors (a u64 count of
+# floats, then the float32 rows), the ids (a u64 count, then int64s). A header is
+# d (i32), ntotal (i64), two unused i64 (1 << 20), is_trained (u8), metric (i32; 0: inner product).
+_HEADER = struct.Struct("<4siqqq?i")
+_COUNT = struct.Struct("<Q")
+_XB_OFFSET = 2 * _HEADER.size + _COUNT.size
+WRITE_BLOCK_BYTES = 64 << 20  # copied per read when extending a flat index file
+
+
+def _headers(dim: int, n: int) -> bytes:
+    return (_HEADER.pack(b"IxM2", dim, n, 1 << 20, 1 << 20, True, faiss.METRIC_INNER_PRODUCT)
+            + _HEADER.pack(b"IxFI", dim, n, 1 << 20, 1 << 20, True, faiss.METRIC_INNER_PRODUCT)
+            + _COUNT.pack(n * dim))
+
+
+def flat_file_layout(path) -> tuple[int, int] | None:
+    """(dim, ntotal) of a flat inner-product index file as ``write_flat_index`` (and FAISS) writes it,
+    its size consistent with them; None for any other file (another kind, or not an index)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_XB_OFFSET)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) != _XB_OFFSET:
+        return None
+    outer, inner = _HEADER.unpack_from(head, 0), _HEADER.unpack_from(head, _HEADER.size)
+    (count,) = _COUNT.unpack_from(head, 2 * _HEADER.size)
+    dim, n = outer[1], outer[2]
+    if (outer[0], inner[0]) != (b"IxM2", b"IxFI") or outer[5] != inner[5] != faiss.METRIC_INNER_PRODUCT:
+        return None
+    if inner[1:3] != (dim, n) or count != n * dim or size != _XB_OFFSET + 4 * n * dim + _COUNT.size + 8 * n:
+        return None
+    return dim, n
+
+
+def write_flat_index(path, dim: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]], base=None) -> int:
+    """Write the exact flat index of ``chunks`` (ids, vectors already normalised) to ``path`` as a
+    stream, byte for byte the file ``faiss.write_index`` writes for ``build_index(..., "flat")``, so
+    memory holds one chunk however many vectors there are (``build_index`` holds them all). ``base``:
+    a flat index file (``flat_file_layout``) whose vectors come first. Returns the vectors written."""
+    ids_parts = []
+    with open(path, "wb") as out:
+        out.write(_headers(dim, 0))
+        if base is not None:
+            ids_parts.append(_copy_base(base, dim, out))
+        for ids, rows in chunks:
+            rows = np.ascontiguousarray(rows, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != dim or len(rows) != len(ids):
+                raise ValueError(f"a chunk of {rows.shape} vectors for {len(ids)} ids; the index has {dim} dimensions")
+            out.write(memoryview(rows).cast("B"))
+            ids_parts.append(np.asarray(ids, dtype=np.int64))
+        ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
+        out.write(_COUNT.pack(len(ids)))
+        out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
+        out.seek(0)
+        out.write(_headers(dim, len(ids)))
+    return int(len(ids))
+
+
+def _copy_base(base, dim: int, out) -> np.ndarray:
+    """Append the vectors of the flat index file ``base`` to ``out``, block by block; its ids."""
+    layout = flat_file_layout(base)
+    if layout is None or layout[0] != dim:
+        raise ValueError(f"'{base}' is not a flat index file of {dim} dimensions")
+    n = layout[1]
+    with open(base, "rb") as f:
+        f.seek(_XB_OFFSET)
+        left = 4 * n * dim
+        while left:
+            block = f.read(min(left, WRITE_BLOCK_BYTES))
+            if not block:
+                raise ValueError(f"'{base}' ends before its vectors do")
+            out.write(block)
+            left -= len(block)
+        f.seek(_COUNT.size, os.SEEK_CUR)
+        return np.frombuffer(f.read(8 * n), dtype=np.int64)
