@@ -55,6 +55,10 @@ def hf_column_options(fn):
 @click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
               help="Chosen when the database is created (switch later with `restat --normalisation`). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
                    "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
+@click.option("--profile-dtype", type=click.Choice(["float32", "float16"]),
+              help="How raw profiles are stored, chosen when the database is created: float32 (default), or float16 "
+                   "scaled by a power of two per row (half the bytes; 2**-11 relative precision, README 'Database "
+                   "layout'). The statistics are computed from the float32 profiles either way.")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--random-weights", is_flag=True,
@@ -67,7 +71,7 @@ def hf_column_options(fn):
                    "(folders, CSV) are matched to them.")
 @handle_errors
 def index(db, model_spec, task, weights, num_classes, transform, data_spec, image_column, label_column, text_column, split, device, batch_size, limit, workers, index_kind, part_rows,
-          aggregate, units, linear_units, stats, normalisation, wait, quiet, random_weights, seed, classes):
+          aggregate, units, linear_units, stats, normalisation, profile_dtype, wait, quiet, random_weights, seed, classes):
     """Profile every sample of a dataset into a database (creates it; resumes an interrupted run)."""
     from ..data.sources import with_hf_columns
     from ..indexer import Indexer, torchrun_job
@@ -78,7 +82,8 @@ def index(db, model_spec, task, weights, num_classes, transform, data_spec, imag
                          device=device, batch_size=batch_size, workers=workers, index_kind=index_kind, part_rows=part_rows,
                          aggregate=aggregate, units=units, linear_units=linear_units, stats=stats, normalisation=normalisation,
                          progress=progress, wait=wait,
-                         random_weights=random_weights, seed=seed, classes=classes).run(data_spec, split=split, limit=limit)
+                         random_weights=random_weights, seed=seed, classes=classes,
+                         profile_dtype=profile_dtype).run(data_spec, split=split, limit=limit)
     _job_summary(report)
 
 
@@ -136,7 +141,8 @@ def _job_summary(report) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
 def restat(db, splits, normalisation, wait, quiet):
-    """Recompute the standardisation statistics and rebuild the indexes, atomically."""
+    """Recompute the standardisation statistics and rebuild the indexes, atomically (from the stored profiles: in a
+    float16 database, the rounded values)."""
     from ..indexer import restat as do_restat
 
     with progress_bars(not quiet) as progress:

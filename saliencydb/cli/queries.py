@@ -80,6 +80,9 @@ def info(db, as_of, fmt):
     features = f"features {s.feature_dim}" if s.feature_dim else "no feature vectors (a TorchScript model takes no hooks)"
     click.echo(f"units      {s.units.count} {s.units.kind} units in {s.units.layers} layers "
                f"({s.units.aggregate} of dL/dw); {features}")
+    if s.units.profile_dtype is not None:  # float32 databases print no such line, as before the option
+        click.echo(f"profiles   stored as {s.units.profile_dtype} scaled per row, {s.units.profile_bytes} bytes per sample "
+                   f"(float32: {4 * s.units.count})")
     if s.units.excluded:
         click.echo(f"not units  {len(s.units.excluded)} weights: " + "; ".join(s.units.excluded[:6])
                    + (f"; +{len(s.units.excluded) - 6} more" if len(s.units.excluded) > 6 else ""))

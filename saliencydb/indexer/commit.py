@@ -19,7 +19,7 @@ from ..progress import NullProgress, Progress
 from ..saliency import RunningStats, UnitLayout, l2_normalize
 from ..saliency.normalise import Normaliser, prescale
 from ..saliency.reference_stats import reference_stats
-from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, UNITS_SCHEMA, Manifest, samples_schema
+from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, PROFILE_EXP, UNITS_SCHEMA, Manifest, encode_profiles, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
 from ..storage import DatabaseWriter, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
 from ..storage.indexes import build_index, flat_file_layout, kind_of, write_flat_index
@@ -63,7 +63,7 @@ class PartWriter:
                  with_stats: bool):
         self.split, self.source, self.write_file, self.with_stats = split, source, write_file, with_stats
         self.n_units, self.class_names, self.normalisation = m.n_units, m.class_names, m.profile_normalisation
-        self.schema = samples_schema(m.n_units, m.feature_dim)
+        self.schema = samples_schema(m.n_units, m.feature_dim, m.stored_profile_dtype)
 
     def write(self, cols: dict[str, np.ndarray], ids: np.ndarray) -> WrittenPart:
         try:
@@ -75,6 +75,7 @@ class PartWriter:
                                 "This is a saliencydb bug: please report it with the command") from None
         rel = self.write_file(table)
         entry = PartEntry(file=rel, split=self.split, rows=len(ids), min_id=int(ids.min()), max_id=int(ids.max()))
+        # the statistics of the float32 profiles, before a float16 database's rounding
         stats = (RunningStats(self.n_units).update(prescale(cols["raw"], self.normalisation, cols["dlogit_norm"]))
                  if self.with_stats else None)
         return WrittenPart(entry, stats, int((cols["label"] == cols["pred"]).sum()))
@@ -96,6 +97,16 @@ def _text(source: Source, i: int) -> str | None:
     return source.text(i) if source.modality == "text" else None
 
 
+def _profile_columns(raw: np.ndarray, schema: pa.Schema) -> dict[str, pa.Array]:
+    """The stored raw profiles: float32 as profiled, or (a float16 schema) ``raw * 2**e`` and ``e`` (schemas.profiles)."""
+    width = schema.field("raw_profile").type.list_size
+    if PROFILE_EXP not in schema.names:
+        return {"raw_profile": pa.FixedSizeListArray.from_arrays(raw.reshape(-1), width)}
+    scaled, exp = encode_profiles(raw)
+    return {"raw_profile": pa.FixedSizeListArray.from_arrays(pa.array(scaled.reshape(-1), pa.float16()), width),
+            PROFILE_EXP: pa.array(exp, pa.int16())}
+
+
 def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source: Source, class_names: list[str],
                schema: pa.Schema) -> pa.Table:
     """One Parquet part of the samples table from a buffer of profiled rows."""
@@ -115,7 +126,7 @@ def part_table(cols: dict[str, np.ndarray], ids: np.ndarray, split: str, source:
             "loss": cols["loss"],
             "true_conf": cols["true_conf"],
             "pred_conf": cols["pred_conf"],
-            "raw_profile": pa.FixedSizeListArray.from_arrays(cols["raw"].reshape(-1), schema.field("raw_profile").type.list_size),
+            **_profile_columns(cols["raw"], schema),
             **feature,
             "dlogit_norm": cols["dlogit_norm"].astype(np.float32),
             "text": pa.array([_text(source, int(i)) for i in cols["index"]], pa.string()),

@@ -29,6 +29,7 @@ from ..models.loading import LoadedModel
 from ..progress import NullProgress, Progress
 from ..results import Result
 from ..saliency import RunningStats
+from ..schemas import PROFILE_DTYPES
 from ..schemas.manifest import SplitEntry
 from ..saliency.aggregates import check_aggregate
 from ..saliency.layout import LINEAR_AXES, UNIT_CHOICES
@@ -109,13 +110,16 @@ class Indexer:
                  aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
                  linear_units: str | None = None, stats: str | None = None, progress: Progress | None = None,
                  wait: bool = False,
-                 random_weights: bool = False, seed: int | None = None, classes: str | os.PathLike | None = None):
+                 random_weights: bool = False, seed: int | None = None, classes: str | os.PathLike | None = None,
+                 profile_dtype: str | None = None):
         if batch_size < 1:
             raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
         if seed is not None and not random_weights:
             raise SpecError("--seed draws random weights: pass it with --random-weights (or drop it)")
         if seed is not None and not 0 <= seed < 2**63:
             raise SpecError(f"--seed {seed} is out of range; give a whole number from 0 to 2**63 - 1")
+        if profile_dtype is not None and profile_dtype not in PROFILE_DTYPES:
+            raise SpecError(f"--profile-dtype '{profile_dtype}' is unknown; use one of {', '.join(PROFILE_DTYPES)}")
         if index_kind not in INDEX_KINDS:
             raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
         self.db = Path(db)
@@ -129,7 +133,7 @@ class Indexer:
                                   units=_choice(units, UNIT_CHOICES, "--units"),
                                   linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
                                   stats=check_stats_spec(stats),
-                                  random_weights=random_weights, seed=seed, task=task)
+                                  random_weights=random_weights, seed=seed, task=task, profile_dtype=profile_dtype)
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
             replace: bool = False, require_existing: bool = False) -> JobReport | None:

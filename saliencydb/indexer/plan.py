@@ -22,7 +22,7 @@ from ..models.stored import initialised_at_random, load_stored_model, model_reco
 from ..saliency import ProfileEngine, UnitLayout
 from ..saliency.aggregates import DEFAULT_AGGREGATE
 from ..saliency.reference_stats import reference_stats
-from ..schemas import Manifest
+from ..schemas import DEFAULT_PROFILE_DTYPE, Manifest
 from ..schemas.manifest import PendingReplace, SplitEntry
 from ..storage import DatabaseWriter, committed_keys, is_database, read_current
 
@@ -59,6 +59,7 @@ class ModelChoice:
     random_weights: bool = False
     seed: int | None = None  # --random-weights: the seed the weights are drawn under (None: 0)
     task: str | None = None  # hf: models; None: the one its config names
+    profile_dtype: str | None = None  # schemas.PROFILE_DTYPES: how raw profiles are stored; None: float32 (new), the db's own
 
     @property
     def random_seed(self) -> int | None:
@@ -150,6 +151,9 @@ def _check_existing(db: Path, manifest: Manifest, choice: ModelChoice) -> Loaded
     if choice.normalisation is not None and choice.normalisation != manifest.profile_normalisation:
         raise SpecError(f"database '{db}' uses the {manifest.profile_normalisation} normalisation; omit --normalisation, "
                         f"or switch the whole database with `saliencydb restat --db {db} --normalisation {choice.normalisation}`")
+    if choice.profile_dtype is not None and choice.profile_dtype != manifest.stored_profile_dtype:
+        raise SpecError(f"database '{db}' stores {manifest.stored_profile_dtype} profiles, fixed when it was created; "
+                        "omit --profile-dtype, or use another --db")
     if choice.transform is not None and Transform.parse(choice.transform).to_dict() != manifest.model.transform:
         if manifest.rows() == 0 and not manifest.pending:
             raise SpecError(f"database '{db}' has no samples yet: to start over with this transform, pass "
@@ -183,7 +187,8 @@ def _new_manifest(choice: ModelChoice, source: Source) -> tuple[Manifest, Loaded
                             "drop --normalisation / --aggregate")
     manifest = Manifest(model=model_record(loaded, transform, choice.num_classes, choice.aggregate or DEFAULT_AGGREGATE, said),
                         units=layout.to_dict(), feature_dim=feature_dim(loaded, transform, layout),
-                        normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation)
+                        normalisation=None if choice.normalisation in (None, "zscore") else choice.normalisation,
+                        profile_dtype=None if choice.profile_dtype in (None, DEFAULT_PROFILE_DTYPE) else choice.profile_dtype)
     notes += name_classes(manifest, loaded, source, choice.classes, getattr(transform, "task", None))
     return manifest, loaded, transform, notes
 

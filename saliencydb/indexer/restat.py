@@ -28,7 +28,8 @@ def restat(db: str | os.PathLike, splits: list[str] | str | None = None, *, norm
     ``--splits`` takes them; default: all) and rebuild the indexes, in one atomic commit; the new
     statistics are frozen. ``normalisation``: switch the database to that profile normalisation
     (saliency.normalise; None keeps its own). The derived tables, computed with the old
-    statistics, are dropped."""
+    statistics, are dropped. The statistics are of the stored profiles: in a float16 database
+    (schemas.profiles) the rounded values, not the float32 profiles `index` computed them from."""
     progress = progress or NullProgress()
     if normalisation is not None:
         normalisation = check_normalisation(normalisation)

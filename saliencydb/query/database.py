@@ -20,8 +20,8 @@ import pyarrow as pa
 from ..errors import DamagedError, DatabaseError, QueryError, SpecError
 from ..saliency import UnitLayout, l2_normalize
 from ..saliency.normalise import Normaliser, check_normalisation, needs_dlogit, running_stats
-from ..schemas import TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
-from ..storage import Snapshot, fixed_list_to_numpy
+from ..schemas import PROFILE_EXP, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema, scan_schema
+from ..storage import Snapshot, fixed_list_to_numpy, profile_columns, profiles_to_numpy
 from ..storage.indexes import SPACES, build_index
 
 # the per-sample prescale of each normalisation in SQL (saliency.normalise.prescale; a zero scale is 1)
@@ -30,6 +30,9 @@ _SCALE_SQL = {
     "zscore-unitnorm": "coalesce(nullif(sqrt(list_inner_product(raw_profile::DOUBLE[], raw_profile::DOUBLE[])), 0), 1.0)",
     "zscore-dlogit": "CASE WHEN dlogit_norm > 0 THEN dlogit_norm::DOUBLE WHEN dlogit_norm = 0 THEN 1.0 END",
 }
+# a float16 database's stored raw_profile * 2**profile_exp (scanned as float32) -> the true float32 values, exactly
+_DECODE_SQL = (f"* EXCLUDE ({PROFILE_EXP}) REPLACE (list_transform(raw_profile, lambda x: "
+               f"(x * pow(2.0, -{PROFILE_EXP}))::FLOAT) AS raw_profile)")
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (the top-k of the standardised profile)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 _PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
@@ -85,8 +88,9 @@ class Database:
 
     def _create_views(self) -> None:
         m = self.manifest
-        self._view("samples", m.part_files(), samples_schema(m.n_units, m.feature_dim),
-                   "*, label_name || ' -> ' || pred_name AS confusion")
+        half = m.stored_profile_dtype == "float16"  # the view shows the true values, without profile_exp
+        self._view("samples", m.part_files(), scan_schema(samples_schema(m.n_units, m.feature_dim, m.stored_profile_dtype)),
+                   f"{_DECODE_SQL if half else '*'}, label_name || ' -> ' || pred_name AS confusion")
         if self.overridden and m.stats is not None:
             mean, std = self.stats
             units = pa.table({**UnitLayout.from_dict(m.units).columns(), "mean": mean, "std": std}, schema=UNITS_SCHEMA)
@@ -295,7 +299,8 @@ class Database:
         return l2_normalize(self.rows("feature", ids))
 
     def rows(self, column: str, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32.
+        """Stored ``raw_profile`` or ``feature`` rows of the given sample ids, in that order, float32 (a float16
+        database's raw profiles decoded to their true values).
 
         Only the parts whose id range holds a wanted id are read, with a row filter, so a few
         ids cost a few small row groups, not a scan of the whole table."""
@@ -309,10 +314,11 @@ class Database:
             hit = ids[(ids >= part.min_id) & (ids <= part.max_id)]
             if len(hit) == 0:
                 continue
-            t = self.snapshot.read_table(part.file, columns=["sample_id", column],
+            columns = profile_columns(self.manifest) if column == "raw_profile" else [column]
+            t = self.snapshot.read_table(part.file, columns=["sample_id", *columns],
                                          filters=[("sample_id", "in", sorted(set(hit.tolist())))])
             got = t.column("sample_id").to_numpy()
-            vecs = fixed_list_to_numpy(t.column(column), width)
+            vecs = profiles_to_numpy(t, width) if column == "raw_profile" else fixed_list_to_numpy(t.column(column), width)
             pos = {int(i): r for r, i in enumerate(got)}
             for j in np.flatnonzero((ids >= part.min_id) & (ids <= part.max_id)):
                 r = pos.get(int(ids[j]))

@@ -34,6 +34,10 @@ class UnitsInfo(Result):
     layers: int
     aggregate: str
     excluded: list[str] = field(default_factory=list)  # "param: why" of the weights that are not units (linear layouts)
+    profile_dtype: str | None = None  # how raw profiles are stored: float16 (scaled per row); None: float32
+    profile_bytes: int | None = None  # bytes of one sample's stored profile, before compression (float16 only)
+
+    optional = ("profile_dtype", "profile_bytes")  # absent from the JSON of a float32 database, as before the option
 
 
 @dataclass

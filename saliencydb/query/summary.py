@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..schemas import DERIVED_TABLES
+from ..schemas import DERIVED_TABLES, profile_bytes
 from ..storage import list_versions, read_current
 from .results import DatabaseInfo, DerivedInfo, IndexInfo, ModelInfo, SplitInfo, StatsInfo, UnitsInfo
 
@@ -29,7 +29,8 @@ def database_info(db) -> DatabaseInfo:
                         num_classes=m.model.num_classes, transform=m.model.transform,
                         transform_source=m.model.transform_source, random_seed=m.model.random_seed),
         units=UnitsInfo(kind=m.units["kind"], count=m.n_units, layers=len(m.units["layers"]), aggregate=m.aggregate,
-                        excluded=[f"{e['param']}: {e['reason']}" for e in m.units.get("excluded", [])]),
+                        excluded=[f"{e['param']}: {e['reason']}" for e in m.units.get("excluded", [])],
+                        profile_dtype=m.profile_dtype, profile_bytes=m.profile_dtype and profile_bytes(m.n_units, m.profile_dtype)),
         feature_dim=m.feature_dim, metric=m.metric, samples=m.rows(), splits=splits,
         statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen,
                                                                  m.profile_normalisation, m.stats.source),

@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
+from .profiles import DEFAULT_PROFILE_DTYPE, PROFILE_DTYPES
 from .tables import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
@@ -186,8 +187,11 @@ class Manifest:
     # the profile normalisation the statistics and the saliency index use (saliency.normalise);
     # absent (None): zscore, the paper's, and the only one before the option
     normalisation: str | None = None
+    # how raw profiles are stored (schemas.profiles): float16 scaled per row, fixed when the database is
+    # created; absent (None): float32, the only one before the option
+    profile_dtype: str | None = None
 
-    OPTIONAL = ("normalisation",)
+    OPTIONAL = ("normalisation", "profile_dtype")
 
     @property
     def n_units(self) -> int:
@@ -245,6 +249,11 @@ class Manifest:
     @property
     def profile_normalisation(self) -> str:
         return self.normalisation or "zscore"
+
+    @property
+    def stored_profile_dtype(self) -> str:
+        """How the samples' raw profiles are stored: 'float32', or 'float16' scaled per row (schemas.profiles)."""
+        return self.profile_dtype or DEFAULT_PROFILE_DTYPE
 
     def to_dict(self) -> dict:
         out = {}
@@ -325,6 +334,8 @@ def manifest_problem(d) -> str | None:
                 return f"pending['{split}'].parts[{i}] {bad}"
     if "normalisation" in d and not isinstance(d["normalisation"], str):
         return "'normalisation' is not a string"
+    if "profile_dtype" in d and d["profile_dtype"] not in PROFILE_DTYPES:
+        return f"'profile_dtype' is not one of {', '.join(PROFILE_DTYPES)}"
     for key in ("files", "derived"):
         if not isinstance(d.get(key, {}), dict):
             return f"'{key}' is not an object"

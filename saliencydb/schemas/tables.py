@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from .profiles import DEFAULT_PROFILE_DTYPE, PROFILE_EXP
+
 FORMAT_VERSION = 2  # 2: versions/, pins/, per-file checksums, derived-table bases (format 1 is read and upgraded)
 
 
-def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
+def samples_schema(n_units: int, feature_dim: int, profile_dtype: str = DEFAULT_PROFILE_DTYPE) -> pa.Schema:
     """One row per profiled sample; ``raw_profile`` is the unstandardised profile. A model without a
-    feature vector (``feature_dim`` 0: a TorchScript file takes no hooks) has no ``feature`` column."""
+    feature vector (``feature_dim`` 0: a TorchScript file takes no hooks) has no ``feature`` column.
+    A float16 database (``profile_dtype``, schemas.profiles) stores ``raw_profile`` as halffloat
+    ``raw * 2**profile_exp``, with the int16 ``profile_exp`` column after it."""
     feature = [pa.field("feature", pa.list_(pa.float32(), feature_dim), nullable=False)] if feature_dim > 0 else []
+    half = profile_dtype == "float16"
+    profile = [pa.field("raw_profile", pa.list_(pa.float16() if half else pa.float32(), n_units), nullable=False)]
+    profile += [pa.field(PROFILE_EXP, pa.int16(), nullable=False)] if half else []
     return pa.schema(
         [
             pa.field("sample_id", pa.int64(), nullable=False),
@@ -25,7 +32,7 @@ def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
             pa.field("loss", pa.float32(), nullable=False),
             pa.field("true_conf", pa.float32(), nullable=False),
             pa.field("pred_conf", pa.float32(), nullable=False),
-            pa.field("raw_profile", pa.list_(pa.float32(), n_units), nullable=False),
+            *profile,
             *feature,
             # ||dL/dlogits||_2 (the zscore-dlogit normalisation's scale); null in parts written before it was stored
             pa.field("dlogit_norm", pa.float32()),
@@ -33,6 +40,14 @@ def samples_schema(n_units: int, feature_dim: int) -> pa.Schema:
             pa.field("text", pa.string()),
         ]
     )
+
+
+def scan_schema(schema: pa.Schema) -> pa.Schema:
+    """The samples schema a scan reads the parts with: a float16 ``raw_profile`` read as float32 (Arrow
+    casts on scan; DuckDB cannot scan halffloat). The values are still the stored ``raw * 2**profile_exp``."""
+    i = schema.get_field_index("raw_profile")
+    field = schema.field(i)
+    return schema.set(i, field.with_type(pa.list_(pa.float32(), field.type.list_size)))
 
 
 UNITS_SCHEMA = pa.schema(

@@ -305,7 +305,7 @@ def _check_file(db: Path, m: Manifest, rel: str) -> str | None:
 def _expected_table(m: Manifest, rel: str) -> tuple[pa.Schema | None, int | None]:
     for p in m.parts + [p for v in m.pending.values() for p in v.parts]:
         if p.file == rel:
-            return samples_schema(m.n_units, m.feature_dim), p.rows
+            return samples_schema(m.n_units, m.feature_dim, m.stored_profile_dtype), p.rows
     if m.stats and m.stats.file == rel:
         return UNITS_SCHEMA, m.n_units
     for name, files in m.tables.items():

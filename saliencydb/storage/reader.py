@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DatabaseError
-from ..schemas import Manifest
+from ..schemas import PROFILE_EXP, Manifest, decode_profiles
 from .files import damaged, find_damage
 from .versions import pin_version
 
@@ -105,6 +105,22 @@ def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.nd
     return values.reshape(-1, width).astype(np.float32, copy=False)
 
 
+def profile_columns(manifest: Manifest) -> list[str]:
+    """The samples columns a raw profile is read from: ``raw_profile``, and ``profile_exp`` in a float16 database."""
+    return ["raw_profile", PROFILE_EXP] if manifest.stored_profile_dtype == "float16" else ["raw_profile"]
+
+
+def profiles_to_numpy(data: pa.Table | pa.RecordBatch, width: int) -> np.ndarray:
+    """The true raw profiles (rows, width), float32, of a table or batch read with ``profile_columns``:
+    a float16 part's ``raw_profile * 2**-profile_exp`` decoded (schemas.profiles), a float32 part's as stored."""
+    rows = fixed_list_to_numpy(data.column("raw_profile"), width)
+    if PROFILE_EXP not in data.schema.names:
+        return rows
+    exp = data.column(PROFILE_EXP)
+    exp = exp.to_numpy() if isinstance(exp, pa.ChunkedArray) else exp.to_numpy(zero_copy_only=False)
+    return decode_profiles(rows, exp)
+
+
 def iter_part_batches(db: Path, files: list[str], columns: list[str], batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
     """Record batches of the listed part files, ``batch_rows`` at most each."""
     for rel in files:
@@ -119,31 +135,32 @@ def iter_profiles(
     db: Path, manifest: Manifest, column: str = "raw_profile", split: str | None = None, batch_rows: int = 4096,
     files: list[str] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(sample_ids, rows) chunks of a vector column, in committed order."""
+    """(sample_ids, rows) chunks of a vector column, in committed order, float32 (raw profiles decoded)."""
     if column == "feature" and not manifest.has_features:
         raise no_features(Path(db), manifest)
     width = manifest.n_units if column == "raw_profile" else manifest.feature_dim
-    for batch in iter_part_batches(db, files if files is not None else manifest.part_files(split), ["sample_id", column], batch_rows):
+    columns = ["sample_id"] + (profile_columns(manifest) if column == "raw_profile" else [column])
+    for batch in iter_part_batches(db, files if files is not None else manifest.part_files(split), columns, batch_rows):
         ids = batch.column(0).to_numpy()
-        yield ids, fixed_list_to_numpy(batch.column(1), width)
+        yield ids, profiles_to_numpy(batch, width) if column == "raw_profile" else fixed_list_to_numpy(batch.column(1), width)
 
 
 def iter_raw_profiles(
     db: Path, manifest: Manifest, split: str | None = None, batch_rows: int = 4096, files: list[str] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(sample_ids, raw profiles, dlogit norms) chunks in committed order; a dlogit norm is NaN
-    in parts written before the column was stored."""
+    """(sample_ids, raw profiles, dlogit norms) chunks in committed order; the profiles are the true float32
+    values (a float16 database's decoded); a dlogit norm is NaN in parts written before the column was stored."""
     for rel in files if files is not None else manifest.part_files(split):
         try:
             has = "dlogit_norm" in pq.ParquetFile(Path(db) / rel).schema_arrow.names
         except (OSError, pa.ArrowInvalid) as e:
             raise damaged(Path(db), rel, f"unreadable: {_first_line(e)}") from None
-        columns = ["sample_id", "raw_profile"] + (["dlogit_norm"] if has else [])
+        columns = ["sample_id", *profile_columns(manifest)] + (["dlogit_norm"] if has else [])
         for batch in iter_part_batches(db, [rel], columns, batch_rows):
             ids = batch.column(0).to_numpy()
-            dlogit = (batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64) if has
+            dlogit = (batch.column("dlogit_norm").to_numpy(zero_copy_only=False).astype(np.float64) if has
                       else np.full(len(ids), np.nan))
-            yield ids, fixed_list_to_numpy(batch.column(1), manifest.n_units), dlogit
+            yield ids, profiles_to_numpy(batch, manifest.n_units), dlogit
 
 
 def read_stats(db: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
