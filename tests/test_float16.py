@@ -96,12 +96,17 @@ def _profile_bytes(db_path) -> int:
 
 def test_neighbors_and_sql_agree(pair):
     f32, f16 = pair
-    overlap = []
-    for i in range(0, 800, 16):  # 50 samples of both splits; measured: 1.0 for each (0.9999 over all 800, numpy)
-        sets = [{n["sample_id"] for n in json.loads(run_cli("neighbors", "--db", db, "--id", i, "-k", 10,
-                                                            "--format", "json").output)["neighbors"]} for db in pair]
-        overlap.append(len(sets[0] & sets[1]) / 10)
-    assert np.mean(overlap) >= 0.98 and min(overlap) >= 0.8, overlap
+    overlap, found = [], {}
+    for i in range(0, 800, 16):  # 50 samples of both splits
+        found[i] = [[n["sample_id"] for n in json.loads(run_cli("neighbors", "--db", db, "--id", i, "-k", 10, "--format",
+                                                                "json").output)["neighbors"]] for db in pair]
+        overlap.append(len(set(found[i][0]) & set(found[i][1])) / 10)
+    assert np.mean(overlap) >= 0.95 and min(overlap) >= 0.6, overlap  # measured: 0.97, least 0.7 (0.989 over all 800)
+    with saliencydb.open(f32) as a:  # where the sets differ it is a near-tie: confidently right digits share profiles
+        v = a.vectors("saliency", np.arange(800)).astype(np.float64)
+    for i, (n32, n16) in found.items():
+        sims = v @ v[i]
+        assert (sims[n16] >= sims[n32].min() - 1e-4).all()  # measured: within 4e-6 of the float32 10th
     q = "SELECT sample_id, raw_profile[1] AS r FROM samples ORDER BY sample_id"
     with saliencydb.open(f32) as a, saliencydb.open(f16) as b:
         first32, first16 = (np.array(d.sql(q).column("r").to_pylist(), dtype=np.float64) for d in (a, b))
@@ -118,6 +123,14 @@ def test_neighbors_and_sql_agree(pair):
             np.testing.assert_allclose(z16[top32["unit_id"]], top32["z"], rtol=1e-3, atol=1e-3)
             same_top.append(set(top16["unit_id"]) == set(top32["unit_id"]))
         assert np.mean(same_top) >= 0.9, same_top  # measured: 0.996 of the 800 samples (numpy)
+
+
+@pytest.mark.parametrize("normalisation", ["zscore-unitnorm", "zscore-dlogit"])
+def test_sql_z_of_other_normalisations(pair, normalisation):
+    with saliencydb.open(pair[1], normalisation=normalisation) as b:
+        for i in (5, 650):
+            np.testing.assert_allclose(b.sql(f"SELECT z FROM profile({i})").column("z").to_numpy(), b.z([i])[0],
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_profile_dtype_is_fixed_and_recorded(pair):

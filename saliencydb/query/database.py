@@ -30,9 +30,10 @@ _SCALE_SQL = {
     "zscore-unitnorm": "coalesce(nullif(sqrt(list_inner_product(raw_profile::DOUBLE[], raw_profile::DOUBLE[])), 0), 1.0)",
     "zscore-dlogit": "CASE WHEN dlogit_norm > 0 THEN dlogit_norm::DOUBLE WHEN dlogit_norm = 0 THEN 1.0 END",
 }
-# a float16 database's stored raw_profile * 2**profile_exp (scanned as float32) -> the true float32 values, exactly
+# a float16 database's stored raw_profile * 2**profile_exp (scanned as float32) -> the true float32 values, exactly,
+# as the FLOAT[n_units] array a float32 database's view has
 _DECODE_SQL = (f"* EXCLUDE ({PROFILE_EXP}) REPLACE (list_transform(raw_profile, lambda x: "
-               f"(x * pow(2.0, -{PROFILE_EXP}))::FLOAT) AS raw_profile)")
+               f"(x * pow(2.0, -{PROFILE_EXP}))::FLOAT)::FLOAT[{{n}}] AS raw_profile)")
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (the top-k of the standardised profile)
 READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
 _PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
@@ -90,7 +91,7 @@ class Database:
         m = self.manifest
         half = m.stored_profile_dtype == "float16"  # the view shows the true values, without profile_exp
         self._view("samples", m.part_files(), scan_schema(samples_schema(m.n_units, m.feature_dim, m.stored_profile_dtype)),
-                   f"{_DECODE_SQL if half else '*'}, label_name || ' -> ' || pred_name AS confusion")
+                   f"{_DECODE_SQL.format(n=m.n_units) if half else '*'}, label_name || ' -> ' || pred_name AS confusion")
         if self.overridden and m.stats is not None:
             mean, std = self.stats
             units = pa.table({**UnitLayout.from_dict(m.units).columns(), "mean": mean, "std": std}, schema=UNITS_SCHEMA)
