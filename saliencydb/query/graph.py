@@ -5,7 +5,7 @@ search vectors, else a scratch copy written block by block. The graph of one spl
 block against block, each pair of blocks once (the similarity matrix of block a against block b
 serves the rows of both), so memory holds two blocks of ``GRAPH_BLOCK_BYTES`` and their similarity
 matrix, whatever the number of samples, and the work is half of searching every row against every
-row. Each block's pages are handed back after use (``storage.indexes.release``): they stay in the
+row. Each block's pages are handed back after use (``storage.indexes.release_pages``): they stay in the
 page cache, not in this process's resident memory.
 
 Neighbours are ranked by similarity, ties by the earlier position in the file (committed order), so
@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..storage.indexes import flat_part, mapped_vectors, release, scratch_rows
+from ..storage.indexes import flat_part, mapped_vectors, release_pages, scratch_rows
 
 GRAPH_BLOCK_BYTES = 256 << 20  # vectors per block: two blocks are resident at once
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 64, 8192
@@ -77,7 +77,7 @@ def _gather(vectors: Vectors, positions: np.ndarray) -> np.ndarray:
     """The rows at ``positions`` (sorted) copied into memory; the mapped pages they span handed back."""
     rows = np.ascontiguousarray(vectors.rows[positions], dtype=np.float32)
     if vectors.mapped and len(positions):
-        release(vectors.rows[positions[0]:positions[-1] + 1])
+        release_pages(vectors.rows[positions[0]:positions[-1] + 1])
     return rows
 
 

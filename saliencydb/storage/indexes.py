@@ -147,7 +147,7 @@ def scan_flat(index: faiss.Index, vectors: np.ndarray, k: int, candidates: np.nd
         found_s.append(s)
         found_p.append(np.where(p >= 0, p + start, -1))
         if release:
-            release(rows)
+            release_pages(rows)
     return _merge(found_s, found_p, ids, len(q), k)
 
 
@@ -181,7 +181,7 @@ def _merge(found_s: list, found_p: list, ids: np.ndarray, nq: int, k: int) -> tu
 def scratch_rows(dim: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, ids): the float32 vectors of ``chunks`` (ids, rows) written one chunk at a time to a scratch
     file in the system's temporary directory (never in a database), mapped read-only as a (n, dim)
-    array; the file is removed on exit. Memory holds one chunk, and the pages a reader ``release``s."""
+    array; the file is removed on exit. Memory holds one chunk, and the pages a reader releases (``release_pages``)."""
     with tempfile.TemporaryDirectory(prefix="saliencydb-vectors-") as tmp:
         path = Path(tmp) / "vectors.f32"
         ids = []
@@ -198,7 +198,7 @@ def scratch_rows(dim: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> I
             del rows
 
 
-def release(rows: np.ndarray) -> None:
+def release_pages(rows: np.ndarray) -> None:
     """Drop the pages under ``rows`` (a view of a read-only file mapping) from this process's resident set."""
     import ctypes
     import mmap
