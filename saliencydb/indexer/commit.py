@@ -21,7 +21,7 @@ from ..saliency.normalise import Normaliser, prescale
 from ..saliency.reference_stats import reference_stats
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, PROFILE_EXP, UNITS_SCHEMA, Manifest, encode_profiles, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
-from ..storage import DatabaseWriter, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
+from ..storage import DatabaseWriter, batch_rows_for, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
 from ..storage.indexes import build_index, flat_file_layout, kind_of, write_flat_index
 
 
@@ -231,14 +231,15 @@ def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, ki
         files, base = m.part_files(), None
     n = sum(p.rows for p in m.parts if p.file in set(files))
     task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
+    batch = batch_rows_for(dim)  # memory bounded by a batch, not the database
 
     def chunks():
         if space == "saliency":
-            for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=files):
+            for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=files, batch_rows=batch):
                 yield ids, l2_normalize(normaliser(raw, dlogit))
                 task.advance(len(ids))
             return
-        for ids, rows in iter_profiles(writer.path, m, column="feature", files=files):
+        for ids, rows in iter_profiles(writer.path, m, column="feature", files=files, batch_rows=batch):
             yield ids, l2_normalize(rows)
             task.advance(len(ids))
 

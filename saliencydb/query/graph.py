@@ -23,7 +23,7 @@ import numpy as np
 from ..storage.indexes import flat_part, mapped_vectors, release_pages, scratch_rows
 
 GRAPH_BLOCK_BYTES = 256 << 20  # vectors per block: two blocks are resident at once
-MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 64, 8192
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 64, 2048  # at most 2048: a block pair's similarities and their top-k temporaries stay ~100 MiB
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pyarrow as pa
 from ..errors import QueryError
 from ..progress import NullProgress
 from ..schemas import KNN_SCHEMA
+from ..storage import batch_rows_for
 from ..storage.derived import store_derived
 from ..storage.indexes import build_index, to_search_device
 from .baselines import baseline_shares
@@ -23,7 +24,6 @@ from .graph import block_rows, index_vectors, is_flat, knn_positions, scratch_ve
 from .neighbors import search
 from .results import Estimate, MistakesReport, SpaceShares, SplitShares
 
-BLOCK_ROWS = 2048
 
 
 @dataclass
@@ -88,10 +88,11 @@ def _graph_vectors(db, space: str):
 
 def _chunks(db, space: str):
     if space == "saliency":
-        for ids, raw, dlogit in db.snapshot.iter_raw_profiles(batch_rows=BLOCK_ROWS):
+        batch = batch_rows_for(db.manifest.n_units)
+        for ids, raw, dlogit in db.snapshot.iter_raw_profiles(batch_rows=batch):
             yield ids, db.search_vectors(space, raw, dlogit)
         return
-    for ids, rows in db.snapshot.iter_profiles("feature", batch_rows=BLOCK_ROWS):
+    for ids, rows in db.snapshot.iter_profiles("feature", batch_rows=batch_rows_for(db.manifest.feature_dim)):
         yield ids, db.search_vectors(space, rows)
 
 

@@ -97,6 +97,15 @@ def no_features(db: Path, manifest: Manifest) -> DatabaseError:
     return DatabaseError(f"database '{db}' has no feature vectors ({manifest.no_features_reason}); use the saliency space")
 
 
+VECTOR_BATCH_BYTES = 64 << 20  # float32 vectors per batch of a dataset-wide pass (``batch_rows_for``)
+
+
+def batch_rows_for(width: int, batch_bytes: int = VECTOR_BATCH_BYTES) -> int:
+    """Rows per batch so a batch of ``width`` float32 values a row holds about ``batch_bytes`` (64 to 4096
+    rows): a pass over every profile then holds a batch and its float64 temporaries, whatever the width."""
+    return int(min(4096, max(64, batch_bytes // max(1, 4 * width))))
+
+
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
     """A fixed-size-list column as a (rows, width) float32 array (no Python objects)."""
     if isinstance(column, pa.ChunkedArray):
