@@ -75,7 +75,10 @@ def knn_positions(vectors: Vectors, positions: np.ndarray, k: int, block: int,
 
 def _gather(vectors: Vectors, positions: np.ndarray) -> np.ndarray:
     """The rows at ``positions`` (sorted) copied into memory; the mapped pages they span handed back."""
-    rows = np.ascontiguousarray(vectors.rows[positions], dtype=np.float32)
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):  # a run: one slice, no index array
+        rows = np.array(vectors.rows[positions[0]:positions[-1] + 1], dtype=np.float32)
+    else:
+        rows = np.ascontiguousarray(vectors.rows[positions], dtype=np.float32)
     if vectors.mapped and len(positions):
         release_pages(vectors.rows[positions[0]:positions[-1] + 1])
     return rows
@@ -94,12 +97,16 @@ def _merge(best_s: np.ndarray, best_p: np.ndarray, rows: slice, sims: np.ndarray
 
 def _top_k(sims: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k highest similarities of the block (ties: the leftmost columns) and their positions."""
-    if sims.shape[1] <= k:
+    width = sims.shape[1]
+    if width <= k:
         return sims, np.broadcast_to(cols, sims.shape)
-    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1:k]
-    above = sims > kth
-    tied = sims == kth
-    keep = above | (tied & (np.cumsum(tied, axis=1) <= (k - above.sum(axis=1))[:, None]))
+    kth = np.partition(sims, width - k, axis=1)[:, width - k:width - k + 1]
+    keep = sims >= kth
+    over = np.flatnonzero(keep.sum(axis=1) > k)  # rows whose k-th value is tied beyond k: keep the leftmost
+    if len(over):
+        sub, th = sims[over], kth[over]
+        tied = sub == th
+        keep[over] = (sub > th) | (tied & (np.cumsum(tied, axis=1) <= (k - (sub > th).sum(axis=1))[:, None]))
     r, c = np.nonzero(keep)  # row-major: k entries per row, columns ascending
     return sims[r, c].reshape(-1, k), cols[c].reshape(-1, k)
 
