@@ -112,12 +112,13 @@ def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*[cell(r[c]) for c in columns])
+        table.add_column(Text(c), overflow="fold")
+    for r in rows:  # plain Text: a value such as '[infinity]' is shown, not read as Rich markup
+        table.add_row(*[Text(cell(r[c])) for c in columns])
     Console(width=terminal_width()).print(table)
 
 

@@ -1,9 +1,13 @@
 """The Database object: one pinned version of a database, its tables as DuckDB views.
 
 User SQL runs in a DuckDB connection that can reach only the tables of that version: their
-files are registered as lazily scanned Arrow datasets first, then external access is
-switched off and the configuration locked, so no statement of any kind can read or write
-the file system or the network (README "Reliability").
+files are registered as lazily scanned Arrow datasets (read by pyarrow, not by DuckDB); the
+connection is opened with external access off, no temporary directory (nothing spills to
+disk, so no directory is reachable from SQL) and no Python replacement scans, its local file
+system is then disabled and its configuration locked, so no statement of any kind can read or
+write the file system or the network. Which statements run is decided by DuckDB's own parser
+(``check_read_only``), and each user statement runs on a fresh cursor inside a transaction that
+is rolled back, so nothing it might create outlives it (README "Trust").
 """
 
 from __future__ import annotations
@@ -35,11 +39,16 @@ _SCALE_SQL = {
 _DECODE_SQL = (f"* EXCLUDE ({PROFILE_EXP}) REPLACE (list_transform(raw_profile, lambda x: "
                f"(x * pow(2.0, -{PROFILE_EXP}))::FLOAT)::FLOAT[{{n}}] AS raw_profile)")
 SALIENT_TOP_K = 10  # units per sample in the salient_units view (the top-k of the standardised profile)
-READ_ONLY_STATEMENTS = {"StatementType.SELECT", "StatementType.EXPLAIN"}
-_PIVOT = re.compile(r"^\s*(pivot|unpivot|from|with|select)\b", re.I)  # PIVOT parses as a MULTI statement
-_ANALYZE = re.compile(r"\banaly[sz]e\b", re.I)
-_SEAL = ("SET python_enable_replacements = false", "SET autoinstall_known_extensions = false",
-         "SET autoload_known_extensions = false", "SET enable_external_access = false", "SET lock_configuration = true")
+# the connection's settings from its start, so every cursor of it has them too (python_enable_replacements is
+# per connection when SET): no Python variable read by name, no extension installed or loaded, no file or network
+# access, and temp_directory '' -- nothing spills to disk, so no temporary directory is reachable from SQL (DuckDB
+# keeps its temp directory, by default <cwd>/.tmp, open even with external access off); a query needing more memory
+# than DuckDB's memory limit fails instead of spilling
+_CONFIG = {"python_enable_replacements": False, "autoinstall_known_extensions": False,
+           "autoload_known_extensions": False, "allow_community_extensions": False, "allow_persistent_secrets": False,
+           "enable_external_access": False, "temp_directory": ""}
+# after the views exist (these cannot be given at start): DuckDB's local file system off, then no setting can change
+_SEAL = ("SET disabled_filesystems = 'LocalFileSystem'", "SET lock_configuration = true")
 
 
 class Database:
@@ -68,8 +77,9 @@ class Database:
         except SpecError as e:
             self.snapshot.close()
             raise QueryError(str(e)) from None
+        self._sources: dict[str, object] = {}  # name -> the Arrow data a view reads (registered on every cursor)
         try:
-            self.con = duckdb.connect(":memory:")
+            self.con = duckdb.connect(":memory:", config=_CONFIG)
             self._create_views()
             for statement in _SEAL:
                 self.con.execute(statement)
@@ -82,9 +92,15 @@ class Database:
         return self.manifest.commit
 
     # -- views --------------------------------------------------------------------------
+    def _register(self, name: str, data) -> None:
+        """Put Arrow data under a name the views read; a registration belongs to one connection, so ``_cursor``
+        repeats it on each fresh cursor."""
+        self._sources[name] = data
+        self.con.register(name, data)
+
     def _view(self, name: str, rels: list[str], schema: pa.Schema, select: str = "*") -> None:
         data = self.snapshot.dataset(rels, schema) if rels else schema.empty_table()
-        self.con.register(f"_{name}_data", data)
+        self._register(f"_{name}_data", data)
         self.con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM _{name}_data")
 
     def _create_views(self) -> None:
@@ -95,14 +111,14 @@ class Database:
         if self.overridden and m.stats is not None:
             mean, std = self.stats
             units = pa.table({**UnitLayout.from_dict(m.units).columns(), "mean": mean, "std": std}, schema=UNITS_SCHEMA)
-            self.con.register("_units_data", units)
+            self._register("_units_data", units)
             self.con.execute("CREATE OR REPLACE VIEW units AS SELECT * FROM _units_data")
         else:
             self._view("units", [m.stats.file] if m.stats else [], UNITS_SCHEMA)
         for name, schema in TABLE_SCHEMAS.items():
             self._view(name, m.tables.get(name, []), schema)
         names = m.class_names
-        self.con.register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
+        self._register("_classes", pa.table({"class": pa.array(range(len(names)), pa.int32()), "name": names}))
         self.con.execute("CREATE OR REPLACE VIEW classes AS SELECT * FROM _classes")
         # every sample's standardised profile, one row per (sample, unit); evaluated lazily
         self.con.execute(
@@ -137,23 +153,67 @@ class Database:
         """Run one read-only statement (SELECT / WITH / PIVOT / DESCRIBE / plain EXPLAIN ...) and return an Arrow table.
 
         ``max_rows``: at most that many rows plus one (so a caller can tell the result was cut); ``timeout_s``: the
-        statement is interrupted after that many seconds (QueryError)."""
-        check_read_only(self.con, query)
-        timer = threading.Timer(timeout_s, self.con.interrupt) if timeout_s else None
+        statement is interrupted after that many seconds (QueryError).
+
+        The statement runs on a fresh cursor, in a transaction that is rolled back: it leaves no pending result and
+        nothing it created behind. A column holding values Python cannot represent (a DATE or TIMESTAMP of
+        +-infinity or past year 9999, also inside a list or struct) comes back as DuckDB's text of them (VARCHAR)."""
+        text = check_read_only(self.con, query)
         try:
-            if timer is not None:
-                timer.start()
-            rel = self.con.sql(query, params=params or None)
-            return _arrow(rel if max_rows is None else rel.limit(max_rows + 1))
+            return self._run(text, params, max_rows=max_rows, timeout_s=timeout_s)
         except duckdb.InterruptException:
             raise QueryError(f"SQL error: the query ran longer than {timeout_s:g} s and was stopped; narrow it") from None
         except duckdb.Error as e:
             raise self._query_error("SQL error", e) from None
-        except (ValueError, TypeError, OverflowError) as e:  # a result DuckDB cannot hand to Arrow
+        except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:  # a result DuckDB cannot hand to Arrow
             raise QueryError(f"SQL error: {_first_line(e)}") from None
+
+    def _cursor(self):
+        """A fresh connection (DuckDB cursor) to this version's views, their data registered on it: its results,
+        its session state and its TEMP objects are its own, and go with it."""
+        cur = self.con.cursor()
+        try:
+            for name, data in self._sources.items():
+                cur.register(name, data)
+        except BaseException:
+            cur.close()
+            raise
+        return cur
+
+    def _run(self, query: str, params: list | None = None, *, max_rows: int | None = None,
+             timeout_s: float | None = None) -> pa.Table:
+        """Run one statement, as given (``sql`` checks it first), on a fresh cursor inside a transaction that is
+        rolled back and the cursor closed, whatever happens: nothing the statement creates is seen by another."""
+        cur = self._cursor()
+        timer = threading.Timer(timeout_s, _interrupt, [cur]) if timeout_s else None
+        try:
+            cur.begin()
+            if timer is not None:
+                timer.start()
+            rel = cur.sql(query, params=params or None)
+            table = pa.table({}) if rel is None else _arrow(rel if max_rows is None else rel.limit(max_rows + 1))
         finally:
             if timer is not None:
                 timer.cancel()
+            _discard(cur)
+        return self._python_safe(table)
+
+    def _python_safe(self, table: pa.Table) -> pa.Table:
+        """``table`` with each column that Python cannot convert (``to_pylist`` fails: a date or timestamp out of
+        Python's range) as DuckDB's own text of its values, read back from the Arrow data on a fresh cursor."""
+        bad = [i for i, col in enumerate(table.columns) if _has_temporal(col.type) and not _converts(col)]
+        if not bad:
+            return table
+        cur = self.con.cursor()
+        try:
+            cur.register("_unconvertible", pa.table({f"c{j}": table.column(i) for j, i in enumerate(bad)}))
+            casts = ", ".join(f"CAST(c{j} AS VARCHAR) AS c{j}" for j in range(len(bad)))
+            text = _arrow(cur.sql(f"SELECT {casts} FROM _unconvertible"))
+        finally:
+            cur.close()
+        for j, i in enumerate(bad):
+            table = table.set_column(i, table.schema.field(i).name, text.column(j))
+        return table
 
     def _query_error(self, what: str, e: Exception) -> Exception:
         text = _first_line(e)
@@ -360,10 +420,14 @@ class Database:
                              "committed any); run `saliencydb index` (its error, if it failed, says why)")
 
     def _execute(self, query: str, params: list | None = None):
-        """Run the library's own SQL; a damaged file becomes one line."""
+        """Run the library's own SQL on a fresh cursor, returned for its rows (closed when dropped): a result left
+        unread, or a failure, leaves nothing pending on ``self.con`` or for the next call; a damaged file becomes
+        one line."""
+        cur = self._cursor()
         try:
-            return self.con.execute(query, params or [])
+            return cur.execute(query, params or [])
         except duckdb.Error as e:
+            _discard(cur)
             raise self._query_error("SQL error", e) from None
 
     def ids_where(self, where: str | None = None, split: str | None = None) -> np.ndarray:
@@ -386,8 +450,9 @@ class Database:
             clauses.append("split = ?")
             params.append(split)
         q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        try:
-            return self.con.execute(q, params).fetchnumpy()["sample_id"].astype(np.int64)
+        try:  # a SELECT by construction (checked all the same), run like user SQL: fresh cursor, rolled back
+            ids = self._run(check_read_only(self.con, q), params).column("sample_id")
+            return ids.to_numpy().astype(np.int64)
         except duckdb.Error as e:
             raise self._query_error(f"--where {where!r}", e) from None
         except (ValueError, TypeError, OverflowError) as e:
@@ -464,31 +529,122 @@ class Database:
         self.close()
 
 
-def check_read_only(con, query: str) -> None:
-    """Refuse anything but one read-only statement (the second line of defence: the connection
-    itself cannot touch files)."""
+def check_read_only(con, query: str) -> str:
+    """Refuse anything but one read-only statement; return the text to run (the second line of defence: the
+    connection itself cannot touch files, and each statement runs in a transaction that is rolled back).
+
+    Decided by DuckDB's own parser and tokenizer, never by a pattern over the text (a nested comment, a string
+    or a quoted name reads to them as it reads to the engine): a SELECT (WITH, FROM, UNPIVOT, DESCRIBE,
+    SUMMARIZE, SHOW ...) runs as given; a plain EXPLAIN of a SELECT runs as given; a MULTI statement (a PIVOT
+    without an IN list is parsed into the creation of an ENUM type, the statement, and the type's removal) runs
+    only as ``SELECT * FROM (<it>)``, which DuckDB must parse as one statement, so what runs is a SELECT whatever
+    the text is; anything else is refused."""
+    statement = _one_statement(con, query)
+    kind = _kind(statement)
+    if kind == "StatementType.SELECT":
+        return query
+    if kind == "StatementType.MULTI":
+        return _as_subquery(con, query)
+    if kind == "StatementType.EXPLAIN":
+        _check_plain_explain(con, query)
+        return query
+    raise QueryError(
+        f"only read-only queries are allowed (this is a {kind.split('.')[-1]} statement); "
+        "the database is changed only by saliencydb commands"
+    )
+
+
+def _one_statement(con, query: str):
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as e:
         raise QueryError(f"SQL does not parse: {_first_line(e)}") from None
     if len(statements) != 1:
         raise QueryError(f"give exactly one SQL statement (got {len(statements)})")
+    return statements[0]
+
+
+def _kind(statement) -> str:
     try:
-        kind = str(statements[0].type)
+        return str(statement.type)
     except ValueError:  # a statement type this DuckDB's Python API cannot name (e.g. UPDATE EXTENSIONS)
-        kind = "StatementType.UNKNOWN"
-    pivot = kind == "StatementType.MULTI" and _PIVOT.match(_strip_comments(query))
-    if kind not in READ_ONLY_STATEMENTS and not pivot:
-        raise QueryError(
-            f"only read-only queries are allowed (this is a {kind.split('.')[-1]} statement); "
-            "the database is changed only by saliencydb commands"
-        )
-    if kind == "StatementType.EXPLAIN" and _ANALYZE.search(_strip_comments(query)):
-        raise QueryError("EXPLAIN ANALYZE runs the statement it explains; use plain EXPLAIN")
+        return "StatementType.UNKNOWN"
 
 
-def _strip_comments(query: str) -> str:
-    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", query, flags=re.S)
+def _tokens(query: str) -> list[tuple[int, str]]:
+    """DuckDB's tokens of ``query`` without its comments: (offset, text), keywords in capitals."""
+    raw = duckdb.tokenize(query)
+    out = []
+    for n, (offset, kind) in enumerate(raw):
+        if kind != duckdb.token_type.comment:
+            end = raw[n + 1][0] if n + 1 < len(raw) else len(query)
+            text = query[offset:end].strip()
+            out.append((offset, text.upper() if kind == duckdb.token_type.keyword else text))
+    return out
+
+
+def _as_subquery(con, query: str) -> str:
+    """A MULTI statement as ``SELECT * FROM (<it>)``, refused unless that parses as one statement (its trailing
+    semicolons, found as DuckDB's tokens, dropped first)."""
+    body = query
+    for offset, text in reversed(_tokens(query)):
+        if text != ";":
+            break
+        body = query[:offset]
+    wrapped = f"SELECT * FROM (\n{body}\n)"
+    try:
+        statements = con.extract_statements(wrapped)
+    except duckdb.Error:
+        statements = []
+    if len(statements) != 1 or _kind(statements[0]) not in ("StatementType.SELECT", "StatementType.MULTI"):
+        raise QueryError("only read-only queries are allowed (this statement is not a query: PIVOT, SELECT, WITH or "
+                         "FROM); the database is changed only by saliencydb commands")
+    return wrapped
+
+
+def _check_plain_explain(con, query: str) -> None:
+    """Allow ``EXPLAIN <a SELECT>`` and ``EXPLAIN (FORMAT f) <a SELECT>`` only: EXPLAIN ANALYZE (in any spelling,
+    or as an option in parentheses, quoted or not) runs the statement it explains."""
+    tokens = _tokens(query)
+    skip = 5 if [t.upper() for _, t in tokens[1:3]] == ["(", "FORMAT"] and len(tokens) > 5 and tokens[4][1] == ")" else 1
+    first = tokens[skip] if len(tokens) > skip and tokens[0][1] == "EXPLAIN" else None
+    if first is None or first[1] in ("(", "ANALYZE", "ANALYSE", "VERBOSE"):
+        raise QueryError("EXPLAIN ANALYZE runs the statement it explains; use plain EXPLAIN (its one option: FORMAT)")
+    try:
+        explained = _kind(_one_statement(con, query[first[0]:]))
+    except QueryError:
+        explained = "StatementType.UNKNOWN"
+    if explained != "StatementType.SELECT":
+        raise QueryError("only read-only queries are allowed: EXPLAIN explains a query (SELECT, WITH, FROM ...) only")
+
+
+def _discard(cur) -> None:
+    """Roll back what a cursor's statement did (nothing, when it only read) and close the cursor."""
+    try:
+        cur.rollback()
+    except duckdb.Error:
+        pass  # no transaction open (it failed to start), or one already ended
+    finally:
+        cur.close()
+
+
+def _interrupt(cur) -> None:
+    try:
+        cur.interrupt()
+    except duckdb.Error:
+        pass  # the statement ended (and its cursor closed) as the time ran out
+
+
+def _has_temporal(t: pa.DataType) -> bool:
+    return pa.types.is_temporal(t) or any(_has_temporal(t.field(i).type) for i in range(t.num_fields))
+
+
+def _converts(col) -> bool:
+    try:
+        col.to_pylist()
+        return True
+    except (OverflowError, ValueError, pa.ArrowException):
+        return False
 
 
 def check_space(space: str) -> None:

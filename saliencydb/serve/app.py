@@ -8,8 +8,13 @@ request gets a 4xx with a one-line message; an unexpected failure a 500 without 
 from __future__ import annotations
 
 import csv
+import datetime
+import decimal
 import io
+import json
 import logging
+import math
+import re
 from pathlib import Path
 
 from ..errors import QueryError, SaliencyDBError
@@ -55,10 +60,10 @@ class _Handlers:
 
     def int_param(self, request, name: str) -> int:
         raw = request.path_params[name] if name in request.path_params else request.query_params.get(name)
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise self.HTTPException(400, f"{name} must be an integer, not {raw!r}") from None
+        value = strict_int(raw)
+        if value is None:
+            raise self.HTTPException(400, f"{name} must be an integer, not {raw!r}")
+        return value
 
     def channel_reduce_of(self, request) -> str:
         """The ``channel_reduce`` query parameter of an input-space map: max-abs (the default) or abs-max."""
@@ -157,11 +162,11 @@ class _Handlers:
 
     # -- pictures ----------------------------------------------------------------------------------
     def image(self, request):
-        side = request.query_params.get("side", "96")
-        if not side.isdigit() or not 16 <= int(side) <= 512:
+        side = strict_int(request.query_params.get("side", "96"))
+        if side is None or not 16 <= side <= 512:
             raise self.HTTPException(400, "side must be an integer from 16 to 512")
         with self.served.reading() as db:
-            return self.png(self.served.thumbnail(db, self.int_param(request, "sample_id"), int(side)))
+            return self.png(self.served.thumbnail(db, self.int_param(request, "sample_id"), side))
 
     def input_map(self, request):
         kind = "map" if request.url.path.endswith("/map.png") else "gradcam"
@@ -208,7 +213,8 @@ class _Handlers:
 
     def api_sql(self, request):
         with self.served.reading() as db:
-            return self.JSON(api.sql(db, request.query_params.get("q") or ""))
+            doc = api.sql(db, request.query_params.get("q") or "")
+        return self.Response(sql_json(doc), media_type="application/json")
 
     def api_triage(self, request):
         with self.served.reading() as db:
@@ -233,6 +239,39 @@ class _Handlers:
             Route("/api/groups/{cluster}", self.api_group), Route("/api/sql", self.api_sql), Route("/api/triage", self.api_triage),
             Route("/api/search", self.api_search, methods=["POST"]),
         ]
+
+
+def strict_int(raw) -> int | None:
+    """An integer written in ASCII digits (an optional minus, at most 18 digits: a BIGINT), else None. ``int()``
+    and ``str.isdigit`` also take other scripts' digits, superscripts, spaces and underscores."""
+    if not isinstance(raw, str) or not re.fullmatch(r"-?[0-9]{1,18}", raw):
+        return None
+    return int(raw)
+
+
+def sql_json(doc: dict) -> str:
+    """The SQL console's document as JSON (as Starlette writes it), with every value a query can return: DECIMAL and
+    HUGEINT as numbers, dates and times in ISO 8601, a NaN or infinite float as "nan", "inf" or "-inf" (JSON has
+    no such number), anything else (BLOB, UUID, INTERVAL ...) as its text."""
+    return json.dumps(_finite(doc), default=_json_value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _json_value(v):
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else _finite(float(v))
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    return str(v)
 
 
 DRAIN_MAX_BYTES = 64 * 2**20  # an oversized upload is read up to this much before the 413
