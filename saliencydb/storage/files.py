@@ -11,9 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,8 +68,12 @@ def remove_quietly(path: Path) -> None:
 def new_file(db: Path, rel: str, write: Callable[[Path], None]) -> str:
     """Create ``db/rel`` through ``write(tmp_path)``: written under a temporary name, fsynced,
     renamed. Unlisted until a commit lists it (a sharded job's ranks write parts this way, and
-    the rank holding the lock lists them). On any failure the temporary file is removed."""
+    the rank holding the lock lists them). A folder on the way that is a symbolic link is refused,
+    never written through. On any failure the temporary file is removed."""
     final = Path(db) / rel
+    link = linked_part(db, rel)
+    if link is not None:  # never written through a link out of the database
+        raise link_error(db, link)
     if final.exists():
         raise DatabaseError(f"refusing to overwrite committed file '{rel}'")
     tmp = final.with_name(final.name + TMP_SUFFIX)
@@ -119,8 +124,70 @@ def file_record(path: Path) -> FileRecord:
     return FileRecord(bytes=size, sha256=h.hexdigest())
 
 
+def link_error(db: Path, rel: str) -> DatabaseError:
+    """The one-line refusal of a symbolic link inside a database (saliencydb never follows one out)."""
+    return DatabaseError(f"'{Path(db) / rel}' is a symbolic link inside database '{db}'; saliencydb never follows a "
+                         "link out of a database: replace the link by a real folder (or file), or remove it")
+
+
+def is_link(path: Path) -> bool:
+    """Whether ``path`` itself (not what it points to) is a symbolic link."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def linked_part(db: Path, rel: str) -> str | None:
+    """The first of ``rel`` and the folders above it (inside ``db``; ``db`` itself may be a link)
+    that is a symbolic link, or None."""
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        if is_link(Path(db) / sub):
+            return sub
+    return None
+
+
+def refuse_link(db: Path, rel: str) -> None:
+    """Refuse (``link_error``) when the entry ``rel`` of the database is a symbolic link."""
+    if is_link(Path(db) / rel):
+        raise link_error(db, rel)
+
+
+def walk_files(db: Path, top: str, *, links: str = "refuse") -> Iterator[str]:
+    """The regular files under the folder ``db/top``, relative to ``db``, never following a symbolic
+    link: a link (to a folder or a file, ``top`` included) is refused with ``link_error``, or with
+    ``links="skip"`` left alone (neither followed nor listed). A missing ``top`` has no files."""
+    if is_link(Path(db) / top):
+        if links == "refuse":
+            raise link_error(db, top)
+        return
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(Path(db) / folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in sorted(entries, key=lambda e: e.name):
+            rel = f"{folder}/{e.name}"
+            if e.is_symlink():
+                if links == "refuse":
+                    raise link_error(db, rel)
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif e.is_file(follow_symlinks=False):
+                yield rel
+
+
 def shallow_problem(db: Path, rel: str, record: dict | None) -> str | None:
-    """What is wrong with a listed file at a glance (missing, wrong size), or None."""
+    """What is wrong with a listed file at a glance (missing, wrong size, a symbolic link), or None."""
+    link = linked_part(db, rel)
+    if link is not None:
+        where = "" if link == rel else f" (its folder '{link}' is one)"
+        return (f"a symbolic link{where} to '{os.path.realpath(Path(db) / rel)}', not a file of the database; "
+                "replace the link by a real file or folder")
     try:
         size = os.stat(Path(db) / rel).st_size
     except FileNotFoundError:

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from ..errors import DatabaseError, SpecError
 from ..results import Result
 from ..schemas import MANIFEST, TABLE_SCHEMAS, UNITS_SCHEMA, Manifest, samples_schema
-from .files import file_record, find_damage, remove_quietly, shallow_problem
-from .versions import list_versions, pin_path, read_current, read_version, version_rel
+from .files import file_record, find_damage, is_link, linked_part, remove_quietly, shallow_problem, walk_files
+from .versions import (PINS, VERSIONS, list_versions, missing_version, open_pin, pin_path, read_current, read_version,
+                       version_rel)
 from .writer import DATA_DIRS, DatabaseWriter
 
 DEFAULT_KEEP_VERSIONS = 5
@@ -63,12 +64,17 @@ def history(db: str | os.PathLike) -> list[VersionInfo]:
 
 
 def _is_pinned(db: Path, commit: int) -> bool:
-    fd = _lock_pin(db, commit)
-    if fd is False:
+    """Whether a reader holds ``commit`` now (its pin file is locked; none is created here)."""
+    fd = open_pin(db, commit, create=False)
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
         return True
-    if fd is not None:
+    finally:
         os.close(fd)
-    return False
 
 
 @dataclass
@@ -84,9 +90,7 @@ def restore(db: str | os.PathLike, commit: int, *, wait: bool = False) -> Restor
     with DatabaseWriter(db, wait=wait, operation=f"restore {commit}", recover=True) as w:
         target = read_version(db, commit)
         if target is None:
-            kept = list_versions(db)
-            raise DatabaseError(f"commit {commit} of '{db}' is not kept (kept: {_span(kept)}); "
-                                f"`saliencydb versions --db {db}` lists them")
+            raise missing_version(db, commit, w.manifest.commit)
         for rel, problem in find_damage(db, target)[:1]:
             raise DatabaseError(f"commit {commit} cannot be restored: its file '{rel}' is damaged ({problem}); "
                                 "choose another commit")
@@ -97,10 +101,6 @@ def restore(db: str | os.PathLike, commit: int, *, wait: bool = False) -> Restor
         w.manifest = new
         w.commit()
         return RestoreResult(restored=commit, commit=new.commit, samples=new.rows())
-
-
-def _span(kept: list[int]) -> str:
-    return f"{kept[0]}..{kept[-1]}" if kept else "none"
 
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
@@ -146,73 +146,100 @@ def vacuum(db: str | os.PathLike, *, keep_versions: int | None = None, older_tha
     db = Path(db)
     result = VacuumResult(dry_run=dry_run)
     with DatabaseWriter(db, wait=wait, operation="vacuum") as w:
-        current = w.manifest.commit
         versions = list_versions(db)
-        keep = {current} | set(versions[-(keep_versions or 1):])
-        if older_than is not None:
-            cutoff = datetime.now(timezone.utc) - older_than
-            for v in versions:
-                m = read_version(db, v)
-                if m is not None and _time(m.updated) > cutoff:
-                    keep.add(v)
-        held: list[tuple[int, int | None]] = []
+        keep = _policy(db, w.manifest.commit, versions, keep_versions, older_than)
+        held: list[tuple[int, int]] = []
         try:
+            # each version to drop is locked as a reader would pin it, and stays locked until its files are gone
             for v in versions:
                 if v in keep:
                     continue
                 fd = _lock_pin(db, v)
-                if fd is False:
-                    result.pinned.append(v)
-                    continue
-                held.append((v, fd))
-            drop = [v for v, _ in held]
-            result.removed_versions = drop
-            result.kept_versions = [v for v in versions if v not in set(drop)]
-            if not dry_run:
-                for v in drop:  # the version file goes first: a reader pinning it now sees it gone and retries
-                    remove_quietly(db / version_rel(v))
-            _remove_unlisted(db, w.manifest, result)
+                if fd is None:
+                    result.pinned.append(v)  # a reader holds it (or its pin cannot be taken here): kept
+                else:
+                    held.append((v, fd))
+            _drop(db, w.manifest, versions, [v for v, _ in held], result)
         finally:
             for v, fd in held:
-                if not dry_run:
-                    remove_quietly(pin_path(db, v))
-                if fd is not None:
-                    os.close(fd)
+                if not dry_run and v in result.removed_versions:
+                    remove_quietly(pin_path(db, v))  # a reader waiting on it finds it gone and its version too
+                os.close(fd)
+        if not dry_run:
+            _remove_stale_pins(db, set(result.kept_versions) | {w.manifest.commit})
     return result
 
 
+def _policy(db: Path, current: int, versions: list[int], keep_versions: int | None,
+            older_than: timedelta | None) -> set[int]:
+    """The versions the policy keeps: the current one, the last ``keep_versions``, those newer than ``older_than``."""
+    keep = {current} | set(versions[-(keep_versions or 1):])
+    if older_than is not None:
+        cutoff = datetime.now(timezone.utc) - older_than
+        for v in versions:
+            m = read_version(db, v)
+            if m is not None and _time(m.updated) > cutoff:
+                keep.add(v)
+    return keep
+
+
+def _drop(db: Path, current: Manifest, versions: list[int], drop: list[int], result: VacuumResult) -> None:
+    """Delete the locked versions ``drop`` (their manifests first), then every data file no kept version lists."""
+    result.removed_versions = drop
+    result.kept_versions = [v for v in versions if v not in set(drop)]
+    if not result.dry_run:
+        for v in drop:  # the version file goes first: a reader pinning it afterwards sees it gone
+            remove_quietly(db / version_rel(v))
+    _remove_unlisted(db, current, result)
+
+
 def _remove_unlisted(db: Path, current: Manifest, result: VacuumResult) -> None:
-    """Delete (or with ``dry_run`` only count) every data file that no kept version lists."""
+    """Delete (or with ``dry_run`` only count) every data file that no kept version lists. A symbolic
+    link is never followed nor deleted (the writer refused it on opening; one made since is foreign)."""
     listed = current.listed_files()
     for v in result.kept_versions:
         m = read_version(db, v)
         if m is not None:
             listed |= m.listed_files()
     for d in DATA_DIRS:
-        for dirpath, _, files in os.walk(db / d):
-            for f in files:
-                path = Path(dirpath, f)
-                rel = path.relative_to(db).as_posix()
-                if rel not in listed:
-                    result.removed_files.append(rel)
-                    result.bytes_freed += path.stat().st_size
-                    if not result.dry_run:
-                        remove_quietly(path)
+        for rel in walk_files(db, d, links="skip"):
+            if rel not in listed:
+                try:
+                    size = os.lstat(db / rel).st_size
+                except OSError:
+                    continue
+                result.removed_files.append(rel)
+                result.bytes_freed += size
+                if not result.dry_run:
+                    remove_quietly(db / rel)
 
 
-def _lock_pin(db: Path, commit: int):
-    """An exclusive lock on a version's pin file (its fd; None when there is no readable pin file), or
-    False when a reader holds it. A read-only descriptor suffices for flock, also on read-only media."""
-    try:
-        fd = os.open(pin_path(db, commit), os.O_RDONLY)
-    except OSError:
+def _remove_stale_pins(db: Path, kept: set[int]) -> None:
+    """Remove the pin files of versions that are not kept (left by readers of removed versions),
+    each only while it is locked here, so a reader pinning it at the same moment re-pins."""
+    for rel in walk_files(db, PINS, links="skip"):
+        m = re.fullmatch(rf"{PINS}/commit-(\d+)", rel)
+        if m is None or int(m.group(1)) in kept:
+            continue
+        fd = _lock_pin(db, int(m.group(1)), create=False)
+        if fd is not None:
+            remove_quietly(db / rel)
+            os.close(fd)
+
+
+def _lock_pin(db: Path, commit: int, *, create: bool = True) -> int | None:
+    """An exclusive lock on a version's pin file, taken without waiting (its fd), or None when a reader
+    holds it (or there is no pin file to lock: with ``create``, one is made, and ``pins/`` with it).
+    A read-only descriptor suffices for flock, also on read-only media."""
+    fd = open_pin(db, commit, create=create)
+    if fd is None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
     except BlockingIOError:
         os.close(fd)
-        return False
+        return None
 
 
 def _time(iso: str) -> datetime:
@@ -263,7 +290,7 @@ def verify(db: str | os.PathLike, as_of: int | None = None) -> VerifyResult:
                                              f"saliencydb restore --db {db} --commit {newest}" if newest is not None
                                              else "restore the database from a backup")])
     if m is None:
-        raise DatabaseError(f"commit {as_of} of '{db}' is not kept (kept: {_span(kept)})")
+        raise missing_version(db, as_of, _current_commit(db))
     problems: list[tuple[str, str]] = []
     files = sorted(m.listed_files())
     for rel in files:
@@ -272,9 +299,20 @@ def verify(db: str | os.PathLike, as_of: int | None = None) -> VerifyResult:
             problems.append((rel, problem))
     if kept and m.commit not in kept:
         problems.append((version_rel(m.commit), "missing (the kept copy of this version)"))
+    for name in (MANIFEST, VERSIONS, PINS):
+        if is_link(db / name):
+            problems.append((name, f"a symbolic link to '{os.path.realpath(db / name)}', not the database's own"))
     bad = {rel for rel, _ in problems}
     damage = [Damage(rel, problem, _fix(db, m, rel, kept, bad)) for rel, problem in problems]
     return VerifyResult(m.commit, len(files), damage)
+
+
+def _current_commit(db: Path) -> int:
+    try:
+        return read_current(db).commit
+    except DatabaseError:
+        kept = list_versions(db)
+        return kept[-1] if kept else 0
 
 
 def _check_file(db: Path, m: Manifest, rel: str) -> str | None:
@@ -346,6 +384,15 @@ def _restorable(db: Path, kept: list[int], bad: set[str], before: int | None = N
 
 
 def _fix(db: Path, m: Manifest, rel: str, kept: list[int], bad: set[str]) -> str:
+    link = linked_part(db, rel)
+    if link is not None:
+        kind = "file" if link == rel and not os.path.isdir(db / rel) else "folder"
+        fix = "" if rel in (MANIFEST, VERSIONS, PINS) else f" (then, if it is still damaged: {_repair(db, m, rel, kept, bad)})"
+        return f"replace the link '{link}' by a real {kind} holding what it points to, or remove it{fix}"
+    return _repair(db, m, rel, kept, bad)
+
+
+def _repair(db: Path, m: Manifest, rel: str, kept: list[int], bad: set[str]) -> str:
     if rel.startswith("versions/"):
         return "any command that writes (e.g. `saliencydb vacuum`) keeps the current version again"
     if m.stats and rel == m.stats.file or rel.startswith("index/"):

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from ..errors import DatabaseError
 from ..schemas import PROFILE_EXP, Manifest, decode_profiles
 from .files import damaged, find_damage
-from .versions import pin_version
+from .versions import pin_version, removed_since
 
 
 class Snapshot:
@@ -32,7 +32,7 @@ class Snapshot:
             pending = {p.file for v in self.manifest.pending.values() for p in v.parts}  # unseen by readers
             for rel, problem in find_damage(self.path, self.manifest, self.manifest.listed_files() - pending)[:1]:
                 self.close()
-                raise damaged(self.path, rel, problem)
+                raise removed_since(self.path, self.commit) or damaged(self.path, rel, problem)
 
     @property
     def commit(self) -> int:

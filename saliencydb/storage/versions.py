@@ -3,12 +3,16 @@
 ``manifest.json`` is the current version. Each commit first writes its manifest to
 ``versions/manifest-<commit>.json`` (never changed afterwards), then replaces
 ``manifest.json`` atomically. A reader pins the version it opened with a shared ``flock``
-on ``pins/commit-<commit>``; ``vacuum`` drops only versions it can lock exclusively, so
-nothing a reader still reads is ever deleted (README "Database layout").
+on ``pins/commit-<commit>``, then checks that the version is still kept; ``vacuum`` creates
+and locks that same file exclusively (never waiting) before it deletes anything of the
+version, so pinning and deleting cannot interleave: nothing a reader still reads is ever
+deleted, and a reader that arrives late is told its version was removed (README
+"Database layout").
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from ..errors import DatabaseError
 from ..schemas import FORMAT_VERSION, MANIFEST, Manifest, manifest_problem, now_iso
-from .files import write_atomic
+from .files import is_link, link_error, write_atomic
 
 VERSIONS = "versions"
 PINS = "pins"
@@ -119,22 +123,27 @@ def write_commit(db: Path, manifest: Manifest) -> None:
 class Pin:
     """A shared lock on one version: while held, ``vacuum`` keeps that version and its files.
 
-    On a medium the reader cannot write (a read-only mount), no pin can be taken and none is
-    needed: no writer can delete anything there either."""
+    The lock is taken on the pin file that is in ``pins/`` when it is granted (``vacuum`` may
+    remove the file of a version it dropped while a reader waited on it; the reader then locks
+    the new one). On a medium the reader cannot write (a read-only mount), no pin can be taken
+    and none is needed: no writer can delete anything there either."""
 
     def __init__(self, db: Path, commit: int):
         self.commit = commit
         self._fd: int | None = None
+        if is_link(Path(db) / PINS):
+            raise link_error(db, PINS)
         path = pin_path(db, commit)
-        try:
-            path.parent.mkdir(exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            try:
-                self._fd = os.open(path, os.O_RDONLY)
-            except OSError:
+        for _ in range(100):
+            fd = open_pin(db, commit)
+            if fd is None:
                 return  # read-only and never pinned: nothing can be vacuumed here
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if same_file(fd, path):
+                self._fd = fd
+                return
+            os.close(fd)
+        raise DatabaseError(f"could not pin commit {commit} of '{db}' (its pin file keeps changing); retry")
 
     @property
     def held(self) -> bool:
@@ -146,26 +155,81 @@ class Pin:
             self._fd = None
 
 
+def open_pin(db: Path, commit: int, *, create: bool = True) -> int | None:
+    """A descriptor of the pin file of ``commit`` (created, with ``pins/``, when missing and
+    ``create``), read-only where the medium allows nothing else; None when there is none to open.
+    A pin file that is a symbolic link is refused, never followed."""
+    path = pin_path(db, commit)
+    if create:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise link_error(db, f"{PINS}/{path.name}") from None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise link_error(db, f"{PINS}/{path.name}") from None
+        return None
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not one removed meanwhile)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def missing_version(db: Path, commit: int, current: int) -> DatabaseError:
+    """The one-line answer for a version that is not kept: removed by ``vacuum`` (an earlier commit
+    than the current one), or never made (a later one)."""
+    kept = list_versions(db)
+    if 0 <= commit < current:
+        oldest = kept[0] if kept else current
+        return DatabaseError(f"commit {commit} of database '{db}' was removed by vacuum; the oldest kept version "
+                             f"is commit {oldest} (saliencydb versions --db {db})")
+    span = f"{kept[0]}..{kept[-1]}" if kept else "none"
+    return DatabaseError(f"commit {commit} of '{db}' is not kept (kept commits: {span}); "
+                         f"`saliencydb versions --db {db}` lists them")
+
+
+def removed_since(db: Path, commit: int) -> DatabaseError | None:
+    """The ``missing_version`` answer when ``commit`` (not the current one) is no longer kept, else None:
+    a version's files found missing because it was vacuumed are reported as that, not as damage."""
+    try:
+        if read_version(db, commit) is not None:
+            return None
+        current = read_current(db).commit
+    except DatabaseError:
+        return None
+    return None if current == commit else missing_version(db, commit, current)
+
+
 def pin_version(db: Path, as_of: int | None = None) -> tuple[Manifest, Pin]:
-    """The current version (or ``as_of``), pinned. Pinning happens before the version's kept
-    manifest is read back, so a version that ``vacuum`` drops meanwhile is noticed (its
-    file is gone) and the current one is taken again."""
+    """The current version (or ``as_of``), pinned. The version's kept manifest is read back only
+    once the pin is held, so a version that ``vacuum`` dropped before it could be pinned is
+    noticed (its file is gone): the current one is taken again, or an ``as_of`` reader is told
+    it was removed."""
     db = Path(db)
     for _ in range(100):
         current = read_current(db)
         commit = current.commit if as_of is None else as_of
+        if not 0 <= commit <= current.commit:
+            raise missing_version(db, commit, current.commit)  # never made: no pin file is left for it
         pin = Pin(db, commit)
         kept = read_version(db, commit)
         if kept is not None:
             # the current pointer is the authority for the current commit; the kept copy says it was not vacuumed
             return (current if as_of is None or as_of == current.commit else kept), pin
+        now = read_current(db)
+        if now.commit == commit:
+            return now, pin  # a format-1 database, not yet written by this version: no kept versions yet
+        pin.release()
         if as_of is not None:
-            pin.release()
-            versions = list_versions(db)
-            span = f"{versions[0]}..{versions[-1]}" if versions else "none"
-            raise DatabaseError(f"commit {as_of} of '{db}' is not kept (kept commits: {span}); "
-                                f"`saliencydb versions --db {db}` lists them")
-        if read_current(db).commit == commit:
-            return current, pin  # a format-1 database, not yet written by this version: no kept versions yet
-        pin.release()  # the current version moved on and this one was vacuumed: take the new one
+            raise missing_version(db, as_of, now.commit)
+        # the current version moved on and this one was vacuumed: take the new one
     raise DatabaseError(f"could not pin a version of '{db}' (it changes faster than it can be read); retry")

@@ -5,11 +5,13 @@ fsynced and renamed (``files.new_file``), and only then listed by a commit, whic
 immutable ``versions/manifest-<commit>.json`` and replaces ``manifest.json``. A writer never
 deletes a file that a kept version lists; on open it deletes only crash leftovers: temporary
 files, version files that never became current, and data files that no kept version lists.
-Replaced files stay until ``vacuum``.
+Replaced files stay until ``vacuum``. A writer never follows a symbolic link out of the
+database: on open it refuses a link anywhere inside it (the database's own path may be one).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -21,8 +23,8 @@ import pyarrow as pa
 from ..errors import DatabaseError, LockedError, StaleError
 from ..schemas.manifest import DerivedBase
 from ..schemas import DERIVED_TABLES, MANIFEST, TABLE_SCHEMAS, Manifest, now_iso
-from .files import (TMP_SUFFIX, damaged, file_record, find_damage, is_disk_full, is_read_only, new_file,
-                    write_atomic, write_error, write_parquet)
+from .files import (TMP_SUFFIX, damaged, file_record, find_damage, is_disk_full, is_read_only, link_error, new_file,
+                    refuse_link, walk_files, write_atomic, write_error, write_parquet)
 from .versions import PINS, VERSIONS, list_versions, read_current, read_version, version_rel, write_commit
 
 LOCK = ".lock"
@@ -88,8 +90,10 @@ class DatabaseWriter:
     # -- lock -----------------------------------------------------------------------------
     def _acquire(self, wait: bool) -> int:
         try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise link_error(self.path, LOCK) from None
             if is_read_only(e):
                 raise write_error(self.path, e, None) from None
             raise
@@ -140,11 +144,22 @@ class DatabaseWriter:
                 files |= m.listed_files()
         return files
 
+    def data_files(self) -> list[str]:
+        """Every file in the data folders (relative), once no symbolic link is found anywhere inside the
+        database: a linked folder or file is refused in one line (``link_error``), before anything is deleted."""
+        for name in (MANIFEST, VERSIONS, PINS):
+            refuse_link(self.path, name)
+        for name in (VERSIONS, PINS):
+            for _ in walk_files(self.path, name):
+                pass
+        return [rel for d in DATA_DIRS for rel in walk_files(self.path, d)]
+
     def _sweep(self) -> list[str]:
         """Delete crash leftovers: temporary files, versions that never became current, unlisted data files."""
+        data = self.data_files()
         removed = []
         for name in os.listdir(self.path):
-            if name.endswith(TMP_SUFFIX):
+            if name.endswith(TMP_SUFFIX) and not os.path.islink(self.path / name):
                 os.remove(self.path / name)
                 removed.append(name)
         current = self.manifest.commit if self.committed is not None else -1
@@ -160,16 +175,10 @@ class DatabaseWriter:
             (self.path / VERSIONS).mkdir(exist_ok=True)
             write_atomic(self.path / version_rel(current), self.manifest.to_json().encode())
         kept = self.kept_files()
-        for d in DATA_DIRS:
-            root = self.path / d
-            if not root.is_dir():
-                continue
-            for dirpath, _, files in os.walk(root):
-                for f in files:
-                    rel = Path(dirpath, f).relative_to(self.path).as_posix()
-                    if rel not in kept:
-                        os.remove(Path(dirpath, f))
-                        removed.append(rel)
+        for rel in data:
+            if rel not in kept:
+                os.remove(self.path / rel)
+                removed.append(rel)
         return removed
 
     def remove_orphans(self) -> list[str]:
