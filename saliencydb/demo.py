@@ -285,4 +285,4 @@ def _weights_line(result: DemoResult) -> str:
 
 def _first_confident_mistake(result: DemoResult) -> int:
     with open_db(result.db) as d:
-        return int(d.con.execute("SELECT sample_id FROM samples WHERE NOT correct ORDER BY pred_conf DESC, sample_id LIMIT 1").fetchone()[0])
+        return int(d._execute("SELECT sample_id FROM samples WHERE NOT correct ORDER BY pred_conf DESC, sample_id LIMIT 1").fetchone()[0])

@@ -117,7 +117,7 @@ def _most_confident_mistakes(db, split: str | None, limit: int) -> list[int]:
     if len(ids) == 0:
         raise QueryError(f"no misclassified samples in {'split ' + split if split else 'the database'}")
     marks = ",".join(str(int(i)) for i in ids)
-    return [r[0] for r in db.con.execute(
+    return [r[0] for r in db._execute(
         f"SELECT sample_id FROM samples WHERE sample_id IN ({marks}) ORDER BY pred_conf DESC, sample_id LIMIT {int(limit)}"
     ).fetchall()]
 

@@ -70,7 +70,7 @@ def group_profiles(db, *, split: str | None = None, cluster: int | None = None) 
         raise QueryError("give --split or --cluster, not both")
     where, scope = None, f"split {split}" if split is not None else "all samples"
     if cluster is not None:
-        clusters = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+        clusters = [r[0] for r in db._execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
         if not clusters:
             raise QueryError("the database has no clusters yet; run `saliencydb clusters` first")
         if cluster not in clusters:

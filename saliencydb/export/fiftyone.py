@@ -113,8 +113,8 @@ def _quiet():
 
 def _groups(db) -> tuple[dict[int, int], dict[int, int]]:
     """sample id -> error group (the stored clusters), and sample id -> triaged group (-1: a new failure mode)."""
-    clusters = dict(db.con.execute("SELECT sample_id, cluster FROM clusters ORDER BY run, sample_id").fetchall())
-    triage = dict(db.con.execute("SELECT sample_id, cluster FROM triage ORDER BY run, sample_id").fetchall())
+    clusters = dict(db._execute("SELECT sample_id, cluster FROM clusters ORDER BY run, sample_id").fetchall())
+    triage = dict(db._execute("SELECT sample_id, cluster FROM triage ORDER BY run, sample_id").fetchall())
     return clusters, triage
 
 
@@ -149,7 +149,7 @@ class _Images:
 
 def _sample_rows(db, split: str | None) -> list[tuple]:
     where, params = ("WHERE split = ?", [split]) if split is not None else ("", [])
-    return db.con.execute(
+    return db._execute(
         "SELECT sample_id, split, key, label_name, pred_name, pred_conf, true_conf, correct, loss FROM samples "
         f"{where} ORDER BY sample_id", params).fetchall()
 

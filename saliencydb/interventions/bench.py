@@ -73,7 +73,7 @@ class Bench:
         ids = _ids(ids)
         new = [i for i in dict.fromkeys(ids.tolist()) if i not in self._meta]
         if new:
-            rows = self.db.con.execute(
+            rows = self.db._execute(
                 "SELECT sample_id, split, key, label FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))", [new]
             ).fetchall()
             for sid, split, key, label in rows:

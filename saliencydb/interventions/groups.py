@@ -91,18 +91,18 @@ class GroupFix(Result):
 
 def group_members(db, cluster: int) -> tuple[np.ndarray, str]:
     """Sample ids of ``cluster`` and the clustering run it belongs to."""
-    known = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+    known = [r[0] for r in db._execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
     if not known:
         raise QueryError("the database has no clusters yet; run `saliencydb clusters --db DB` first")
     if cluster not in known:
         raise QueryError(f"no cluster {cluster}; the clusters are {', '.join(map(str, known))}")
-    rows = db.con.execute("SELECT sample_id, run FROM clusters WHERE cluster = ? ORDER BY sample_id", [int(cluster)]).fetchall()
+    rows = db._execute("SELECT sample_id, run FROM clusters WHERE cluster = ? ORDER BY sample_id", [int(cluster)]).fetchall()
     return np.array([r[0] for r in rows], dtype=np.int64), rows[0][1]
 
 
 def blamed_ranking(db, cluster: int, n_units: int) -> np.ndarray:
     """All unit ids of ``cluster``'s blame ranking, most blamed first."""
-    ranking = db.con.execute("SELECT unit_id FROM blame WHERE cluster = ? ORDER BY rank", [int(cluster)]).fetchnumpy()["unit_id"]
+    ranking = db._execute("SELECT unit_id FROM blame WHERE cluster = ? ORDER BY rank", [int(cluster)]).fetchnumpy()["unit_id"]
     if len(ranking) != n_units:
         raise QueryError(f"the blame table holds {len(ranking)} of the {n_units} units for cluster {cluster}; "
                          "rerun `saliencydb clusters --db DB`")
@@ -127,7 +127,7 @@ def fix_group(bench: Bench, cluster: int, method: str, *, top_k: int = 10, lr: f
     bench.prepare(scored)
     base = bench.baseline(scored)
     in_group = np.isin(scored, members)
-    assigned = dict(db.con.execute("SELECT sample_id, cluster FROM clusters").fetchall())
+    assigned = dict(db._execute("SELECT sample_id, cluster FROM clusters").fetchall())
     cluster_of = np.array([assigned.get(int(i), -1) for i in scored], dtype=np.int64)
     grads = bench.gradient(members) if method == "finetune" else None
     scales = grad_scales(bench.editor, choices, grads) if grads is not None else {c: None for c in choices}

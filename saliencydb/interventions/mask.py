@@ -113,7 +113,7 @@ def check_selection(sample_id, cluster, run) -> None:
 def cluster_profile(db, cluster: int, run: str | None, n_units: int) -> tuple[str, np.ndarray]:
     """The run and the mean standardised profile (indexed by unit id) of ``cluster``, from the ``blame``
     table of ``run`` (default: the clusters run the database holds)."""
-    runs = [r[0] for r in db.con.execute("SELECT DISTINCT run FROM blame ORDER BY run").fetchall()]
+    runs = [r[0] for r in db._execute("SELECT DISTINCT run FROM blame ORDER BY run").fetchall()]
     if not runs:
         raise QueryError("the database has no clusters table yet; run `saliencydb clusters --db DB` first")
     if run is None:
@@ -122,10 +122,10 @@ def cluster_profile(db, cluster: int, run: str | None, n_units: int) -> tuple[st
         run = runs[0]
     elif run not in runs:
         raise QueryError(f"no clusters run {run!r}; the database holds {', '.join(runs)}")
-    known = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM blame WHERE run = ? ORDER BY 1", [run]).fetchall()]
+    known = [r[0] for r in db._execute("SELECT DISTINCT cluster FROM blame WHERE run = ? ORDER BY 1", [run]).fetchall()]
     if cluster not in known:
         raise QueryError(f"no cluster {cluster} in run {run}; the clusters are {', '.join(map(str, known))}")
-    got = db.con.execute("SELECT unit_id, mean_z FROM blame WHERE run = ? AND cluster = ?", [run, int(cluster)]).fetchnumpy()
+    got = db._execute("SELECT unit_id, mean_z FROM blame WHERE run = ? AND cluster = ?", [run, int(cluster)]).fetchnumpy()
     if len(got["unit_id"]) != n_units or len(np.unique(got["unit_id"])) != n_units:
         raise QueryError(f"the blame table holds {len(got['unit_id'])} of the {n_units} units for cluster {cluster}; "
                          "rerun `saliencydb clusters --db DB`")

@@ -212,8 +212,8 @@ def stored_graphs(db) -> tuple[int, list[Graph]]:
     if "knn" not in db.manifest.tables:
         raise QueryError(f"no neighbour graph is stored; {rerun}")
     graphs, ks = [], set()
-    for (space,) in db.con.execute("SELECT DISTINCT space FROM knn ORDER BY space").fetchall():
-        t = db.con.execute("SELECT sample_id, rank, neighbor_id, similarity FROM knn WHERE space = ? "
+    for (space,) in db._execute("SELECT DISTINCT space FROM knn ORDER BY space").fetchall():
+        t = db._execute("SELECT sample_id, rank, neighbor_id, similarity FROM knn WHERE space = ? "
                            "ORDER BY sample_id, rank", [space]).fetchnumpy()
         k = int(t["rank"].max())
         n = len(t["rank"]) // k

@@ -74,7 +74,7 @@ def _table(db, queries: list[int], n: int, spaces: Sequence[str] | None) -> dict
     where, params = "", [n, queries]
     if spaces is not None:
         where, params = " AND k.space IN (SELECT unnest(?::VARCHAR[]))", params + [list(spaces)]
-    rows = db.con.execute(
+    rows = db._execute(
         f"""SELECT k.sample_id, k.space, k.rank, k.neighbor_id, k.similarity
             FROM knn k JOIN samples s ON s.sample_id = k.neighbor_id
             WHERE k.rank <= ? AND k.sample_id IN (SELECT unnest(?::BIGINT[])){where}
@@ -119,7 +119,7 @@ def _search_each(db, todo: np.ndarray, n: int, spaces: Iterable[str], split_of: 
 
 def _splits_of(db, ids: np.ndarray) -> list[str]:
     """The split of each id (an unknown id raises the one-line "no sample with id" error)."""
-    rows = dict(db.con.execute("SELECT sample_id, split FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
+    rows = dict(db._execute("SELECT sample_id, split FROM samples WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
                                [ids.tolist()]).fetchall())
     for i in ids.tolist():
         if i not in rows:

@@ -50,7 +50,7 @@ class _Gatherer:
         self.has_stats = self.m.stats is not None
 
     def q(self, sql: str, params: list | None = None) -> list[tuple]:
-        return self.db.con.execute(sql, params or []).fetchall()
+        return self.db._execute(sql, params or []).fetchall()
 
     def picture(self, s: Sample, side: int) -> Picture:
         got = self.thumbs.get(s.sample_id, s.split, s.key, side)
@@ -112,7 +112,7 @@ class _Gatherer:
         per: dict[str, dict[bool, list]] = {}
         splits = [r[0] for r in self.q("SELECT DISTINCT s.split FROM knn k JOIN samples s USING (sample_id) ORDER BY 1")]
         for split in splits:
-            meta = self.db.con.execute("SELECT correct, label, pred, loss FROM samples WHERE split = ? ORDER BY sample_id",
+            meta = self.db._execute("SELECT correct, label, pred, loss FROM samples WHERE split = ? ORDER BY sample_id",
                                        [split]).fetchnumpy()
             correct = np.asarray(meta["correct"], dtype=bool)
             for name, (share_correct, same) in baseline_shares(correct, np.asarray(meta["label"]), np.asarray(meta["pred"]),

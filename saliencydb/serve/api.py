@@ -31,18 +31,18 @@ def info(db) -> dict:
 
 def _stored_groups(db) -> list[dict]:
     """The stored error groups (``saliencydb clusters``): size, mistakes, top confusions and blamed units."""
-    rows = db.con.execute(
+    rows = db._execute(
         """SELECT c.cluster, count(*) AS size, sum((NOT s.correct)::INT) AS mistakes
            FROM clusters c JOIN samples s USING (sample_id) GROUP BY c.cluster ORDER BY size DESC, c.cluster""").fetchall()
     groups = []
     for cluster, size, mistakes in rows:
-        confusions = db.con.execute(
+        confusions = db._execute(
             """SELECT s.label_name || ' -> ' || s.pred_name AS pair, count(*) AS n FROM clusters c JOIN samples s
                USING (sample_id) WHERE c.cluster = ? AND NOT s.correct GROUP BY pair ORDER BY n DESC, pair LIMIT 3""",
             [cluster]).fetchall()
-        units = db.con.execute("SELECT layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 5",
+        units = db._execute("SELECT layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 5",
                                [cluster]).fetchall()
-        members = [r[0] for r in db.con.execute(
+        members = [r[0] for r in db._execute(
             """SELECT c.sample_id FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
                ORDER BY s.correct, c.distance, c.sample_id LIMIT 6""", [cluster]).fetchall()]
         groups.append({"cluster": int(cluster), "size": int(size), "mistakes": int(mistakes),
@@ -111,7 +111,7 @@ def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHB
     meta = db.sample(sample_id)
     z = db.z([sample_id])[0]
     top = np.argsort(-z, kind="stable")[:10]
-    units = db.con.execute("SELECT unit_id, layer, channel FROM units WHERE list_contains(?, unit_id)",
+    units = db._execute("SELECT unit_id, layer, channel FROM units WHERE list_contains(?, unit_id)",
                            [[int(u) for u in top]]).fetchall()
     by_id = {u: (layer, ch) for u, layer, ch in units}
     top_units = [{"rank": r, "unit_id": int(u), "layer": by_id[int(u)][0], "channel": int(by_id[int(u)][1]),
@@ -135,15 +135,15 @@ def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHB
 
 def group(db, cluster: int) -> dict:
     """An error group: its members (mistakes first) and its blame table."""
-    known = [r[0] for r in db.con.execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+    known = [r[0] for r in db._execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
     if cluster not in known:
         raise QueryError(f"no error group {cluster}" + (f"; the groups are {', '.join(map(str, known))}" if known
                                                         else "; run `saliencydb clusters` first"))
-    members = db.con.execute(
+    members = db._execute(
         """SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance, s.text
            FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
            ORDER BY s.correct, c.distance, s.sample_id""", [cluster]).fetchall()
-    blame = db.con.execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
+    blame = db._execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
                            [cluster]).fetchall()
     cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance", "text"]
     doc = {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
@@ -166,13 +166,13 @@ def sql(db, query: str, max_rows: int = SQL_MAX_ROWS) -> dict:
 
 def triage_view(db, split: str | None) -> dict:
     """For a split ingested later: which of its mistakes joined a known group and which are new failure modes."""
-    splits = [r[0] for r in db.con.execute("SELECT DISTINCT split FROM triage ORDER BY 1").fetchall()]
+    splits = [r[0] for r in db._execute("SELECT DISTINCT split FROM triage ORDER BY 1").fetchall()]
     if split is None:
         return {"splits": splits, "split": None, "rows": []}
     if split not in splits:
         raise QueryError(f"split '{split}' has not been triaged" + (f"; triaged: {', '.join(splits)}" if splits else "")
                          + f"; run `saliencydb triage --db DB --split {split}`")
-    rows = db.con.execute(
+    rows = db._execute(
         """SELECT t.sample_id, s.label_name, s.pred_name, t.cluster, t.similarity, s.text FROM triage t JOIN samples s
            USING (sample_id) WHERE t.split = ? ORDER BY t.cluster = -1 DESC, t.similarity DESC, t.sample_id""", [split]).fetchall()
     cols = ["sample_id", "label_name", "pred_name", "cluster", "similarity", "text"]

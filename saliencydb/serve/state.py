@@ -147,12 +147,12 @@ class ServedDatabase:
         from ..explain.figures import group_profile_figure
         from ..saliency import UnitLayout
 
-        t = db.con.execute("SELECT unit_id, mean_z FROM blame WHERE cluster = ? ORDER BY unit_id", [cluster]).fetchnumpy()
+        t = db._execute("SELECT unit_id, mean_z FROM blame WHERE cluster = ? ORDER BY unit_id", [cluster]).fetchnumpy()
         n_units = db.manifest.n_units
         if len(t["unit_id"]) != n_units or not np.array_equal(t["unit_id"], np.arange(n_units)):
             raise QueryError(f"the stored blame table does not hold error group {cluster}'s profile over all {n_units} "
                              f"units; run `saliencydb clusters --db {db.path}`")
-        size, mistakes = db.con.execute("SELECT count(*), sum((NOT s.correct)::INT) FROM clusters c JOIN samples s "
+        size, mistakes = db._execute("SELECT count(*), sum((NOT s.correct)::INT) FROM clusters c JOIN samples s "
                                         "USING (sample_id) WHERE c.cluster = ?", [cluster]).fetchone()
         with tempfile.TemporaryDirectory() as tmp:  # the figure code writes files; outside the database
             out = Path(tmp) / "profile.png"
