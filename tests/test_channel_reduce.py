@@ -164,7 +164,7 @@ def test_serve_takes_channel_reduce_as_a_query_parameter(rgb_db, both_maps):
 
     from saliencydb.serve import create_app
 
-    client = TestClient(create_app(rgb_db), raise_server_exceptions=False)
+    client = TestClient(create_app(rgb_db), raise_server_exceptions=False, base_url="http://localhost")
     default, plain, other = (client.get(f"/img/3/map.png{q}") for q in ("", "?channel_reduce=max-abs", "?channel_reduce=abs-max"))
     assert default.status_code == plain.status_code == other.status_code == 200
     assert default.content == plain.content != other.content

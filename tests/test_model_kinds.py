@@ -192,7 +192,7 @@ def test_every_command_on_every_model_kind(kind, tmp_path, cnn_weights, digits):
     assert "no damage" in run_cli("verify", "--db", db).output
 
     # the web app's sample page: the sample, its saliency neighbours, the feature ones or the absent note
-    client = TestClient(create_app(db), raise_server_exceptions=False)
+    client = TestClient(create_app(db), raise_server_exceptions=False, base_url="http://localhost")
     page = client.get(f"/sample/{first_train}")
     assert page.status_code == 200 and f"key <code>{key[first_train]}</code>" in page.text
     shown = [int(i) for i in re.findall(r'data-sample="(\d+)" data-rank', page.text)]

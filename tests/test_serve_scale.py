@@ -18,7 +18,7 @@ def _client(db: Path):
 
     from saliencydb.serve.app import create_app
 
-    return TestClient(create_app(db))
+    return TestClient(create_app(db), base_url="http://localhost")
 
 
 def _files(db: Path) -> dict[str, int]:

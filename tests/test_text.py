@@ -389,7 +389,7 @@ def test_web_app_shows_sentences(text_db):
 
     db, data = text_db
     first = json.loads(data.read_text().splitlines()[0])["text"]
-    client = TestClient(create_app(db), raise_server_exceptions=False)
+    client = TestClient(create_app(db), raise_server_exceptions=False, base_url="http://localhost")
     page = client.get("/sample/0")
     assert page.status_code == 200 and f'id="sentence">{first}<' in page.text.replace("&#x27;", "'")
     assert 'class="sentence"' in client.get("/").text or client.get("/").status_code == 200

@@ -23,12 +23,20 @@ def _loopback(host: str) -> bool:
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the default serves this machine only (0.0.0.0 serves the network: a warning is printed).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests addressed to this host name (repeatable), e.g. the name of a tunnel or proxy. "
+                   "Other names are refused with 403, so a web page cannot reach the app through DNS rebinding.")
 @handle_errors
-def serve(db, port, host):
+def serve(db, port, host, allow_hosts):
     """Browse mistakes, neighbours and error groups in a local web app (read-only; follows new commits)."""
     from ..serve import create_app
 
-    app = create_app(db)  # one line now if it is not a database
+    bad = [h for h in allow_hosts if not h.strip() or any(c in h for c in "/:@ \t")]
+    if bad:
+        from ..errors import SpecError
+
+        raise SpecError(f"--allow-host {bad[0]!r}: give a bare host name such as my-box.example (no scheme, port or path)")
+    app = create_app(db, bind=host, allow_hosts=allow_hosts)  # one line now if it is not a database
     _check_free(host, port)
     if not _loopback(host):
         click.echo(f"warning: serving on {host}: anyone who can reach this machine on port {port} can read the database "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import QueryError, SaliencyDBError
 from . import api, pages
+from .hosts import HostCheck, HostPolicy
 from .state import ServedDatabase
 
 log = logging.getLogger("saliencydb.serve")
@@ -279,21 +280,25 @@ DEFAULT_SQL = ("SELECT sample_id, split, label_name, pred_name, pred_conf FROM s
                "WHERE NOT correct ORDER BY pred_conf DESC LIMIT 20")
 
 
-def create_app(db_path: str | Path):
-    """The Starlette application serving ``db_path`` (refused in one line when it is not a database)."""
+def create_app(db_path: str | Path, *, bind: str = "127.0.0.1", allow_hosts: tuple[str, ...] = ()):
+    """The Starlette application serving ``db_path`` (refused in one line when it is not a database), answering only
+    requests whose ``Host`` names it (``serve.hosts``): loopback names for a loopback ``bind``, any IP address and
+    this machine's names otherwise, and the ``allow_hosts`` names."""
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
 
     handlers = _Handlers(db_path)
     app = Starlette(routes=handlers.routes(),
                     exception_handlers={handlers.HTTPException: handlers.on_error, SaliencyDBError: handlers.on_error,
-                                        Exception: handlers.on_error})
+                                        Exception: handlers.on_error},
+                    middleware=[Middleware(HostCheck, policy=HostPolicy(bind, tuple(allow_hosts)))])
     app.state.served = handlers.served
     return app
 
 
-def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_hosts: tuple[str, ...] = ()) -> None:
     """Run the app until interrupted."""
     import uvicorn
 
-    app = create_app(db_path)
+    app = create_app(db_path, bind=host, allow_hosts=allow_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")
