@@ -78,6 +78,9 @@ class Database:
             self.snapshot.close()
             raise QueryError(str(e)) from None
         self._sources: dict[str, object] = {}  # name -> the Arrow data a view reads (registered on every cursor)
+        # seconds any statement run for a caller (SQL, a --where) may take before it is interrupted; None: no limit
+        # (the CLI's default). The web app sets one, so no request runs unbounded.
+        self.timeout_s: float | None = None
         try:
             self.con = duckdb.connect(":memory:", config=_CONFIG)
             self._create_views()
@@ -159,6 +162,7 @@ class Database:
         nothing it created behind. A column holding values Python cannot represent (a DATE or TIMESTAMP of
         +-infinity or past year 9999, also inside a list or struct) comes back as DuckDB's text of them (VARCHAR)."""
         text = check_read_only(self.con, query)
+        timeout_s = timeout_s or self.timeout_s
         try:
             return self._run(text, params, max_rows=max_rows, timeout_s=timeout_s)
         except duckdb.InterruptException:
@@ -451,8 +455,11 @@ class Database:
             params.append(split)
         q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         try:  # a SELECT by construction (checked all the same), run like user SQL: fresh cursor, rolled back
-            ids = self._run(check_read_only(self.con, q), params).column("sample_id")
+            ids = self._run(check_read_only(self.con, q), params, timeout_s=self.timeout_s).column("sample_id")
             return ids.to_numpy().astype(np.int64)
+        except duckdb.InterruptException:
+            raise QueryError(f"--where {where!r} ran longer than {self.timeout_s:g} s and was stopped; "
+                             "give a simpler predicate") from None
         except duckdb.Error as e:
             raise self._query_error(f"--where {where!r}", e) from None
         except (ValueError, TypeError, OverflowError) as e:

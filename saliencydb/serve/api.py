@@ -17,6 +17,7 @@ from ..results import plain
 
 SQL_MAX_ROWS = 1000
 SQL_TIMEOUT_S = 10.0
+SQL_MAX_BYTES = 8 << 20  # the most of a result the console sends (its rows cut there, with a note)
 NEIGHBORS = 10
 MEMBERS_SHOWN = 60
 UPLOAD_MAX_BYTES = 10 * 2**20
@@ -159,9 +160,28 @@ def sql(db, query: str, max_rows: int = SQL_MAX_ROWS) -> dict:
     if not query or not query.strip():
         raise QueryError("the query is empty; write one SELECT statement")
     table = db.sql(query, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
-    rows = table.slice(0, max_rows).to_pylist()
-    return {"columns": table.column_names, "rows": plain(rows), "truncated": table.num_rows > max_rows,
-            "max_rows": max_rows, "notes": db.notices(query)}
+    keep = _rows_within(table, min(max_rows, table.num_rows), SQL_MAX_BYTES)
+    rows = table.slice(0, keep).to_pylist()
+    doc = {"columns": table.column_names, "rows": plain(rows), "truncated": table.num_rows > keep,
+           "max_rows": max_rows, "notes": db.notices(query)}
+    if keep < min(max_rows, table.num_rows):
+        doc["notes"] = doc["notes"] + [f"note: the result was cut after {keep} rows, at {SQL_MAX_BYTES >> 20} MiB; "
+                                       "select fewer or narrower columns"]
+    return doc
+
+
+def _rows_within(table, rows: int, max_bytes: int) -> int:
+    """How many of the first ``rows`` rows of ``table`` fit ``max_bytes`` (Arrow's buffer sizes, about the JSON's)."""
+    if rows == 0 or table.slice(0, rows).nbytes <= max_bytes:
+        return rows
+    lo, hi = 0, rows  # the largest prefix within the budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if table.slice(0, mid).nbytes <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def triage_view(db, split: str | None) -> dict:

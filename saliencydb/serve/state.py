@@ -19,6 +19,7 @@ from ..errors import QueryError
 from ..storage.versions import read_current
 
 THUMB_SIDE = 96
+QUERY_TIMEOUT_S = 10.0  # the longest any SQL statement of a request runs (the console's, a ?where=)
 MAP_SIDE = 224
 
 
@@ -55,6 +56,7 @@ class ServedDatabase:
         self.path = Path(path)
         read_current(self.path)  # one clear line now when it is not a database
         self.lock = threading.RLock()
+        self.timeout_s = QUERY_TIMEOUT_S
         self._db = None
         self._explainer = None
         self._images = None  # query.html.ImageLookup over the splits' sources
@@ -71,6 +73,7 @@ class ServedDatabase:
                 if self._db is not None:
                     self._db.close()
                 self._db, self._explainer = open_db(self.path), None
+                self._db.timeout_s = self.timeout_s  # every statement of a request is bounded, a --where's too
             yield self._db
 
     def explainer(self, db):
