@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import click
 
 from .output import db_option, handle_errors
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()
@@ -38,7 +27,9 @@ def serve(db, port, host, allow_hosts):
         raise SpecError(f"--allow-host {bad[0]!r}: give a bare host name such as my-box.example (no scheme, port or path)")
     app = create_app(db, bind=host, allow_hosts=allow_hosts)  # one line now if it is not a database
     _check_free(host, port)
-    if not _loopback(host):
+    from ..serve.hosts import is_loopback
+
+    if not is_loopback(host):
         click.echo(f"warning: serving on {host}: anyone who can reach this machine on port {port} can read the database "
                    "(its samples, images and SQL); the app has no authentication", err=True)
     click.echo(f"saliencydb: serving {db} at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl+C stops)")
