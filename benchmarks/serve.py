@@ -6,8 +6,9 @@ database (2,000 held-out digits of the demo CNN, with error groups).
 The database is the demo's: ``saliencydb demo --quiet`` run in ``--cache-dir`` (default: a temporary
 directory, removed afterwards; an existing ``DIR/demo-db`` is reused: the demo only brings it up to date), or
 any database given with ``--db`` (served as it is).
-The server is the real command, ``python -m saliencydb.cli serve --db DB --port PORT``, started as a
-subprocess on 127.0.0.1 at a free port; the benchmark waits (at most ``--start-timeout`` s) until
+The server is the real command, ``python -m saliencydb.cli serve --db DB --port PORT --no-token`` (loopback,
+so no token to send: the clients time the app, not a header check), started as a subprocess on 127.0.0.1 at a
+free port; the benchmark waits (at most ``--start-timeout`` s) until
 ``/api/info`` answers and always stops the server at the end.
 
 Measured, after one untimed warm-up request of each kind (reported on its own: the first overview reads
@@ -119,7 +120,7 @@ class Server:
         t0 = time.perf_counter()
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(self.db),
-                                          "--port", str(self.port), "--host", HOST],
+                                          "--port", str(self.port), "--host", HOST, "--no-token"],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env())
         finally:
             log.close()

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -36,16 +38,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+AUTH: dict[str, str] = {}  # the running server's printed URL and its Bearer header, set by `server`
+
+
+def _open(url_or_request, timeout: float = 60):
+    """urlopen with the server's token (as an API client sends it: Authorization: Bearer)."""
+    request = url_or_request if isinstance(url_or_request, urllib.request.Request) else urllib.request.Request(url_or_request)
+    request.add_header("Authorization", AUTH["bearer"])
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def server(demo_db):
-    """`saliencydb serve` on loopback, stopped at the end."""
+    """`saliencydb serve` on loopback (with the token it makes), stopped at the end."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(demo_db), "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # saliencydb: serving DB at http://127.0.0.1:PORT/?token=TOKEN (Ctrl+C stops)
+    assert " at http" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    AUTH["url"] = line.split(" at ", 1)[1].split()[0]
+    AUTH["bearer"] = "Bearer " + urllib.parse.unquote(AUTH["url"].split("?token=", 1)[1])
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            urllib.request.urlopen(base + "/api/info", timeout=2).read()
+            _open(base + "/api/info", timeout=2).read()
             break
         except OSError:
             if proc.poll() is not None:
@@ -57,7 +73,8 @@ def server(demo_db):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(server):
+    """Chromium that has opened the URL serve printed (so it holds the token's cookie)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -67,12 +84,14 @@ def browser():
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
     driver.implicitly_wait(5)
+    driver.get(AUTH["url"])
+    assert driver.current_url == server + "/"  # the token has left the address bar
     yield driver
     driver.quit()
 
 
 def _json(base, path):
-    with urllib.request.urlopen(base + path, timeout=60) as r:
+    with _open(base + path) as r:
         return json.loads(r.read())
 
 
@@ -151,7 +170,7 @@ def test_sql_console_links_to_samples(server, browser, demo_db):
                               "SELECT sample_id FROM samples WHERE NOT correct ORDER BY sample_id LIMIT 5").stdout)
     assert _sample_ids(links) == [w["sample_id"] for w in want]
     _shot(browser, "sql")
-    csv = urllib.request.urlopen(browser.find_element(By.ID, "csv").get_attribute("href")).read().decode()
+    csv = _open(browser.find_element(By.ID, "csv").get_attribute("href")).read().decode()
     assert csv.splitlines()[0] == "sample_id,label_name,pred_name" and len(csv.splitlines()) == 6
     links[0].click()
     assert browser.current_url.endswith(f"/sample/{want[0]['sample_id']}")
@@ -164,7 +183,7 @@ def test_upload_search_equals_the_cli(server, browser, demo_db, tmp_path):
 
     key = json.loads(run_cli("sql", "--db", demo_db, "--format", "json",
                              "SELECT sample_id FROM samples WHERE NOT correct ORDER BY sample_id LIMIT 1").stdout)[0]
-    png = urllib.request.urlopen(f"{server}/img/{key['sample_id']}.png?side=28").read()
+    png = _open(f"{server}/img/{key['sample_id']}.png?side=28").read()
     path = tmp_path / "digit.png"
     Image.open(io.BytesIO(png)).convert("L").save(path)
     browser.get(server + "/search")
@@ -201,14 +220,14 @@ def test_bad_requests_are_4xx_without_tracebacks(server):
              ("/api/neighbors/3?space=pixels", 400, "saliency or feature"), ("/static/../../etc/passwd", 404, "")]
     for path, status, words in cases:
         with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(server + path, timeout=60)
+            _open(server + path)
         body = err.value.read().decode()
         assert err.value.code == status and words in body and "Traceback" not in body, (path, err.value.code, body[:300])
     big = b"x" * (11 * 2**20)
     req = urllib.request.Request(server + "/api/search", data=big, method="POST",
                                  headers={"Content-Type": "multipart/form-data; boundary=xyz"})
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=60)
+        _open(req)
     assert err.value.code == 413
 
 
@@ -251,13 +270,20 @@ def test_serving_beyond_loopback_warns(demo_db):
     proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(demo_db), "--host", "0.0.0.0",
                              "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        line = proc.stdout.readline()
+        token = urllib.parse.unquote(line.split("?token=", 1)[1].split()[0])
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/info", headers={"Authorization": f"Bearer {token}"})
         for _ in range(300):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2).read()
+                urllib.request.urlopen(request, timeout=2).read()
                 break
             except OSError:
                 time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # beyond loopback the token is required, as always
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10)
+        assert refused.value.code == 401
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    assert "warning: serving on 0.0.0.0" in err and "no authentication" in err
+    assert f"at http://127.0.0.1:{port}/?token=" in line
+    assert "warning: serving on 0.0.0.0" in err and "has the token can read the database" in err and "ssh -L" in err

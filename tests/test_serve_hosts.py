@@ -54,11 +54,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TOKEN = "hosts-test-token-0123456789"
+
+
 def _get(port: int, path: str, host: str) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.putrequest("GET", path, skip_host=True)
         conn.putheader("Host", host)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")  # the token does not let a foreign Host in
         conn.endheaders()
         r = conn.getresponse()
         return r.status, r.read().decode()
@@ -69,7 +73,7 @@ def _get(port: int, path: str, host: str) -> tuple[int, str]:
 def test_the_real_server_refuses_a_rebound_name(digits_db):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(digits_db), "--port", str(port),
-                             "--allow-host", "tunnel.example"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--allow-host", "tunnel.example", "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):
             try:

@@ -413,7 +413,8 @@ def served(digits_copy):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(digits_copy), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(digits_copy), "--port", str(port),
+                             "--no-token"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

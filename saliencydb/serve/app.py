@@ -17,9 +17,11 @@ import math
 import re
 from pathlib import Path
 
-from ..errors import QueryError, SaliencyDBError
+from ..errors import QueryError, SaliencyDBError, SpecError
 from . import api, pages
+from .auth import OriginCheck, TokenCheck
 from .hosts import HostCheck, HostPolicy
+from .lanes import Lanes
 from .state import ServedDatabase
 
 log = logging.getLogger("saliencydb.serve")
@@ -35,8 +37,8 @@ def _http():
 class _Handlers:
     """The route handlers of one served database."""
 
-    def __init__(self, db_path: str | Path):
-        self.served = ServedDatabase(db_path)
+    def __init__(self, db_path: str | Path, debug: bool = False):
+        self.served, self.debug = ServedDatabase(db_path), debug
         self.label = str(Path(db_path))
         self.HTTPException, self.HTML, self.JSON, self.Text, self.Response = _http()
 
@@ -56,7 +58,8 @@ class _Handlers:
             return self.fail(request, status, str(exc))
         if isinstance(exc, SaliencyDBError):
             return self.fail(request, 400, str(exc))
-        log.error("request %s failed: %s: %s", request.url.path, type(exc).__name__, exc)
+        log.error("request %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__,
+                  " ".join(str(exc).split())[:500], exc_info=exc if self.debug else None)  # one line; --debug: traceback
         return self.fail(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     def int_param(self, request, name: str) -> int:
@@ -97,19 +100,66 @@ class _Handlers:
             doc = api.sample(self.served, db, self.int_param(request, "sample_id"), self.where_of(request))
             return self.HTML(pages.sample(doc, self.label, db.modality, self.channel_reduce_of(request)))
 
-    def sql_page(self, request):
-        query = request.query_params.get("q")
+    async def sql_page(self, request):
+        """The console: its form (GET), or a query's result (POST, form field ``q``; or ``GET ?q=``, a link's)."""
+        from starlette.concurrency import run_in_threadpool
+
+        query = await self.sql_query(request) if request.method == "POST" else request.query_params.get("q")
+        return await run_in_threadpool(self.sql_answer, query)
+
+    def sql_answer(self, query: str | None):
         if query is None:
             return self.HTML(pages.sql(DEFAULT_SQL, None, None, self.label))
         with self.served.reading() as db:
             try:
-                return self.HTML(pages.sql(query, api.sql(db, query), None, self.label))
+                return self.HTML(pages.sql(query, self.served.sql(db, query), None, self.label))
             except QueryError as e:
                 return self.HTML(pages.sql(query, None, str(e), self.label), status_code=400)
 
-    def sql_csv(self, request):
-        with self.served.reading() as db:
-            doc = api.sql(db, request.query_params.get("q") or "")
+    async def sql_query(self, request) -> str:
+        """The ``q`` of a POST: a form field (URL-encoded or multipart) or a JSON body ``{"q": ...}``, at most
+        SQL_BODY_MAX_BYTES (413 beyond)."""
+        from starlette.requests import Request
+
+        body = await self.bounded_body(request, SQL_BODY_MAX_BYTES)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                raise self.HTTPException(400, 'the body is not JSON; send {"q": "SELECT ..."}') from None
+            query = doc.get("q") if isinstance(doc, dict) else None
+        else:
+            async def replay():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                query = (await Request(request.scope, replay).form(max_files=0, max_fields=8)).get("q")
+            except Exception as e:  # a malformed form body
+                raise self.HTTPException(400, f"cannot read the form ({' '.join(str(e).split())[:120]})") from None
+        if not isinstance(query, str):
+            raise self.HTTPException(400, 'give the query as the form field q, or as a JSON body {"q": "SELECT ..."}')
+        return query
+
+    async def bounded_body(self, request, limit: int) -> bytes:
+        """The request's body, refused with a 413 past ``limit`` bytes (read and dropped up to DRAIN_MAX_BYTES first,
+        so that the client gets the answer rather than a reset)."""
+        declared = strict_int(request.headers.get("content-length") or "0") or 0
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN_MAX_BYTES:
+                break
+            if size <= limit and declared <= limit:
+                chunks.append(chunk)
+        if size > limit or declared > limit:
+            raise self.HTTPException(413, f"the request body is larger than {limit // 2**20} MiB")
+        return b"".join(chunks)
+
+    async def sql_csv(self, request):
+        from starlette.concurrency import run_in_threadpool
+
+        query = await self.sql_query(request) if request.method == "POST" else request.query_params.get("q") or ""
+        doc = await run_in_threadpool(self.sql_doc, query)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(doc["columns"])
@@ -204,18 +254,25 @@ class _Handlers:
         if space not in ("saliency", "feature"):
             raise self.HTTPException(400, "space must be saliency or feature")
         with self.served.reading() as db:
-            result = db.neighbors(self.int_param(request, "sample_id"), k=k, space=space, where=self.where_of(request),
-                                  split=request.query_params.get("split"))
+            result = api.neighbors(db, self.int_param(request, "sample_id"), k=k, space=space,
+                                   where=self.where_of(request), split=request.query_params.get("split"))
             return self.JSON(result.to_dict())
 
     def api_group(self, request):
         with self.served.reading() as db:
             return self.JSON(api.group(db, self.int_param(request, "cluster")))
 
-    def api_sql(self, request):
-        with self.served.reading() as db:
-            doc = api.sql(db, request.query_params.get("q") or "")
+    async def api_sql(self, request):
+        """``GET ?q=`` or ``POST`` (form field ``q``, or JSON ``{"q": ...}``): the console's document."""
+        from starlette.concurrency import run_in_threadpool
+
+        query = await self.sql_query(request) if request.method == "POST" else request.query_params.get("q") or ""
+        doc = await run_in_threadpool(self.sql_doc, query)
         return self.Response(sql_json(doc), media_type="application/json")
+
+    def sql_doc(self, query: str) -> dict:
+        with self.served.reading() as db:
+            return self.served.sql(db, query)
 
     def api_triage(self, request):
         with self.served.reading() as db:
@@ -231,13 +288,15 @@ class _Handlers:
 
         return [
             Route("/", self.overview_page), Route("/group/{cluster}", self.group_page),
-            Route("/sample/{sample_id}", self.sample_page), Route("/sql", self.sql_page), Route("/sql.csv", self.sql_csv),
+            Route("/sample/{sample_id}", self.sample_page), Route("/sql", self.sql_page, methods=["GET", "POST"]),
+            Route("/sql.csv", self.sql_csv, methods=["GET", "POST"]),
             Route("/triage", self.triage_page), Route("/search", self.search_page, methods=["GET", "POST"]),
             Route("/img/{sample_id}.png", self.image), Route("/img/{sample_id}/map.png", self.input_map),
             Route("/img/{sample_id}/gradcam.png", self.input_map), Route("/img/group/{cluster}/profile.png", self.profile),
             Route("/api/info", self.api_info), Route("/api/overview", self.api_overview),
             Route("/api/samples/{sample_id}", self.api_sample), Route("/api/neighbors/{sample_id}", self.api_neighbors),
-            Route("/api/groups/{cluster}", self.api_group), Route("/api/sql", self.api_sql), Route("/api/triage", self.api_triage),
+            Route("/api/groups/{cluster}", self.api_group), Route("/api/sql", self.api_sql, methods=["GET", "POST"]),
+            Route("/api/triage", self.api_triage),
             Route("/api/search", self.api_search, methods=["POST"]),
         ]
 
@@ -276,29 +335,78 @@ def _json_value(v):
 
 
 DRAIN_MAX_BYTES = 64 * 2**20  # an oversized upload is read up to this much before the 413
+SQL_BODY_MAX_BYTES = 2**20  # a POSTed query: the form or JSON body
 DEFAULT_SQL = ("SELECT sample_id, split, label_name, pred_name, pred_conf FROM samples "
                "WHERE NOT correct ORDER BY pred_conf DESC LIMIT 20")
 
 
-def create_app(db_path: str | Path, *, bind: str = "127.0.0.1", allow_hosts: tuple[str, ...] = ()):
-    """The Starlette application serving ``db_path`` (refused in one line when it is not a database), answering only
-    requests whose ``Host`` names it (``serve.hosts``): loopback names for a loopback ``bind``, any IP address and
-    this machine's names otherwise, and the ``allow_hosts`` names."""
+class Contained:
+    """ASGI middleware: an exception that escapes a route before its response started is answered here by the
+    handlers' ``on_error`` (a 500 with one line, logged as one line; its traceback only under ``debug``) rather than
+    re-raised to the server, which would log the traceback again."""
+
+    def __init__(self, app, on_error):
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            from starlette.requests import Request
+
+            response = await self.on_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
+def create_app(db_path: str | Path, *, bind: str = "127.0.0.1", allow_hosts: tuple[str, ...] = (),
+               token: str | None = None, debug: bool = False, lanes: dict | None = None):
+    """The Starlette application serving ``db_path`` (refused in one line when it is not a database).
+
+    It answers only requests whose ``Host`` names it (``serve.hosts``): loopback names for a loopback ``bind``, any
+    IP address and this machine's names otherwise, and the ``allow_hosts`` names; a request other than GET or HEAD
+    only from its own pages (``serve.auth.OriginCheck``). With a ``token``, every request must carry it (a Bearer
+    header, or the cookie that opening ``/?token=TOKEN`` sets: ``serve.auth.TokenCheck``); ``token=None``, the
+    default, means no authentication (what ``saliencydb serve --no-token`` runs). ``debug``: the log of a failed
+    request has its traceback. ``lanes``: name -> ``serve.lanes.LaneLimits`` in place of the defaults (how many
+    SQL, model and light requests work at once and wait; past that, 503 with Retry-After)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
 
-    handlers = _Handlers(db_path)
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise SpecError("the token must be a non-empty string (token=None: no authentication)")
+    handlers = _Handlers(db_path, debug=debug)
+    middleware = [Middleware(Contained, on_error=handlers.on_error),
+                  Middleware(HostCheck, policy=HostPolicy(bind, tuple(allow_hosts))), Middleware(OriginCheck)]
+    if token is not None:
+        middleware.append(Middleware(TokenCheck, token=token))
+    middleware.append(Middleware(Lanes, limits=lanes))  # last: a refused request never takes a worker
     app = Starlette(routes=handlers.routes(),
                     exception_handlers={handlers.HTTPException: handlers.on_error, SaliencyDBError: handlers.on_error,
                                         Exception: handlers.on_error},
-                    middleware=[Middleware(HostCheck, policy=HostPolicy(bind, tuple(allow_hosts)))])
+                    middleware=middleware)
     app.state.served = handlers.served
     return app
 
 
-def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_hosts: tuple[str, ...] = ()) -> None:
-    """Run the app until interrupted."""
+def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_hosts: tuple[str, ...] = (),
+          token: str | None = None, debug: bool = False) -> None:
+    """Run the app until interrupted. ``token=None`` (no authentication) is refused for an address beyond loopback."""
     import uvicorn
 
-    app = create_app(db_path, bind=host, allow_hosts=allow_hosts)
+    from .hosts import is_loopback
+
+    if token is None and not is_loopback(host):
+        raise SpecError(f"serving {host} without a token: give token=..., or bind 127.0.0.1")
+    app = create_app(db_path, bind=host, allow_hosts=allow_hosts, token=token, debug=debug)
     uvicorn.run(app, host=host, port=port, log_level="warning")

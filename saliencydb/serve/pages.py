@@ -156,7 +156,7 @@ def sample(doc: dict, db_path: str, modality: str, channel_reduce: str = "max-ab
 
 
 def sql(query: str, doc: dict | None, error: str | None, db_path: str) -> str:
-    form = (f'<form method="get" action="/sql"><textarea name="q" rows="5">{e(query)}</textarea><br>'
+    form = (f'<form method="post" action="/sql"><textarea name="q" rows="5">{e(query)}</textarea><br>'
             f"<button>run</button></form>")
     out = ""
     if error:
