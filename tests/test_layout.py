@@ -106,6 +106,7 @@ OUTSIDE_DATABASES = {
     "schemas/__init__.py": "exports the manifest's file name",
     "serve/api.py": "an uploaded image in a temporary file for the one request that profiles it",
     "schemas/manifest.py": "defines the manifest's file name (no file I/O)",
+    "serve/sqlproc.py": "reads /proc/self/status, the kernel's account of the SQL child's memory",
 }
 
 

@@ -64,7 +64,8 @@ class Database:
     exact flat index in place of the stored saliency index. Nothing is written under it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None,
+                 threads: int | None = None):
         self.path = Path(path)
         self.snapshot = Snapshot(self.path, as_of)
         self.manifest: Manifest = self.snapshot.manifest
@@ -72,6 +73,9 @@ class Database:
         self._mapped: dict = {}  # space -> the stored index, its vectors memory-mapped (query_index)
         self.stale_indexes: dict[str, tuple[int, int]] = {}  # space -> (vectors in the index, committed rows)
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
+        # one view may answer several threads at once (the web app's requests): the shared connection's cursors
+        # are made and its parser run under ``_con_lock``; the lazily loaded indexes and statistics under ``_lock``
+        self._lock, self._con_lock = threading.RLock(), threading.Lock()
         try:
             self.normalisation = check_normalisation(normalisation or self.manifest.profile_normalisation)
         except SpecError as e:
@@ -82,7 +86,7 @@ class Database:
         # (the CLI's default). The web app sets one, so no request runs unbounded.
         self.timeout_s: float | None = None
         try:
-            self.con = duckdb.connect(":memory:", config=_CONFIG)
+            self.con = duckdb.connect(":memory:", config=_CONFIG if threads is None else {**_CONFIG, "threads": int(threads)})
             self._create_views()
             for statement in _SEAL:
                 self.con.execute(statement)
@@ -161,7 +165,8 @@ class Database:
         The statement runs on a fresh cursor, in a transaction that is rolled back: it leaves no pending result and
         nothing it created behind. A column holding values Python cannot represent (a DATE or TIMESTAMP of
         +-infinity or past year 9999, also inside a list or struct) comes back as DuckDB's text of them (VARCHAR)."""
-        text = check_read_only(self.con, query)
+        with self._con_lock:
+            text = check_read_only(self.con, query)
         timeout_s = timeout_s or self.timeout_s
         try:
             return self._run(text, params, max_rows=max_rows, timeout_s=timeout_s)
@@ -175,7 +180,8 @@ class Database:
     def _cursor(self):
         """A fresh connection (DuckDB cursor) to this version's views, their data registered on it: its results,
         its session state and its TEMP objects are its own, and go with it."""
-        cur = self.con.cursor()
+        with self._con_lock:
+            cur = self.con.cursor()
         try:
             for name, data in self._sources.items():
                 cur.register(name, data)
@@ -208,7 +214,8 @@ class Database:
         bad = [i for i, col in enumerate(table.columns) if _has_temporal(col.type) and not _converts(col)]
         if not bad:
             return table
-        cur = self.con.cursor()
+        with self._con_lock:
+            cur = self.con.cursor()
         try:
             cur.register("_unconvertible", pa.table({f"c{j}": table.column(i) for j, i in enumerate(bad)}))
             casts = ", ".join(f"CAST(c{j} AS VARCHAR) AS c{j}" for j in range(len(bad)))
@@ -247,9 +254,10 @@ class Database:
     @property
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Frozen (mean, std) per unit of this view's normalisation."""
-        if self._stats is None:
-            self._stats = self._override_stats() if self.overridden else self.snapshot.read_stats()
-        return self._stats
+        with self._lock:
+            if self._stats is None:
+                self._stats = self._override_stats() if self.overridden else self.snapshot.read_stats()
+            return self._stats
 
     def _override_stats(self) -> tuple[np.ndarray, np.ndarray]:
         m = self.manifest
@@ -315,19 +323,20 @@ class Database:
         interrupted during the index update) is not used: an exact flat index over the
         version's committed profiles takes its place, and ``stale_indexes`` says so."""
         self.require_space(space)
-        if space not in self._indexes:
-            entry = self.manifest.indexes.get(space)
-            if entry is None:
-                raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
-            rows = self.manifest.rows()
-            if space == "saliency" and self.overridden:
-                self._indexes[space] = self._exact_index(space)
-            elif entry.ntotal != rows:
-                self.stale_indexes[space] = (entry.ntotal, rows)
-                self._indexes[space] = self._exact_index(space)
-            else:
-                self._indexes[space] = self.snapshot.read_index(space)
-        return self._indexes[space]
+        with self._lock:
+            if space not in self._indexes:
+                entry = self.manifest.indexes.get(space)
+                if entry is None:
+                    raise QueryError(f"database '{self.path}' has no {space} index; finish `saliencydb index` first")
+                rows = self.manifest.rows()
+                if space == "saliency" and self.overridden:
+                    self._indexes[space] = self._exact_index(space)
+                elif entry.ntotal != rows:
+                    self.stale_indexes[space] = (entry.ntotal, rows)
+                    self._indexes[space] = self._exact_index(space)
+                else:
+                    self._indexes[space] = self.snapshot.read_index(space)
+            return self._indexes[space]
 
     def query_index(self, space: str):
         """(index, mapped) for one query of ``space``: the index already loaded by ``index()`` if any;
@@ -335,14 +344,15 @@ class Database:
         a flat one is then searched by ``storage.indexes.scan_flat``, block by block, in bounded memory);
         else ``index()`` (a stale or overridden index: the exact flat index built in memory)."""
         self.require_space(space)
-        if space in self._indexes:
-            return self._indexes[space], False
-        entry = self.manifest.indexes.get(space)
-        if entry is None or entry.ntotal != self.manifest.rows() or (space == "saliency" and self.overridden):
-            return self.index(space), False
-        if space not in self._mapped:
-            self._mapped[space] = self.snapshot.read_index(space, mapped=True)
-        return self._mapped[space], True
+        with self._lock:
+            if space in self._indexes:
+                return self._indexes[space], False
+            entry = self.manifest.indexes.get(space)
+            if entry is None or entry.ntotal != self.manifest.rows() or (space == "saliency" and self.overridden):
+                return self.index(space), False
+            if space not in self._mapped:
+                self._mapped[space] = self.snapshot.read_index(space, mapped=True)
+            return self._mapped[space], True
 
     def _exact_index(self, space: str):
         def chunks():
@@ -455,7 +465,9 @@ class Database:
             params.append(split)
         q = "SELECT sample_id FROM samples" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         try:  # a SELECT by construction (checked all the same), run like user SQL: fresh cursor, rolled back
-            ids = self._run(check_read_only(self.con, q), params, timeout_s=self.timeout_s).column("sample_id")
+            with self._con_lock:
+                q = check_read_only(self.con, q)
+            ids = self._run(q, params, timeout_s=self.timeout_s).column("sample_id")
             return ids.to_numpy().astype(np.int64)
         except duckdb.InterruptException:
             raise QueryError(f"--where {where!r} ran longer than {self.timeout_s:g} s and was stopped; "
@@ -669,7 +681,9 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def open(path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None) -> Database:  # noqa: A001 - mirrors sqlite3.connect / lancedb.connect
+def open(path: str | os.PathLike, *, as_of: int | None = None, normalisation: str | None = None,  # noqa: A001 - mirrors sqlite3.connect
+         threads: int | None = None) -> Database:
     """Open a database for reading: its current version, or ``as_of`` a kept commit; ``normalisation``:
-    see every profile through another normalisation than the database's (``Database``)."""
-    return Database(path, as_of=as_of, normalisation=normalisation)
+    see every profile through another normalisation than the database's (``Database``); ``threads``: the
+    most threads one SQL statement uses (DuckDB's default: every core)."""
+    return Database(path, as_of=as_of, normalisation=normalisation, threads=threads)

@@ -128,10 +128,26 @@ def sample(served, db, sample_id: int, where: str | None = None, k: int = NEIGHB
             spaces[space] = {"neighbors": []}
             continue
         try:
-            spaces[space] = db.neighbors(sample_id, k=k, space=space, where=where).to_dict()
+            spaces[space] = neighbors(db, sample_id, k=k, space=space, where=where).to_dict()
         except QueryError as e:  # e.g. a --where that leaves fewer than k candidates
             spaces[space] = {"neighbors": [], "error": str(e)}
     return {"sample": plain(meta), "top_units": top_units, "neighbors": spaces, "where": where}
+
+
+def neighbors(db, sample_id: int, *, k: int = NEIGHBORS, space: str = "saliency", where: str | None = None,
+              split: str | None = None):
+    """A stored sample's neighbours: read from the stored neighbour graph when it holds exactly the answer a
+    search would give (``query.stored``), else searched."""
+    from ..query.stored import stored_neighbors
+
+    if where is None and k >= 1:
+        db.require_space(space)
+        if split is not None and split not in db.manifest.splits:
+            db.ids_where(None, split)  # the one-line refusal of an unknown split
+        stored = stored_neighbors(db, sample_id, k=k, space=space, split=split)
+        if stored is not None:
+            return stored
+    return db.neighbors(sample_id, k=k, space=space, where=where, split=split)
 
 
 def group(db, cluster: int) -> dict:
@@ -155,11 +171,12 @@ def group(db, cluster: int) -> dict:
     return doc
 
 
-def sql(db, query: str, max_rows: int = SQL_MAX_ROWS) -> dict:
-    """A read-only query's columns and rows (at most ``max_rows``; ``truncated`` says whether there were more)."""
+def sql(db, query: str, max_rows: int = SQL_MAX_ROWS, timeout_s: float = SQL_TIMEOUT_S) -> dict:
+    """A read-only query's columns and rows (at most ``max_rows``; ``truncated`` says whether there were more),
+    stopped after ``timeout_s``. The web app runs it in a child process (``serve.sqlproc``)."""
     if not query or not query.strip():
         raise QueryError("the query is empty; write one SELECT statement")
-    table = db.sql(query, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+    table = db.sql(query, max_rows=max_rows, timeout_s=timeout_s)
     keep = _rows_within(table, min(max_rows, table.num_rows), SQL_MAX_BYTES)
     rows = table.slice(0, keep).to_pylist()
     doc = {"columns": table.column_names, "rows": plain(rows), "truncated": table.num_rows > keep,

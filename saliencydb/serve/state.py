@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import QueryError
 from ..storage.versions import read_current
+from .sqlproc import SQLProcesses
 
 THUMB_SIDE = 96
 QUERY_TIMEOUT_S = 10.0  # the longest any SQL statement of a request runs (the console's, a ?where=)
@@ -24,23 +25,25 @@ MAP_SIDE = 224
 
 
 class LRU:
-    """A bounded dict, least recently used first out (thread-safe with the owner's lock held)."""
+    """A bounded dict, least recently used first out, safe to share between threads."""
 
     def __init__(self, size: int):
-        self.size, self._d = size, OrderedDict()
+        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
 
     def get(self, key):
-        if key in self._d:
-            self._d.move_to_end(key)
-            return self._d[key]
-        return None
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+            return None
 
     def put(self, key, value):
-        self._d[key] = value
-        self._d.move_to_end(key)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-        return value
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+            return value
 
 
 def png_bytes(img) -> bytes:
@@ -49,46 +52,90 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-class ServedDatabase:
-    """A database served read-only: ``reading()`` yields the open ``query.Database`` of its current version."""
+class _Opened:
+    """One opened version and the number of requests reading it: a version the server moved past is closed
+    when its last reader is done, never under a request still reading it."""
 
-    def __init__(self, path: str | Path, *, cache_items: int = 4096):
+    def __init__(self, db):
+        self.db, self.readers, self.retired, self.explainer = db, 0, False, None
+
+    def release(self) -> None:
+        if self.retired and self.readers == 0:
+            self.db.close()
+
+
+class ServedDatabase:
+    """A database served read-only: ``reading()`` yields the open ``query.Database`` of its current version.
+
+    Requests read at the same time (``query.Database`` is safe to share between threads: each statement runs
+    on its own cursor); only the switch to a new version is serialised, and the model (explanations, maps,
+    uploads) is used by one request at a time (``model_lock``)."""
+
+    def __init__(self, path: str | Path, *, cache_items: int = 4096, threads: int | None = None):
         self.path = Path(path)
         read_current(self.path)  # one clear line now when it is not a database
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()  # guards the switch between versions, never held while a request reads
+        self.model_lock = threading.Lock()
         self.timeout_s = QUERY_TIMEOUT_S
-        self._db = None
-        self._explainer = None
+        self.threads = threads  # DuckDB threads of the served view (None: DuckDB's default, every core)
+        self._open: _Opened | None = None
+        self.sql_processes = SQLProcesses()
         self._images = None  # query.html.ImageLookup over the splits' sources
         self.cache = LRU(cache_items)  # (commit, what, ...) -> bytes or computed answers
 
     @contextlib.contextmanager
     def reading(self):
-        """The open database of the latest commit (reopened after an ``ingest``); one request at a time."""
-        from ..query import open as open_db
-
+        """The open database of the latest commit (reopened after an ``ingest``), shared with other requests."""
         with self.lock:
             commit = read_current(self.path).commit
-            if self._db is None or self._db.commit != commit:
-                if self._db is not None:
-                    self._db.close()
-                self._db, self._explainer = open_db(self.path), None
-                self._db.timeout_s = self.timeout_s  # every statement of a request is bounded, a --where's too
-            yield self._db
+            opened = self._open
+            if opened is None or opened.db.commit != commit:
+                if opened is not None:
+                    opened.retired = True
+                    opened.release()
+                opened = self._open = _Opened(self._open_db())
+            opened.readers += 1
+        try:
+            yield opened.db
+        finally:
+            with self.lock:
+                opened.readers -= 1
+                opened.release()
+
+    def _open_db(self):
+        from ..query import open as open_db
+
+        db = open_db(self.path, threads=self.threads)
+        db.timeout_s = self.timeout_s  # every statement of a request is bounded, a --where's too
+        return db
 
     def explainer(self, db):
-        """The explainer (model, statistics) of the open version, loaded once per version."""
+        """The explainer (model, statistics) of the open version, loaded once per version; use it holding
+        ``model_lock`` (a model's hooks and gradients are not for two threads at once)."""
         from ..explain import Explainer
 
-        if self._explainer is None:
-            self._explainer = Explainer(db)
-        return self._explainer
+        opened = self._open
+        if opened is None or opened.db is not db:  # a request still reading a version the server moved past
+            return Explainer(db)
+        if opened.explainer is None:
+            opened.explainer = Explainer(db)
+        return opened.explainer
 
     def close(self) -> None:
         with self.lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._open is not None:
+                self._open.retired = True
+                self._open.release()
+                self._open = None
+
+    def sql(self, db, query: str, max_rows: int | None = None) -> dict:
+        """The console's ``api.sql`` document of ``query`` over the version ``db`` reads, run in a child process
+        with a memory limit and this server's time limit (``serve.sqlproc``)."""
+        from .api import SQL_MAX_ROWS
+
+        if not query or not query.strip():
+            raise QueryError("the query is empty; write one SELECT statement")
+        return self.sql_processes.sql(db, query, SQL_MAX_ROWS if max_rows is None else max_rows, self.timeout_s)
 
     def cached(self, db, key: tuple, compute):
         """``compute()`` once per (version, key)."""
@@ -108,15 +155,22 @@ class ServedDatabase:
         if db.modality != "image":
             raise QueryError(f"sample {sample_id} is a sentence, not an image")
         sources = {name: rec.source for name, rec in db.manifest.splits.items()}
-        if self._images is None or self._images.sources != sources:  # each source opened and listed once
-            self._images = ImageLookup(sources)
-        img = self._images.image(meta["split"], meta["key"])
+        with self.lock:  # each source opened and listed once
+            if self._images is None or self._images.sources != sources:
+                self._images = ImageLookup(sources)
+            images = self._images
+        img = images.image(meta["split"], meta["key"])
         return png_bytes(placeholder(side) if img is None else fit(img, side))
 
     def input_map(self, db, sample_id: int, kind: str, channel_reduce: str = "max-abs") -> bytes:
         """The sample's input-space saliency map (``map``, its channels reduced by ``channel_reduce``: max-abs or
         abs-max) or GradCAM (``gradcam``) over its image, as PNG."""
-        return self.cached(db, (kind, sample_id, channel_reduce), lambda: self._map(db, sample_id, kind, channel_reduce))
+        return self.cached(db, (kind, sample_id, channel_reduce), lambda: self._locked(self._map, db, sample_id, kind,
+                                                                                     channel_reduce))
+
+    def _locked(self, compute, *args):
+        with self.model_lock:
+            return compute(*args)
 
     def _map(self, db, sample_id: int, kind: str, channel_reduce: str) -> bytes:
         import torch
@@ -142,7 +196,7 @@ class ServedDatabase:
     def profile_plot(self, db, cluster: int) -> bytes:
         """The error group's mean standardised profile over its members, as PNG: read from the stored blame
         table (which holds it for every unit), never recomputed from the members' profiles."""
-        return self.cached(db, ("profile", cluster), lambda: self._profile_plot(db, cluster))
+        return self.cached(db, ("profile", cluster), lambda: self._locked(self._profile_plot, db, cluster))
 
     def _profile_plot(self, db, cluster: int) -> bytes:
         import tempfile
