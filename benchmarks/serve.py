@@ -2,6 +2,7 @@
 database (2,000 held-out digits of the demo CNN, with error groups).
 
     python benchmarks/serve.py [--clients 8] [--requests 50] [--seconds S] [--cache-dir DIR | --db PATH] [--json] [--save FILE]
+                               [--mixed | --no-mixed] [--mixed-clients 32] [--slow-sql 4] [--mixed-seconds 30]
 
 The database is the demo's: ``saliencydb demo --quiet`` run in ``--cache-dir`` (default: a temporary
 directory, removed afterwards; an existing ``DIR/demo-db`` is reused: the demo only brings it up to date), or
@@ -14,8 +15,8 @@ free port; the benchmark waits (at most ``--start-timeout`` s) until
 Measured, after one untimed warm-up request of each kind (reported on its own: the first overview reads
 the shared-mistake statistics from the stored knn table, which are then cached per database version; it
 never searches the neighbour graph: a database without the table shows a note instead; the first sample
-page and neighbour query pay for reading the profiles and the index), three request kinds, each as its
-own phase:
+page and neighbour query pay for reading the sample metadata and profiles, and, where a search is needed,
+the index), three request kinds, each as its own phase:
 
   overview    GET /                              the overview page (statistics cached, error groups queried)
   sample      GET /sample/{id}                   a sample page: metadata, top units, 10 neighbours in both spaces
@@ -31,13 +32,49 @@ p99 and max latency (linear interpolation between ranks), throughput (answered r
 phase's wall time) and the server's CPU time per request (from /proc, Linux only).
 
 The target is a p99 under 200 ms for neighbour queries (with the chosen number of clients and no errors);
-the output says whether it was met. Notes on reading the numbers:
+the output says whether it was met.
 
-* The server answers one request at a time (``ServedDatabase.reading()`` holds a lock), so with N clients a
-  request waits for up to N - 1 others: latency grows with the clients, throughput does not.
+Then (unless ``--no-mixed``) the **mixed phase**: ``--mixed-clients`` threads at once, each with its own
+keep-alive connection, for ``--mixed-seconds``, each request drawn at random: half of them neighbour queries
+(``GET /api/neighbors/{id}?k=10``), half page loads (``GET /``, ``GET /sample/{id}`` and, when the database
+has error groups, ``GET /group/{cluster}``, equally likely); meanwhile ``--slow-sql`` further threads each
+send a deliberately slow console query, ``POST /api/sql`` with form field ``q`` =
+``SELECT count(*) FROM range(6000000000) WHERE range % 7 = 1`` (and the app's own ``Origin``, which a POST
+needs), again and again until the phase ends. A slow query is answered 400 "ran longer than 10 s" at the
+server's time limit (``cut_at_limit``), 200 when a fast machine finishes it within the limit
+(``completed``), or 503 with ``Retry-After`` when the SQL lane is full or its wait too long (``busy_503``:
+the designed answer, not an error; that thread then waits the ``Retry-After``, at most until the phase
+ends). No new request starts after the phase's end; the slow queries still running then
+(``in_flight_at_end``) are awaited, so the SQL lane is idle again for the next check. Reported per kind
+(neighbors, pages, slow_sql): count, errors, p50/p90/p99/max. The target line: neighbour-query p99 at most
+200 ms, with no errors, while the slow SQL runs.
+
+Last, the **big-result check**: one ``POST /api/sql`` of ``SELECT repeat('x', 1000000) AS a FROM
+range(1000)`` (a gigabyte of strings), with the server process's ``VmRSS`` and ``VmHWM`` (``/proc/PID/status``)
+before and after; the target is the server's RSS under 1 GB afterwards (the statement runs in a child with a
+1 GiB data limit: its answer is expected to be a 400 with one line, the server's memory unmoved).
+
+Notes on reading the numbers:
+
+* Requests are admitted to three lanes (``saliencydb/serve/lanes.py``), each with a bounded number of
+  workers and a bounded queue: ``sql`` (the console: by default one statement per two cores at work, 4
+  waiting, at most 15 s), ``model`` (model runs and figures: one at a time) and ``light`` (pages, neighbours,
+  the JSON API: 16 at work, 256 waiting). Past its queue (or its wait) a request gets 503 with
+  ``Retry-After`` at once; it never reaches the app. The requests of a lane share the open database version
+  (no global lock: ``query.Database`` is shared between threads; only the switch to a new version is
+  serialised), so with N clients latency grows with the contention for the CPU (and Python's GIL), not
+  with a queue behind one request.
+* Each console SQL statement runs in a child process forked from a fork server, with a 1 GiB data-segment
+  limit and the server's 10 s time limit (``saliencydb/serve/sqlproc.py``): a slow or huge statement costs
+  the server a worker of the SQL lane and the CPU its child takes, not its memory. ``saliencydb serve`` has
+  no option to change these limits; the benchmark uses the defaults.
+* A stored sample's neighbours are read from the stored neighbour graph (the ``knn`` table) when it holds
+  exactly the answer a search would give: the database has one split and the query has no filter, as here
+  for the demo database (one split); a database with several splits (e.g. the tests') is searched. The
+  mixed phase reports which one its neighbour queries got (``neighbors_from_stored_graph``).
 * The clients run in this process, on the same machine as the server; on a 2-core machine they take a share
-  of the CPU. Timings are only meaningful on an otherwise idle machine: the load average before and after
-  the run is printed.
+  of the CPU (32 client threads and the slow queries' child processes included). Timings are only
+  meaningful on an otherwise idle machine: the load average before and after the run is printed.
 * Pages are fetched as HTML only; the thumbnails a browser would then load (``/img/{id}.png``) are not.
 """
 
@@ -68,6 +105,11 @@ HOST = "127.0.0.1"
 KINDS = {"overview": "/", "sample": "/sample/{id}", "neighbors": "/api/neighbors/{id}?k=10"}
 TARGET_KIND, TARGET_P99_MS = "neighbors", 200.0
 ID_PAGE = 1000  # the server returns at most 1,000 rows per SQL query: the ids are read in pages
+SLOW_SQL = "SELECT count(*) FROM range(6000000000) WHERE range % 7 = 1"  # seconds of CPU: cut at the server's limit
+BIG_SQL = "SELECT repeat('x', 1000000) AS a FROM range(1000)"  # a gigabyte of strings
+MIXED_PAGES = ["/", "/sample/{id}", "/group/{cluster}"]  # the last only when the database has error groups
+MIXED_NEIGHBORS = KINDS["neighbors"]
+RSS_TARGET_BYTES = 10**9  # the server's RSS after the big result: under 1 GB
 
 
 class BenchmarkError(RuntimeError):
@@ -153,6 +195,19 @@ class Server:
         except (OSError, ValueError, IndexError, AttributeError):
             return None
 
+    def memory(self) -> dict | None:
+        """The server process's ``VmRSS`` and ``VmHWM`` (its peak RSS) in bytes (Linux), or None."""
+        try:
+            lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except (OSError, AttributeError):
+            return None
+        out = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024  # kB
+        return out if len(out) == 2 else None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -196,6 +251,30 @@ def get_json(port: int, path: str, timeout: float) -> dict:
     return json.loads(body)
 
 
+def post_sql(conn: http.client.HTTPConnection, port: int, query: str) -> tuple[int, dict, bytes, float]:
+    """``POST /api/sql`` with form field ``q`` (and the app's own ``Origin``, which a POST needs) on a keep-alive
+    connection: (status, headers with lower-case names, body, seconds to the end of the body)."""
+    body = urllib.parse.urlencode({"q": query})
+    t = time.perf_counter()
+    conn.request("POST", "/api/sql", body=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{HOST}:{port}"})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, time.perf_counter() - t
+
+
+def group_ids(port: int, timeout: float) -> list[int]:
+    """The database's error groups (``saliencydb clusters``), or [] when it has none (or no clusters table)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        status, body, _ = get(conn, "/api/sql?q=" + urllib.parse.quote("SELECT DISTINCT cluster FROM clusters ORDER BY 1"))
+    finally:
+        conn.close()
+    if status != 200:
+        return []
+    return [int(r["cluster"]) for r in json.loads(body).get("rows", [])]
+
+
 def sample_ids(port: int, timeout: float) -> list[int]:
     """All the database's sample ids, read through ``/api/sql`` in pages (it answers at most 1,000 rows)."""
     ids: list[int] = []
@@ -216,6 +295,13 @@ def percentile(values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def latency_stats(latencies: list[float]) -> dict:
+    """p50, p90, p99 and max (ms) of ``latencies`` (seconds), None where there are none."""
+    lat = sorted(latencies)
+    return {f"{name}_ms": round(1000 * percentile(lat, q), 2) if lat else None
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
 
 
 def run_phase(server: Server, kind: str, ids: list[int], clients: int, requests: int, seconds: float | None,
@@ -274,6 +360,156 @@ def run_phase(server: Server, kind: str, ids: list[int], clients: int, requests:
     return row
 
 
+def run_mixed(server: Server, ids: list[int], groups: list[int], clients: int, slow: int, seconds: float,
+              seed: int, timeout: float) -> dict:
+    """The mixed phase: ``clients`` threads sending page loads and neighbour queries for ``seconds`` while ``slow``
+    threads send the slow SQL query again and again; statistics per kind (neighbors, pages, slow_sql)."""
+    pages = MIXED_PAGES if groups else MIXED_PAGES[:2]
+    # per client: (kind, path template, status or None for a failed request, seconds or None, error or None)
+    records: list[list[tuple]] = [[] for _ in range(clients)]
+    slow_records: list[list[tuple]] = [[] for _ in range(slow)]  # (outcome, status, seconds, detail)
+    in_flight = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(clients + slow + 1)
+    deadline: list[float] = [math.inf]
+
+    def client(i: int) -> None:
+        rng = random.Random(f"{seed}:mixed:{i}")
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
+        start.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                template = MIXED_NEIGHBORS if rng.random() < 0.5 else rng.choice(pages)
+                kind = "neighbors" if template == MIXED_NEIGHBORS else "pages"
+                path = template.format(id=rng.choice(ids), cluster=rng.choice(groups) if groups else 0)
+                try:
+                    status, body, dt = get(conn, path)
+                except (OSError, http.client.HTTPException) as e:
+                    records[i].append((kind, template, None, None, f"GET {path}: {type(e).__name__}: {e}"))
+                    conn.close()
+                    continue
+                err = None if status == 200 else f"GET {path}: HTTP {status}: {body[:200].decode(errors='replace')}"
+                records[i].append((kind, template, status, dt, err))
+        finally:
+            conn.close()
+
+    def slow_client(i: int) -> None:
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
+        start.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                with lock:
+                    in_flight[0] += 1
+                try:
+                    status, headers, body, dt = post_sql(conn, server.port, SLOW_SQL)
+                except (OSError, http.client.HTTPException) as e:
+                    slow_records[i].append(("error", None, None, f"POST /api/sql: {type(e).__name__}: {e}"))
+                    conn.close()
+                    continue
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
+                text = body[:300].decode(errors="replace")
+                if status == 200:
+                    slow_records[i].append(("completed", status, dt, text))
+                elif status == 400 and "ran longer than" in text:
+                    slow_records[i].append(("cut_at_limit", status, dt, text))
+                elif status == 503 and "retry-after" in headers:
+                    slow_records[i].append(("busy_503", status, dt, text))
+                    try:
+                        wait = float(headers["retry-after"])
+                    except ValueError:
+                        wait = 1.0
+                    time.sleep(max(0.0, min(wait, deadline[0] - time.perf_counter())))
+                else:
+                    slow_records[i].append(("error", status, dt, f"POST /api/sql: HTTP {status}: {text}"))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    slow_threads = [threading.Thread(target=slow_client, args=(i,), daemon=True) for i in range(slow)]
+    for t in threads + slow_threads:
+        t.start()
+    cpu0 = server.cpu_seconds()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + seconds
+    start.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    with lock:
+        still_running = in_flight[0]
+    for t in slow_threads:  # the slow queries still running: awaited, so the SQL lane is idle afterwards
+        t.join()
+    drained = time.perf_counter() - t0 - wall
+    cpu1 = server.cpu_seconds()
+
+    def row(rs: list[tuple]) -> dict:
+        errs = [r[4] for r in rs if r[4]]
+        lat = [r[3] for r in rs if r[3] is not None]
+        return {"count": len(rs), "errors": len(errs), **latency_stats(lat),
+                "requests_per_s": round(len(lat) / wall, 2) if wall > 0 else None, "error_examples": errs[:5]}
+
+    flat = [r for per in records for r in per]
+    kinds = {"neighbors": row([r for r in flat if r[0] == "neighbors"]), "pages": row([r for r in flat if r[0] == "pages"])}
+    kinds["pages"]["by_path"] = {p: row([r for r in flat if r[1] == p]) for p in pages}
+    for by in kinds["pages"]["by_path"].values():
+        del by["error_examples"]
+    sl = [r for per in slow_records for r in per]
+    outcome = {o: sum(1 for r in sl if r[0] == o) for o in ("cut_at_limit", "completed", "busy_503", "error")}
+    cut = sorted(r[2] for r in sl if r[0] == "cut_at_limit")
+    kinds["slow_sql"] = {"count": len(sl), "errors": outcome["error"], "cut_at_limit": outcome["cut_at_limit"],
+                         "completed": outcome["completed"], "busy_503": outcome["busy_503"],
+                         "in_flight_at_end": still_running, **latency_stats([r[2] for r in sl if r[2] is not None]),
+                         "cut_at_limit_ms": {"min": round(1000 * cut[0], 2), "max": round(1000 * cut[-1], 2)} if cut else None,
+                         "error_examples": [r[3] for r in sl if r[0] == "error"][:5],
+                         "busy_examples": [r[3] for r in sl if r[0] == "busy_503"][:2]}
+    n = kinds["neighbors"]
+    met = n["errors"] == 0 and n["p99_ms"] is not None and n["p99_ms"] <= TARGET_P99_MS
+    return {"clients": clients, "slow_sql_clients": slow, "seconds": seconds, "wall_seconds": round(wall, 3),
+            "slow_sql_drain_seconds": round(drained, 3), "slow_sql": SLOW_SQL,
+            "mix": {"neighbors": 0.5, "pages": 0.5, "page_paths": pages, "neighbor_path": MIXED_NEIGHBORS},
+            "groups": len(groups), "sql_lane": sql_lane_defaults(),
+            "server_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
+            "kinds": kinds,
+            "target": {"kind": "neighbors", "p99_ms_at_most": TARGET_P99_MS, "p99_ms": n["p99_ms"], "met": met,
+                       "while_slow_sql": slow > 0 and len(sl) + still_running > 0}}
+
+
+def sql_lane_defaults() -> dict | None:
+    """The SQL lane's limits the server runs with (its defaults on this machine; ``serve`` has no option for them)."""
+    try:
+        from saliencydb.serve.lanes import default_limits
+    except ImportError:
+        return None
+    lim = default_limits()["sql"]
+    return {"workers": lim.workers, "queue": lim.queue, "wait_s": lim.wait_s}
+
+
+def big_result_check(server: Server, timeout: float) -> dict:
+    """One console query with a gigabyte of result strings; the server process's memory before and after."""
+    before = server.memory()
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
+    try:
+        status, _, body, dt = post_sql(conn, server.port, BIG_SQL)
+        answer = body[:300].decode(errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        status, dt, answer = None, None, f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+    time.sleep(0.2)
+    after = server.memory()
+
+    def mb(m: dict | None, key: str) -> float | None:
+        return None if m is None else round(m[key] / 1e6, 1)
+
+    rss_after = None if after is None else after["VmRSS"]
+    return {"query": BIG_SQL, "status": status, "seconds": None if dt is None else round(dt, 3), "answer": answer,
+            "rss_mb": {"before": mb(before, "VmRSS"), "after": mb(after, "VmRSS")},
+            "hwm_mb": {"before": mb(before, "VmHWM"), "after": mb(after, "VmHWM")},
+            "target": {"rss_mb_below": RSS_TARGET_BYTES / 1e6, "met": None if rss_after is None else rss_after < RSS_TARGET_BYTES}}
+
+
 # -- the run ----------------------------------------------------------------------------------------------
 def machine_info() -> dict:
     cpu, usable = cpu_name(), usable_cores()
@@ -327,6 +563,20 @@ def benchmark(args) -> dict:
             if not server.alive():
                 raise BenchmarkError(f"the server died during the {kind} phase (exit {server.proc.returncode}): "
                                      f"{server.log_tail() or '(no output)'}")
+        mixed = big = None
+        if args.mixed:
+            groups = group_ids(server.port, args.timeout)
+            note = get_json(server.port, MIXED_NEIGHBORS.format(id=ids[0]), args.timeout).get("note") or ""
+            mixed = run_mixed(server, ids, groups, args.mixed_clients, args.slow_sql, args.mixed_seconds, args.seed,
+                              args.timeout)
+            mixed["neighbors_from_stored_graph"] = "stored neighbour graph" in note
+            if not server.alive():
+                raise BenchmarkError(f"the server died during the mixed phase (exit {server.proc.returncode}): "
+                                     f"{server.log_tail() or '(no output)'}")
+            big = big_result_check(server, args.timeout)
+            if not server.alive():
+                raise BenchmarkError(f"the server died during the big-result check (exit {server.proc.returncode}): "
+                                     f"{server.log_tail() or '(no output)'}")
         log_tail = server.log_tail()
     # the ExitStack has stopped the server and removed the temporary directory
     target = next((p for p in phases if p["kind"] == TARGET_KIND), None)
@@ -347,6 +597,8 @@ def benchmark(args) -> dict:
         "phases": phases,
         "target": {"kind": TARGET_KIND, "p99_ms_below": TARGET_P99_MS,
                    "p99_ms": None if target is None else target["p99_ms"], "met": met},
+        "mixed": mixed,
+        "big_result": big,
         "seconds": round(time.perf_counter() - t_start, 2),
     }
 
@@ -380,7 +632,54 @@ def print_tables(r: dict) -> None:
         verdict = "met" if t["met"] else "NOT met"
         print(f"\ntarget: {t['kind']} p99 < {t['p99_ms_below']:.0f} ms with {s['clients']} clients and no errors: "
               f"{verdict} (p99 = {ms(t['p99_ms'])} ms)")
+    if r.get("mixed"):
+        print_mixed(r["mixed"], r["big_result"])
     print(f"({r['seconds']:.0f} s in all)")
+
+
+def print_mixed(x: dict, big: dict | None) -> None:
+    def ms(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    k, sl = x["kinds"], x["kinds"]["slow_sql"]
+    lane = x["sql_lane"]
+    print(f"\nmixed phase: {x['clients']} clients (half neighbour queries, half page loads of "
+          f"{', '.join(x['mix']['page_paths'])}) for {x['seconds']:g} s, while {x['slow_sql_clients']} threads send "
+          f"`{x['slow_sql']}` (POST /api/sql) again and again"
+          + (f"; SQL lane: {lane['workers']} at work, {lane['queue']} waiting, at most {lane['wait_s']:g} s" if lane else "")
+          + f"; neighbours {'read from the stored graph' if x['neighbors_from_stored_graph'] else 'searched'}\n")
+    print("| request | count | errors | p50 ms | p90 ms | p99 ms | max ms | req/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("neighbors", "pages"):
+        p = k[name]
+        print(f"| {name} | {p['count']} | {p['errors']} | {ms(p['p50_ms'])} | {ms(p['p90_ms'])} | {ms(p['p99_ms'])} | "
+              f"{ms(p['max_ms'])} | {ms(p['requests_per_s'])} |")
+    for path, p in k["pages"]["by_path"].items():
+        print(f"| pages: `{path}` | {p['count']} | {p['errors']} | {ms(p['p50_ms'])} | {ms(p['p90_ms'])} | "
+              f"{ms(p['p99_ms'])} | {ms(p['max_ms'])} | {ms(p['requests_per_s'])} |")
+    print(f"| slow_sql | {sl['count']} | {sl['errors']} | {ms(sl['p50_ms'])} | {ms(sl['p90_ms'])} | {ms(sl['p99_ms'])} | "
+          f"{ms(sl['max_ms'])} | - |")
+    cut = sl["cut_at_limit_ms"]
+    print(f"\nslow SQL: {sl['cut_at_limit']} cut at the server's limit"
+          + (f" ({cut['min'] / 1000:.1f} to {cut['max'] / 1000:.1f} s)" if cut else "")
+          + f", {sl['completed']} completed, {sl['busy_503']} answered 503 with Retry-After, {sl['errors']} errors; "
+          f"{sl['in_flight_at_end']} still running at the phase's end (awaited: {x['slow_sql_drain_seconds']:.1f} s)")
+    for name in ("neighbors", "pages", "slow_sql"):
+        for e in k[name]["error_examples"]:
+            print(f"  error (mixed, {name}): {e}")
+    t = x["target"]
+    print(f"target: neighbors p99 <= {t['p99_ms_at_most']:.0f} ms with {x['clients']} clients, no errors, while the slow "
+          f"SQL runs: {'met' if t['met'] else 'missed'} (p99 = {ms(t['p99_ms'])} ms"
+          + ("" if t["while_slow_sql"] else "; no slow SQL ran") + ")")
+    if big:
+        rss, hwm = big["rss_mb"], big["hwm_mb"]
+        print(f"\nbig result: `{big['query']}` answered HTTP {big['status']} in "
+              f"{'-' if big['seconds'] is None else format(big['seconds'], '.1f')} s: {big['answer'][:200]}")
+        print(f"server memory before / after: VmRSS {rss['before']} / {rss['after']} MB, VmHWM {hwm['before']} / "
+              f"{hwm['after']} MB")
+        met = big["target"]["met"]
+        print(f"target: server RSS under {big['target']['rss_mb_below']:,.0f} MB afterwards: "
+              f"{'-' if met is None else 'met' if met else 'missed'}")
 
 
 def main() -> None:
@@ -397,6 +696,13 @@ def main() -> None:
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
     ap.add_argument("--build-timeout", type=float, default=900.0, help="seconds to wait for `saliencydb demo`")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a single request may take")
+    ap.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=True,
+                    help="after the three phases, the mixed phase (pages and neighbour queries while slow SQL runs) and "
+                         "the big-result check (default: on)")
+    ap.add_argument("--mixed-clients", type=int, default=32, help="concurrent page and neighbour clients of the mixed phase")
+    ap.add_argument("--slow-sql", type=int, default=4, help="threads sending the slow SQL query during the mixed phase")
+    ap.add_argument("--mixed-seconds", type=float, default=30.0,
+                    help="length of the mixed phase (slow queries still running at its end are awaited)")
     ap.add_argument("--json", action="store_true", help="print the JSON document instead of the tables")
     ap.add_argument("--save", type=Path, help="also write the JSON document to this file")
     args = ap.parse_args()
@@ -407,6 +713,8 @@ def main() -> None:
         ap.error("--clients must be at least 1")
     if args.requests <= 0 and not args.seconds:
         ap.error("--requests 0 needs --seconds")
+    if args.mixed_clients < 1 or args.slow_sql < 0 or args.mixed_seconds <= 0:
+        ap.error("--mixed-clients must be at least 1, --slow-sql at least 0 and --mixed-seconds positive")
     if args.db is not None and args.cache_dir is not None:
         ap.error("give --db or --cache-dir, not both")
     try:
