@@ -227,3 +227,27 @@ def test_a_gigabyte_result_is_refused_in_its_own_process(digits_db):
             assert c.get("/api/sql?q=" + quote("SELECT 2 AS y")).json()["rows"] == [{"y": 2}]
     finally:
         server.stop()
+
+
+def test_serve_limits_options(digits_db):
+    """--query-timeout and --sql-memory reach the served database; bad values are one line."""
+    import subprocess
+    import sys
+
+    for bad, word in (("--query-timeout=0", "--query-timeout"), ("--sql-memory=1", "--sql-memory"),
+                      ("--sql-workers=0", "--sql-workers")):
+        out = subprocess.run([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(digits_db), "--no-token", bad],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and word in out.stderr and "Traceback" not in out.stderr, out.stderr
+    app = create_app(digits_db, timeout_s=0.5, sql_memory_bytes=200 << 20)
+    assert app.state.served.timeout_s == 0.5 and app.state.served.sql_processes.memory_bytes == 200 << 20
+    server = _Server(app)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            t = time.perf_counter()
+            r = c.get("/api/sql?q=" + quote(SLOW_SQL))
+            assert r.status_code == 400 and "longer than 0.5 s" in r.json()["error"] and time.perf_counter() - t < 6
+            r = c.get("/api/sql?q=" + quote("SELECT repeat('x', 1000000) AS a FROM range(300)"))
+            assert r.status_code == 400 and "200 MiB of memory" in r.json()["error"], r.text
+    finally:
+        server.stop()

@@ -24,8 +24,14 @@ TOKEN_ENV = "SALIENCYDB_TOKEN"
 @click.option("--no-token", is_flag=True,
               help="No authentication: only with a loopback --host (any local user or process can then read the database).")
 @click.option("--debug", is_flag=True, help="Log the traceback of a failed request (one line without it).")
+@click.option("--query-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600), metavar="SECONDS",
+              help="The longest any SQL statement of a request runs (the console's, a where= filter) before it is stopped.")
+@click.option("--sql-workers", default=None, type=click.IntRange(1, 64), metavar="N",
+              help="Console SQL statements run at once (default: one per two cores); 4 more wait, others get 503.")
+@click.option("--sql-memory", default=1024, show_default=True, type=click.IntRange(64, 1 << 20), metavar="MIB",
+              help="Memory one console statement may allocate (it runs in a process of its own; past it, one line).")
 @handle_errors
-def serve(db, port, host, allow_hosts, token, no_token, debug):
+def serve(db, port, host, allow_hosts, token, no_token, debug, query_timeout, sql_workers, sql_memory):
     """Browse mistakes, neighbours and error groups in a local web app (read-only; follows new commits)."""
     from ..errors import SpecError
     from ..serve import create_app
@@ -35,7 +41,12 @@ def serve(db, port, host, allow_hosts, token, no_token, debug):
     if bad:
         raise SpecError(f"--allow-host {bad[0]!r}: give a bare host name such as my-box.example (no scheme, port or path)")
     token = _token_of(token, no_token, host)
-    app = create_app(db, bind=host, allow_hosts=allow_hosts, token=token, debug=debug)  # one line now if not a database
+    from ..serve.lanes import LaneLimits, default_limits
+
+    sql = default_limits()["sql"]  # a queued statement may wait for one running to its time limit
+    lanes = {"sql": LaneLimits(sql_workers or sql.workers, sql.queue, max(sql.wait_s, query_timeout + 5))}
+    app = create_app(db, bind=host, allow_hosts=allow_hosts, token=token, debug=debug, lanes=lanes,
+                     timeout_s=query_timeout, sql_memory_bytes=sql_memory << 20)  # one line now if not a database
     _check_free(host, port)
     if token is None:
         click.echo("warning: --no-token: no authentication; any user or process on this machine, and any web page that "

@@ -370,7 +370,8 @@ class Contained:
 
 
 def create_app(db_path: str | Path, *, bind: str = "127.0.0.1", allow_hosts: tuple[str, ...] = (),
-               token: str | None = None, debug: bool = False, lanes: dict | None = None):
+               token: str | None = None, debug: bool = False, lanes: dict | None = None,
+               timeout_s: float | None = None, sql_memory_bytes: int | None = None):
     """The Starlette application serving ``db_path`` (refused in one line when it is not a database).
 
     It answers only requests whose ``Host`` names it (``serve.hosts``): loopback names for a loopback ``bind``, any
@@ -379,13 +380,19 @@ def create_app(db_path: str | Path, *, bind: str = "127.0.0.1", allow_hosts: tup
     header, or the cookie that opening ``/?token=TOKEN`` sets: ``serve.auth.TokenCheck``); ``token=None``, the
     default, means no authentication (what ``saliencydb serve --no-token`` runs). ``debug``: the log of a failed
     request has its traceback. ``lanes``: name -> ``serve.lanes.LaneLimits`` in place of the defaults (how many
-    SQL, model and light requests work at once and wait; past that, 503 with Retry-After)."""
+    SQL, model and light requests work at once and wait; past that, 503 with Retry-After). ``timeout_s``: the
+    longest any SQL statement of a request runs (default ``serve.state.QUERY_TIMEOUT_S``); ``sql_memory_bytes``:
+    what one console statement may allocate in its child process (default ``serve.sqlproc.SQL_MEMORY_BYTES``)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
 
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise SpecError("the token must be a non-empty string (token=None: no authentication)")
     handlers = _Handlers(db_path, debug=debug)
+    if timeout_s is not None:
+        handlers.served.timeout_s = float(timeout_s)
+    if sql_memory_bytes is not None:
+        handlers.served.sql_processes.memory_bytes = int(sql_memory_bytes)
     middleware = [Middleware(Contained, on_error=handlers.on_error),
                   Middleware(HostCheck, policy=HostPolicy(bind, tuple(allow_hosts))), Middleware(OriginCheck)]
     if token is not None:
