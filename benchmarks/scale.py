@@ -162,9 +162,10 @@ class Noise:
 
 
 def build(db: Path, samples: int, units: int, features: int, classes: int, dtype: str, data: str,
-          part_rows: int, seed: int) -> None:
+          part_rows: int, seed: int, index_kind: str = "flat", flat_max_bytes: int | None = None) -> None:
     """Write the synthetic database part by part (one part of profiles in memory at a time), commit each part,
-    then the statistics (units table) and both indexes, as benchmarks/query.py's ``build()`` does."""
+    then the statistics (units table) and both indexes, as benchmarks/query.py's ``build()`` does. ``index_kind``
+    (``--index``): the indexes' kind as asked (``auto``: flat up to ``flat_max_bytes``, else approximate)."""
     import numpy as np
     import pyarrow as pa
 
@@ -221,7 +222,7 @@ def build(db: Path, samples: int, units: int, features: int, classes: int, dtype
         units_table = pa.table({**layout.columns(), "mean": stats.mean, "std": stats.std}, schema=UNITS_SCHEMA)
         rel = w.write_parquet(w.unique_name("units", "units", ".parquet"), units_table)
         m.stats = StatsEntry(file=rel, splits=["val"], count=stats.count, frozen=False)
-        update_indexes(w, "flat", rebuild=True)
+        update_indexes(w, index_kind, rebuild=True, flat_max_bytes=flat_max_bytes)
         w.commit()
 
 

@@ -85,7 +85,7 @@ def test_an_index_job_commits_the_streamed_index(digits_copy):
     """The committed flat index holds exactly the database's search vectors, under their sample ids."""
     db = saliencydb.open(digits_copy)
     entry = db.manifest.indexes["saliency"]
-    assert entry.kind == entry.built_kind == "flat"
+    assert (entry.kind, entry.built_kind) == ("auto", "flat")  # the default: auto, exact flat at this size
     assert flat_file_layout(digits_copy / entry.file) == (db.manifest.n_units, db.manifest.rows())
     index = db.snapshot.read_index("saliency")
     ids = faiss.vector_to_array(index.id_map)

@@ -93,6 +93,9 @@ def info(db, as_of, fmt):
                                 + ("" if st.normalisation == "zscore" else f"; {st.normalisation} profiles")))
     idx = ", ".join(f"{k}: {v.kind} {v.ntotal}" + (" (stale)" if v.stale else "") for k, v in s.indexes.items())
     click.echo(f"indexes    {idx or 'none'}")
+    for k, v in s.indexes.items():  # an approximate index says so, with its measured recall (an exact one: no line)
+        if v.approximate:
+            click.echo(f"           {k} index: {v.description}")
     derived = ", ".join(f"{k} (commit {v.base_commit}" + (", stale" if v.stale else "") + ")" for k, v in s.derived.items())
     click.echo(f"derived    {derived or 'none'}")
     emit_rows(rows, "table")

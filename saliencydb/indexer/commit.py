@@ -22,7 +22,7 @@ from ..saliency.reference_stats import reference_stats
 from ..schemas import FAILURES_SCHEMA, INGESTS_SCHEMA, PROFILE_EXP, UNITS_SCHEMA, Manifest, encode_profiles, samples_schema
 from ..schemas.manifest import IndexEntry, PartEntry, StatsEntry
 from ..storage import DatabaseWriter, batch_rows_for, iter_profiles, iter_raw_profiles, read_index, read_stats, write_index
-from ..storage.indexes import build_index, flat_file_layout, kind_of, write_flat_index
+from ..storage.indexes import build_approximate, flat_file_layout, kind_of, resolve_kind, write_flat_index
 
 
 @dataclass
@@ -199,64 +199,86 @@ def finish(writer: DatabaseWriter, plan, run_stats: dict[str, RunningStats], reb
 
 
 def update_indexes(writer: DatabaseWriter, kind: str | None = None, progress: Progress | None = None,
-                   rebuild: bool = False) -> None:
+                   rebuild: bool = False, flat_max_bytes: int | None = None) -> None:
     """Bring both FAISS indexes up to the manifest's committed parts; list the new files in the
     manifest (the caller commits). The files they replace stay for older versions until ``vacuum``.
 
-    Without ``rebuild``, an existing index is extended with the parts it does not cover yet
-    (those with ``min_id >= next_id``); the result is written as a new file, never in place.
+    ``kind``: as asked (None: each index's own, ``auto`` for a new one); ``auto`` builds flat while a
+    flat index of the rows takes at most ``flat_max_bytes`` (storage.indexes.AUTO_FLAT_MAX_BYTES), else
+    the approximate kind. Without ``rebuild``, an index already of the kind to build is extended with
+    the parts it does not cover yet (those with ``min_id >= next_id``); the result is written as a new
+    file, never in place. An approximate index's recall@10 is measured and stored with it.
     """
     m = writer.manifest
     if m.stats is None or m.rows() == 0:
         return
     normaliser = Normaliser(m.profile_normalisation, *read_stats(writer.path, m))
     for space in ("saliency", "feature") if m.has_features else ("saliency",):  # no feature vector: no feature index
-        _update_index(writer, space, normaliser, kind, progress or NullProgress(), rebuild)
+        _update_index(writer, space, normaliser, kind, progress or NullProgress(), rebuild, flat_max_bytes)
 
 
 def _update_index(writer: DatabaseWriter, space: str, normaliser: Normaliser, kind: str | None, progress: Progress,
-                  rebuild: bool) -> None:
+                  rebuild: bool, flat_max_bytes: int | None = None) -> None:
     m = writer.manifest
     dim = m.n_units if space == "saliency" else m.feature_dim
     entry = m.indexes.get(space)
-    space_kind = kind or (entry.kind if entry else "flat")
+    asked = kind or (entry.kind if entry else "auto")
+    target = resolve_kind(asked, m.rows(), dim, flat_max_bytes)
     # extend what was built as asked; an index that fell back to flat (too few rows to train
-    # the asked kind) is rebuilt instead, so it becomes that kind once the rows are there
-    if entry is not None and not rebuild and entry.kind == entry.built_kind == space_kind:
-        files = [p.file for p in m.parts if p.min_id >= entry.next_id]
-        if not files:
-            return
-        base = writer.path / entry.file if space_kind == "flat" else read_index(writer.path, entry.file)
-    else:
-        files, base = m.part_files(), None
+    # the asked kind), or that auto now builds as another kind, is rebuilt instead
+    extend = entry is not None and not rebuild and entry.kind == asked and entry.built_kind == target
+    files = [p.file for p in m.parts if p.min_id >= entry.next_id] if extend else m.part_files()
+    if extend and not files:
+        return
     n = sum(p.rows for p in m.parts if p.file in set(files))
-    task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
     batch = batch_rows_for(dim)  # memory bounded by a batch, not the database
 
-    def chunks():
+    def chunks(parts, task):
         if space == "saliency":
-            for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=files, batch_rows=batch):
+            for ids, raw, dlogit in iter_raw_profiles(writer.path, m, files=parts, batch_rows=batch):
                 yield ids, l2_normalize(normaliser(raw, dlogit))
                 task.advance(len(ids))
             return
-        for ids, rows in iter_profiles(writer.path, m, column="feature", files=files, batch_rows=batch):
+        for ids, rows in iter_profiles(writer.path, m, column="feature", files=parts, batch_rows=batch):
             yield ids, l2_normalize(rows)
             task.advance(len(ids))
 
     rel = writer.unique_name("index", space, ".faiss")
-    if space_kind == "flat" and (base is None or flat_file_layout(base) is not None):
-        # streamed to the file, one chunk in memory (docs/architecture.md, storage: indexes)
+    entry_out = None
+    if target != "flat":
+        entry_out = _write_approximate(writer, rel, space, dim, asked, target, entry if extend else None, chunks, progress)
+    if entry_out is None:  # flat, or too few rows to train the approximate kind: exact, streamed
+        base = writer.path / entry.file if extend and entry.built_kind == "flat" else None
+        if base is not None and flat_file_layout(base) is None:  # an older flat index file FAISS wrote: rebuilt
+            base, files, n = None, m.part_files(), m.rows()
+        task = progress.task(f"{'extending' if base is not None else 'building'} {space} index", n)
         written = []
-        writer.new_file(rel, lambda tmp: written.append(write_flat_index(tmp, dim, chunks(), base)))
-        built, ntotal = "flat", written[0]
-    else:
-        index = build_index(dim, chunks, space_kind, m.rows(), base=read_index(writer.path, entry.file)
-                            if isinstance(base, Path) else base)
-        writer.new_file(rel, lambda tmp: write_index(index, tmp))
-        built, ntotal = kind_of(index), int(index.ntotal)
-    task.close()
+        writer.new_file(rel, lambda tmp: written.append(write_flat_index(tmp, dim, chunks(files, task), base)))
+        task.close()
+        entry_out = IndexEntry(file=rel, kind=asked, built="flat", ntotal=written[0])
     crash_point("index-written")
-    m.indexes[space] = IndexEntry(file=rel, kind=space_kind, built=built, ntotal=ntotal, next_id=m.next_sample_id)
+    entry_out.next_id = m.next_sample_id
+    m.indexes[space] = entry_out
+
+
+def _write_approximate(writer: DatabaseWriter, rel: str, space: str, dim: int, asked: str, target: str,
+                       entry: IndexEntry | None, chunks, progress: Progress) -> IndexEntry | None:
+    """Build (``entry`` None) or extend an IVF index of kind ``target`` over every committed row, measure its
+    recall@10 (storage.indexes.build_approximate) and write it; None when there are too few rows to train it."""
+    m = writer.manifest
+    base = read_index(writer.path, entry.file) if entry is not None else None
+    task = progress.task(f"{'extending' if base is not None else 'building'} {space} index ({target}), "
+                         "measuring its recall", 2 * m.rows())
+    index, recall = build_approximate(dim, target, m.rows(), lambda: chunks(m.part_files(), NullProgress().task("", 0)),
+                                      base=base, new_from=entry.next_id if entry is not None else None,
+                                      advance=task.advance)
+    task.close()
+    if index is None:
+        return None
+    writer.new_file(rel, lambda tmp: write_index(index, tmp))
+    return IndexEntry(file=rel, kind=asked, built=kind_of(index), ntotal=int(index.ntotal),
+                      recall_at_10=recall.recall_at_10, graph_recall_at_10=recall.graph_recall_at_10,
+                      recall_queries=recall.queries, nprobe=recall.nprobe, rerank=recall.rerank)
 
 
 def failures_table(job_id: str, split: str, failures: list[tuple[str, str]]) -> pa.Table:

@@ -36,7 +36,7 @@ from ..saliency.layout import LINEAR_AXES, UNIT_CHOICES
 from ..saliency.normalise import check_normalisation
 from ..saliency.reference_stats import check_stats_spec
 from ..storage import DatabaseWriter, iter_part_batches, read_current
-from ..storage.indexes import INDEX_KINDS
+from ..storage.indexes import ASKED_KINDS
 from .commit import (PartWriter, RowBuffer, WrittenPart, failures_table, finish, job_table, list_part,
                      write_reference_stats)
 from .plan import JobSettings, ModelChoice, Plan, check_split_name, label_mapping, open_database, plan_job, read_class_names
@@ -60,6 +60,7 @@ class JobReport(Result):
     split_samples: int = 0  # the split's committed samples after the job (this run's and earlier runs')
     split_correct: int = 0
     notes: list[str] = field(default_factory=list)  # said once, when the job created the database (plan.Opened)
+    index_notes: list[str] = field(default_factory=list)  # each index after the job: its kind, exact or its recall@10
 
     @property
     def accuracy(self) -> float | None:
@@ -106,7 +107,7 @@ class Indexer:
 
     def __init__(self, db: str | os.PathLike, *, model: str | None = None, task: str | None = None, weights: str | None = None,
                  transform: str | None = None, num_classes: int | None = None, device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str = "flat",
+                 batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str | None = None,
                  aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
                  linear_units: str | None = None, stats: str | None = None, progress: Progress | None = None,
                  wait: bool = False,
@@ -120,8 +121,8 @@ class Indexer:
             raise SpecError(f"--seed {seed} is out of range; give a whole number from 0 to 2**63 - 1")
         if profile_dtype is not None and profile_dtype not in PROFILE_DTYPES:
             raise SpecError(f"--profile-dtype '{profile_dtype}' is unknown; use one of {', '.join(PROFILE_DTYPES)}")
-        if index_kind not in INDEX_KINDS:
-            raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(INDEX_KINDS)}")
+        if index_kind is not None and index_kind not in ASKED_KINDS:
+            raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(ASKED_KINDS)}")
         self.db = Path(db)
         self.settings = JobSettings(device=_job_device(device), batch_size=batch_size, workers=_workers(workers),
                                     part_rows=max(part_rows, 1), index_kind=index_kind,
@@ -251,6 +252,7 @@ class Indexer:
         elif not plan.replace:
             m.splits[plan.split].complete = complete
         finish(writer, plan, sink.run_stats, rebuild, self.settings)
+        report.index_notes = [f"{space}: {entry.describe()}" for space, entry in m.indexes.items()]
         files = [p.file for p in m.pending[plan.split].parts] if plan.split in m.pending else m.part_files(plan.split)
         for batch in iter_part_batches(writer.path, files, ["correct"], 65536):
             report.split_samples += len(batch)

@@ -37,7 +37,7 @@ class JobSettings:
     batch_size: int = 64
     workers: int = 0
     part_rows: int = 1024
-    index_kind: str = "flat"
+    index_kind: str | None = None
     progress: Progress = field(default_factory=NullProgress)
     wait: bool = False
 

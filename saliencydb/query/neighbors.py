@@ -10,10 +10,8 @@ import numpy as np
 from ..errors import QueryError
 from ..results import Result
 from .html import image_context
-from .results import NeighborSummary, SampleMeta
-from ..storage.indexes import flat_part, kind_of, scan_flat
-
-RERANK = 10  # an IVF-PQ search returns this many times k candidates, re-ranked exactly
+from .results import Approximation, NeighborSummary, SampleMeta
+from ..storage.indexes import flat_part, kind_of, rerank_candidates, scan_flat
 
 
 @dataclass
@@ -24,10 +22,12 @@ class NeighborResult(Result):
     neighbors: list[dict]  # rows: rank, sample_id, split, key, label, pred, correct, similarity, ...
     summary: NeighborSummary  # shares of misclassified / same prediction / same confusion pair
     commit: int | None = None  # the version searched
-    note: str | None = None  # e.g. a stale index was replaced by an exact scan
+    note: str | None = None  # e.g. a stale index was replaced by an exact scan, or the answer is approximate
     images: dict | None = field(default=None, repr=False, compare=False)  # where the images are (html.image_context)
+    approximate: Approximation | None = None  # searched in an approximate index (absent from an exact answer's JSON)
 
     internal = ("images",)
+    optional = ("approximate",)
 
     def rows(self) -> list[dict]:
         return list(self.neighbors)
@@ -84,14 +84,10 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
         raise QueryError(f"-k {k} is larger than the {n} candidate samples; lower -k or widen --where/--split")
     # without a filter, the sample itself is excluded by asking for one more and dropping it
     want = k + (exclude is not None)
-    if kind_of(index) == "ivfpq":  # compressed codes: take more candidates, rank them by their exact profiles
-        sims, ids = search(index, vector, min(n + (exclude is not None), max(RERANK * want, 100)), candidates)
-        found = ids[0][ids[0] >= 0]
-        if len(found) < min(want, n + (exclude is not None)):  # the probed lists held too few candidates: scan them all
-            found = candidates if candidates is not None else db.ids_where()
-        exact = db.vectors(space, found) @ vector[0]
-        order = np.argsort(-exact, kind="stable")[:want]
-        sims, ids = exact[order][None], found[order][None]
+    kind = kind_of(index)
+    if rerank_candidates(kind, want) > want:  # compressed codes: take more candidates, rank them by their exact profiles
+        sims, ids = _reranked(db, space, index, vector, rerank_candidates(kind, want), want, n + (exclude is not None),
+                              candidates)
     else:
         sims, ids = search(index, vector, want, candidates, mapped)
     found = [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0 and i != exclude][:k]
@@ -103,13 +99,41 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
     out = []
     for rank, (i, sim) in enumerate(found, start=1):
         out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in columns[1:]}, "similarity": round(sim, 6)})
-    note = None
+    note, approx = None, None
     if space in db.stale_indexes:
         covered, rows = db.stale_indexes[space]
         note = (f"the {space} index covers {covered} of the {rows} committed samples (an index or ingest job is running, "
                 f"or stopped before updating it); all {rows} were searched exactly instead. Rerun that job to update the index")
+    elif kind != "flat":
+        note, approx = _approximate(db, space, kind)
     return NeighborResult(query=query, space=space, k=k, neighbors=out, summary=_summary(query, out), commit=db.commit,
-                          note=note, images=image_context(db))
+                          note=note, images=image_context(db), approximate=approx)
+
+
+def _reranked(db, space: str, index, vector: np.ndarray, take: int, want: int, n: int, candidates):
+    """The ``want`` best of the index's ``take`` best candidates, ranked by their exact profiles (all of ``n``
+    candidates when the probed lists held too few)."""
+    sims, ids = search(index, vector, min(n, take), candidates)
+    found = ids[0][ids[0] >= 0]
+    if len(found) < min(want, n):  # the probed lists held too few candidates: scan them all
+        found = candidates if candidates is not None else db.ids_where()
+    exact = db.vectors(space, found) @ vector[0]
+    order = np.argsort(-exact, kind="stable")[:want]
+    return exact[order][None], found[order][None]
+
+
+def _approximate(db, space: str, kind: str) -> tuple[str, Approximation]:
+    """The note and record of an answer searched in an approximate index of ``kind``."""
+    entry = db.manifest.indexes[space]
+    approx = Approximation(index=kind, recall_at_10=entry.recall_at_10, recall_queries=entry.recall_queries,
+                           nprobe=entry.nprobe, rerank=entry.rerank)
+    recall = ("its recall@10 was not measured (built before saliencydb measured it; rebuild with `saliencydb restat`)"
+              if entry.recall_at_10 is None else
+              f"recall@10 {entry.recall_at_10:.3f} against exact search on {entry.recall_queries} stored samples")
+    reranked = "; its candidates re-ranked by the exact profiles" if entry.rerank and entry.rerank > 10 else ""
+    return (f"approximate: searched in the {kind} {space} index, {recall} (nprobe {entry.nprobe}){reranked}; "
+            "similarities shown are exact" if reranked else
+            f"approximate: searched in the {kind} {space} index, {recall} (nprobe {entry.nprobe})"), approx
 
 
 _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]

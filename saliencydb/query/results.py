@@ -65,6 +65,27 @@ class IndexInfo(Result):
     requested: str
     ntotal: int
     stale: bool  # it does not cover every committed sample
+    approximate: bool | None = None  # True for an IVF kind (its answers are approximate); absent for an exact index
+    recall_at_10: float | None = None  # an approximate index: single queries' recall@10 against exact search
+    graph_recall_at_10: float | None = None  # its own top 10 (the neighbour graph of `mistakes`)
+    recall_queries: int | None = None  # the stored samples both were measured on
+    nprobe: int | None = None
+    rerank: int | None = None  # candidates a single query re-ranks by the exact profiles
+    description: str | None = None  # one line: the kind, exact or approximate with its recall
+
+    optional = ("approximate", "recall_at_10", "graph_recall_at_10", "recall_queries", "nprobe", "rerank", "description")
+
+
+@dataclass
+class Approximation(Result):
+    """An answer searched in an approximate index: which, and its recall@10 against exact search as measured
+    when it was built (storage.indexes.RecallProbe)."""
+
+    index: str  # the kind: ivf-sq8, ivf, ivfpq
+    recall_at_10: float | None  # None: built before recall was measured
+    recall_queries: int | None
+    nprobe: int | None
+    rerank: int | None = None  # candidates re-ranked by the exact profiles (single queries)
 
 
 @dataclass
@@ -187,8 +208,9 @@ class MistakesReport(Result):
     stored: bool = False
     normalisation: str = "zscore"  # the profile normalisation of the saliency space
     note: str | None = None  # e.g. the feature space is absent (a model without a feature vector); absent from the JSON when None
+    approximate: dict[str, Approximation] | None = None  # space -> how its graph was searched approximately (None: exact)
 
-    optional = ("note",)
+    optional = ("note", "approximate")
 
     def rows(self) -> list[dict]:
         """One row per split, space and group (correctly or incorrectly classified)."""

@@ -34,8 +34,17 @@ def database_info(db) -> DatabaseInfo:
         feature_dim=m.feature_dim, metric=m.metric, samples=m.rows(), splits=splits,
         statistics=None if m.stats is None else StatsInfo(m.stats.splits, m.stats.count, m.stats.frozen,
                                                                  m.profile_normalisation, m.stats.source),
-        indexes={k: IndexInfo(kind=v.built_kind, requested=v.kind, ntotal=v.ntotal, stale=v.ntotal != m.rows())
-                 for k, v in m.indexes.items()},
+        indexes={k: _index_info(v, m.rows()) for k, v in m.indexes.items()},
         derived={name: DerivedInfo(base_commit=m.derived[name].base_commit if name in m.derived else None, stale=name in stale)
                  for name in DERIVED_TABLES if name in m.tables},
     )
+
+
+def _index_info(entry, rows: int) -> IndexInfo:
+    """An index's state; an approximate one with its measured recall (an exact one's JSON as before)."""
+    info = IndexInfo(kind=entry.built_kind, requested=entry.kind, ntotal=entry.ntotal, stale=entry.ntotal != rows)
+    if entry.approximate:
+        info.approximate, info.description = True, entry.describe()
+        info.recall_at_10, info.graph_recall_at_10 = entry.recall_at_10, entry.graph_recall_at_10
+        info.recall_queries, info.nprobe, info.rerank = entry.recall_queries, entry.nprobe, entry.rerank
+    return info

@@ -127,14 +127,37 @@ class IndexEntry(Record):
     """A FAISS index of one space."""
 
     file: str
-    kind: str  # as asked (flat, ivf, ivfpq)
-    built: str | None = None  # as built (too few rows to train the asked kind: flat)
+    kind: str  # as asked (auto, flat, ivf, ivfpq, ivf-sq8)
+    built: str | None = None  # as built (auto: flat or ivf-sq8 by size; too few rows to train the asked kind: flat)
     ntotal: int = 0
     next_id: int | None = None  # the first sample id it does not cover
+    # an approximate (IVF) index only, measured when it was built or extended (storage.indexes.RecallProbe):
+    recall_at_10: float | None = None  # single queries: its top ``rerank`` candidates re-ranked exactly, against exact search
+    graph_recall_at_10: float | None = None  # its own top 10 (the dataset-wide neighbour graph), against exact search
+    recall_queries: int | None = None  # the stored rows (fixed seed) both are measured on
+    nprobe: int | None = None  # inverted lists probed per query
+    rerank: int | None = None  # candidates a single query re-ranks by the exact profiles
+
+    OPTIONAL = ("recall_at_10", "graph_recall_at_10", "recall_queries", "nprobe", "rerank")
 
     @property
     def built_kind(self) -> str:
         return self.built or self.kind
+
+    @property
+    def approximate(self) -> bool:
+        return self.built_kind != "flat"
+
+    def describe(self) -> str:
+        """One line: 'flat, exact', or the approximate kind with its measured recall@10."""
+        if not self.approximate:
+            return f"{self.built_kind}, exact" + (f" (asked: {self.kind})" if self.kind != self.built_kind else "")
+        if self.recall_at_10 is None:
+            return f"{self.built_kind}, approximate, recall@10 not measured (built before it was)"
+        reranked = self.rerank is not None and self.rerank > 10
+        return (f"{self.built_kind}, approximate, recall@10 {self.recall_at_10:.3f} on {self.recall_queries} samples "
+                f"(nprobe {self.nprobe}" + (f", its {self.rerank} best candidates re-ranked exactly; the neighbour "
+                                            f"graph's own top 10: {self.graph_recall_at_10:.3f})" if reranked else ")"))
 
 
 @dataclass

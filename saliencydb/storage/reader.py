@@ -82,8 +82,9 @@ class Snapshot:
         return read_stats(self.path, self.manifest)
 
     def read_index(self, space: str, *, mapped: bool = False):
-        """The FAISS index of ``space``; ``mapped``: a flat index's vectors memory-mapped, not read
-        (``IO_FLAG_MMAP_IFC``: only the pages a search touches are read; other kinds load whole)."""
+        """The FAISS index of ``space``; ``mapped``: its vectors or codes memory-mapped, not read
+        (``IO_FLAG_MMAP_IFC``: only the pages a search touches are read; FAISS 1.15 maps a flat index's
+        vectors and an IVF index's array inverted lists, so a query reads only the lists it probes)."""
         entry = self.manifest.indexes.get(space)
         if space == "feature" and not self.manifest.has_features:
             raise no_features(self.path, self.manifest)
@@ -195,7 +196,7 @@ def committed_keys(db: Path, manifest: Manifest, split: str | None = None, files
 
 
 def read_index(db: Path, rel: str, *, mapped: bool = False):
-    """A committed FAISS index; ``mapped``: a flat index's vectors memory-mapped (read-only) instead of read."""
+    """A committed FAISS index; ``mapped``: its vectors (flat) or inverted lists (IVF) memory-mapped, read-only."""
     import faiss
 
     try:
