@@ -2,13 +2,14 @@
 database (2,000 held-out digits of the demo CNN, with error groups).
 
     python benchmarks/serve.py [--clients 8] [--requests 50] [--seconds S] [--cache-dir DIR | --db PATH] [--json] [--save FILE]
-                               [--mixed | --no-mixed] [--mixed-clients 32] [--slow-sql 4] [--mixed-seconds 30]
+                               [--mixed | --no-mixed] [--mixed-clients 32] [--slow-sql 4] [--mixed-seconds 30] [--sql-timeout S]
 
 The database is the demo's: ``saliencydb demo --quiet`` run in ``--cache-dir`` (default: a temporary
 directory, removed afterwards; an existing ``DIR/demo-db`` is reused: the demo only brings it up to date), or
 any database given with ``--db`` (served as it is).
 The server is the real command, ``python -m saliencydb.cli serve --db DB --port PORT --no-token`` (loopback,
-so no token to send: the clients time the app, not a header check), started as a subprocess on 127.0.0.1 at a
+so no token to send: the clients time the app, not a header check; with ``--sql-timeout S`` also
+``--query-timeout S``, else the server's default time limit of 10 s), started as a subprocess on 127.0.0.1 at a
 free port; the benchmark waits (at most ``--start-timeout`` s) until
 ``/api/info`` answers and always stops the server at the end.
 
@@ -41,7 +42,7 @@ has error groups, ``GET /group/{cluster}``, equally likely); meanwhile ``--slow-
 send a deliberately slow console query, ``POST /api/sql`` with form field ``q`` =
 ``SELECT count(*) FROM range(6000000000) WHERE range % 7 = 1`` (and the app's own ``Origin``, which a POST
 needs), again and again until the phase ends. A slow query is answered 400 "ran longer than 10 s" at the
-server's time limit (``cut_at_limit``), 200 when a fast machine finishes it within the limit
+server's time limit (10 s, or ``--sql-timeout``) (``cut_at_limit``), 200 when a fast machine finishes it within the limit
 (``completed``), or 503 with ``Retry-After`` when the SQL lane is full or its wait too long (``busy_503``:
 the designed answer, not an error; that thread then waits the ``Retry-After``, at most until the phase
 ends). No new request starts after the phase's end; the slow queries still running then
@@ -65,9 +66,11 @@ Notes on reading the numbers:
   serialised), so with N clients latency grows with the contention for the CPU (and Python's GIL), not
   with a queue behind one request.
 * Each console SQL statement runs in a child process forked from a fork server, with a 1 GiB data-segment
-  limit and the server's 10 s time limit (``saliencydb/serve/sqlproc.py``): a slow or huge statement costs
-  the server a worker of the SQL lane and the CPU its child takes, not its memory. ``saliencydb serve`` has
-  no option to change these limits; the benchmark uses the defaults.
+  limit and the server's time limit, 10 s by default (``saliencydb/serve/sqlproc.py``): a slow or huge
+  statement costs the server a worker of the SQL lane and the CPU its child takes, not its memory.
+  ``saliencydb serve`` sets these with ``--query-timeout`` (the SQL lane's wait becomes at least the time
+  limit + 5 s), ``--sql-workers`` and ``--sql-memory``; the benchmark passes only ``--query-timeout`` (its
+  ``--sql-timeout``) and otherwise runs the defaults.
 * A stored sample's neighbours are read from the stored neighbour graph (the ``knn`` table) when it holds
   exactly the answer a search would give: the database has one split and the query has no filter, as here
   for the demo database (one split); a database with several splits (e.g. the tests') is searched. The
@@ -109,6 +112,7 @@ SLOW_SQL = "SELECT count(*) FROM range(6000000000) WHERE range % 7 = 1"  # secon
 BIG_SQL = "SELECT repeat('x', 1000000) AS a FROM range(1000)"  # a gigabyte of strings
 MIXED_PAGES = ["/", "/sample/{id}", "/group/{cluster}"]  # the last only when the database has error groups
 MIXED_NEIGHBORS = KINDS["neighbors"]
+SERVER_SQL_TIMEOUT_S = 10.0  # the server's default --query-timeout
 RSS_TARGET_BYTES = 10**9  # the server's RSS after the big result: under 1 GB
 
 
@@ -151,8 +155,9 @@ def free_port() -> int:
 class Server:
     """``saliencydb serve`` in a subprocess; ``start()`` waits until ``/api/info`` answers, ``stop()`` ends it."""
 
-    def __init__(self, db: Path, port: int, log_dir: Path):
+    def __init__(self, db: Path, port: int, log_dir: Path, sql_timeout: float | None = None):
         self.db, self.port, self.log_path = db, port, log_dir / "serve.log"
+        self.sql_timeout = sql_timeout  # the server's --query-timeout, or None for its default
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
         self.exit_code: int | None = None
@@ -161,8 +166,9 @@ class Server:
         log = open(self.log_path, "wb")
         t0 = time.perf_counter()
         try:
+            extra = [] if self.sql_timeout is None else ["--query-timeout", f"{self.sql_timeout:g}"]
             self.proc = subprocess.Popen([sys.executable, "-m", "saliencydb.cli", "serve", "--db", str(self.db),
-                                          "--port", str(self.port), "--host", HOST, "--no-token"],
+                                          "--port", str(self.port), "--host", HOST, "--no-token", *extra],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env())
         finally:
             log.close()
@@ -361,7 +367,7 @@ def run_phase(server: Server, kind: str, ids: list[int], clients: int, requests:
 
 
 def run_mixed(server: Server, ids: list[int], groups: list[int], clients: int, slow: int, seconds: float,
-              seed: int, timeout: float) -> dict:
+              seed: int, timeout: float, sql_timeout: float) -> dict:
     """The mixed phase: ``clients`` threads sending page loads and neighbour queries for ``seconds`` while ``slow``
     threads send the slow SQL query again and again; statistics per kind (neighbors, pages, slow_sql)."""
     pages = MIXED_PAGES if groups else MIXED_PAGES[:2]
@@ -469,21 +475,22 @@ def run_mixed(server: Server, ids: list[int], groups: list[int], clients: int, s
     return {"clients": clients, "slow_sql_clients": slow, "seconds": seconds, "wall_seconds": round(wall, 3),
             "slow_sql_drain_seconds": round(drained, 3), "slow_sql": SLOW_SQL,
             "mix": {"neighbors": 0.5, "pages": 0.5, "page_paths": pages, "neighbor_path": MIXED_NEIGHBORS},
-            "groups": len(groups), "sql_lane": sql_lane_defaults(),
+            "groups": len(groups), "sql_timeout_s": sql_timeout, "sql_lane": sql_lane(sql_timeout),
             "server_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
             "kinds": kinds,
             "target": {"kind": "neighbors", "p99_ms_at_most": TARGET_P99_MS, "p99_ms": n["p99_ms"], "met": met,
                        "while_slow_sql": slow > 0 and len(sl) + still_running > 0}}
 
 
-def sql_lane_defaults() -> dict | None:
-    """The SQL lane's limits the server runs with (its defaults on this machine; ``serve`` has no option for them)."""
+def sql_lane(sql_timeout: float) -> dict | None:
+    """The SQL lane's limits the server runs with: its defaults on this machine, the wait at least the time limit
+    + 5 s (as ``saliencydb serve`` sets them without ``--sql-workers``)."""
     try:
         from saliencydb.serve.lanes import default_limits
     except ImportError:
         return None
     lim = default_limits()["sql"]
-    return {"workers": lim.workers, "queue": lim.queue, "wait_s": lim.wait_s}
+    return {"workers": lim.workers, "queue": lim.queue, "wait_s": max(lim.wait_s, sql_timeout + 5)}
 
 
 def big_result_check(server: Server, timeout: float) -> dict:
@@ -540,7 +547,7 @@ def benchmark(args) -> dict:
             db, build_s, reused = args.db.resolve(), 0.0, True
         else:
             db, build_s, reused = demo_database((args.cache_dir or work).resolve(), args.build_timeout)
-        server = Server(db, args.port or free_port(), work)
+        server = Server(db, args.port or free_port(), work, args.sql_timeout)
         stack.callback(server.stop)  # always, whatever fails below
         server.start(args.start_timeout)
         info = get_json(server.port, "/api/info", args.timeout)
@@ -568,7 +575,7 @@ def benchmark(args) -> dict:
             groups = group_ids(server.port, args.timeout)
             note = get_json(server.port, MIXED_NEIGHBORS.format(id=ids[0]), args.timeout).get("note") or ""
             mixed = run_mixed(server, ids, groups, args.mixed_clients, args.slow_sql, args.mixed_seconds, args.seed,
-                              args.timeout)
+                              args.timeout, args.sql_timeout or SERVER_SQL_TIMEOUT_S)
             mixed["neighbors_from_stored_graph"] = "stored neighbour graph" in note
             if not server.alive():
                 raise BenchmarkError(f"the server died during the mixed phase (exit {server.proc.returncode}): "
@@ -645,7 +652,7 @@ def print_mixed(x: dict, big: dict | None) -> None:
     lane = x["sql_lane"]
     print(f"\nmixed phase: {x['clients']} clients (half neighbour queries, half page loads of "
           f"{', '.join(x['mix']['page_paths'])}) for {x['seconds']:g} s, while {x['slow_sql_clients']} threads send "
-          f"`{x['slow_sql']}` (POST /api/sql) again and again"
+          f"`{x['slow_sql']}` (POST /api/sql) again and again, cut at {x['sql_timeout_s']:g} s"
           + (f"; SQL lane: {lane['workers']} at work, {lane['queue']} waiting, at most {lane['wait_s']:g} s" if lane else "")
           + f"; neighbours {'read from the stored graph' if x['neighbors_from_stored_graph'] else 'searched'}\n")
     print("| request | count | errors | p50 ms | p90 ms | p99 ms | max ms | req/s |")
@@ -703,6 +710,8 @@ def main() -> None:
     ap.add_argument("--slow-sql", type=int, default=4, help="threads sending the slow SQL query during the mixed phase")
     ap.add_argument("--mixed-seconds", type=float, default=30.0,
                     help="length of the mixed phase (slow queries still running at its end are awaited)")
+    ap.add_argument("--sql-timeout", type=float, default=None,
+                    help="the server's SQL time limit (passed as `serve --query-timeout`; default: the server's, 10 s)")
     ap.add_argument("--json", action="store_true", help="print the JSON document instead of the tables")
     ap.add_argument("--save", type=Path, help="also write the JSON document to this file")
     args = ap.parse_args()
@@ -715,6 +724,8 @@ def main() -> None:
         ap.error("--requests 0 needs --seconds")
     if args.mixed_clients < 1 or args.slow_sql < 0 or args.mixed_seconds <= 0:
         ap.error("--mixed-clients must be at least 1, --slow-sql at least 0 and --mixed-seconds positive")
+    if args.sql_timeout is not None and args.sql_timeout <= 0:
+        ap.error("--sql-timeout must be positive")
     if args.db is not None and args.cache_dir is not None:
         ap.error("give --db or --cache-dir, not both")
     try:
