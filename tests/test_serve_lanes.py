@@ -225,6 +225,14 @@ def test_a_gigabyte_result_is_refused_in_its_own_process(digits_db):
                           headers={"Origin": server.url})
             assert page.status_code == 400 and "memory" in page.text
             assert c.get("/api/sql?q=" + quote("SELECT 2 AS y")).json()["rows"] == [{"y": 2}]
+            hog = "length(repeat('x', 1500000000)) > 0"  # a where= filter building 1.5 GB per row
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            r = c.get(f"/api/neighbors/3?where={quote(hog)}")
+            grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            assert r.status_code == 400 and "memory" in r.json()["error"].lower(), r.text
+            assert grew_mb < 100, grew_mb
+            ok = c.get(f"/api/neighbors/3?k=5&where={quote('NOT correct')}").json()  # filters still work
+            assert len(ok["neighbors"]) == 5 and not any(n["correct"] for n in ok["neighbors"])
     finally:
         server.stop()
 

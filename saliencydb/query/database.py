@@ -85,6 +85,9 @@ class Database:
         # seconds any statement run for a caller (SQL, a --where) may take before it is interrupted; None: no limit
         # (the CLI's default). The web app sets one, so no request runs unbounded.
         self.timeout_s: float | None = None
+        # where ``ids_where`` runs a caller's predicate: None, here; the web app sets a function (where, split) -> ids
+        # that runs it in a child process with a memory limit (serve.sqlproc)
+        self.filter_runner = None
         try:
             self.con = duckdb.connect(":memory:", config=_CONFIG if threads is None else {**_CONFIG, "threads": int(threads)})
             self._create_views()
@@ -451,6 +454,8 @@ class Database:
         WHERE clause and append another query."""
         if split is not None and split not in self.manifest.splits:
             raise QueryError(f"unknown split '{split}'; the database has {', '.join(sorted(self.manifest.splits)) or 'no splits'}")
+        if where is not None and self.filter_runner is not None:
+            return self.filter_runner(where, split)
         clauses, params = [], []
         if where is not None:
             if not where.strip():

@@ -1,4 +1,5 @@
-"""The SQL console's statements, each run in a process of its own with a memory limit.
+"""The SQL console's statements and the web app's ``where=`` filters, each run in a process of its own with a
+memory limit.
 
 DuckDB materialises a whole vector of rows (up to 2,048) before the first row can be read, and its
 ``memory_limit`` does not count the strings a query builds, so ``SELECT repeat('x', 1000000) FROM
@@ -40,10 +41,17 @@ class SQLProcesses:
     def sql(self, db, query: str, max_rows: int, timeout_s: float) -> dict:
         """``api.sql(db, query, max_rows)`` run in a child over the same pinned version: its document, or a
         QueryError with one line (a SQL error, the time or the memory limit)."""
+        return self._run(db, ("sql", query, max_rows), timeout_s)
+
+    def ids_where(self, db, where: str, split: str | None, timeout_s: float):
+        """``db.ids_where(where, split)`` run in a child over the same pinned version: the matching sample ids."""
+        return self._run(db, ("ids", where, split), timeout_s)
+
+    def _run(self, db, task: tuple, timeout_s: float):
         ctx = self.context()
         receiver, sender = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_child, daemon=True,
-                            args=(sender, str(Path(db.path)), db.commit, query, max_rows, timeout_s, self.memory_bytes))
+                            args=(sender, str(Path(db.path)), db.commit, task, timeout_s, self.memory_bytes))
         child.start()
         sender.close()
         try:
@@ -73,7 +81,7 @@ class SQLProcesses:
                          f"failed, exit {exitcode}) and was stopped; select fewer, shorter or narrower rows")
 
 
-def _child(sender, path: str, commit: int, query: str, max_rows: int, timeout_s: float, memory_bytes: int) -> None:
+def _child(sender, path: str, commit: int, task: tuple, timeout_s: float, memory_bytes: int) -> None:
     _limit_memory(memory_bytes)
     try:
         from ..query import open as open_db
@@ -81,7 +89,9 @@ def _child(sender, path: str, commit: int, query: str, max_rows: int, timeout_s:
 
         db = open_db(path, as_of=commit, threads=1)
         try:
-            answer = ("ok", api.sql(db, query, max_rows, timeout_s))
+            db.timeout_s = timeout_s
+            what, *args = task
+            answer = ("ok", api.sql(db, args[0], args[1], timeout_s) if what == "sql" else db.ids_where(*args))
         finally:
             db.close()
     except SaliencyDBError as e:
