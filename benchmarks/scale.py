@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py --dir /big/disk [--preset imagenet-val|million|tiny] [--samples N --units U --features F]
                                [--profile-dtype float32|float16] [--data clustered|noise] [--steps a,b,c]
+                               [--index auto|flat|ivf|ivfpq|ivf-sq8]
                                [--serve-clients 8] [--serve-requests 20] [--json] [--save FILE] [--compare PREV.json]
 
 A synthetic database is written through the real writer (Parquet parts of ``--part-rows`` samples, each
@@ -22,8 +23,12 @@ Steps (``--steps`` selects; each a subprocess under GNU time, /usr/bin/time, req
   verify             saliencydb verify
   mistakes           saliencydb mistakes -k 10 (stores the knn table)
   clusters           saliencydb clusters --n-clusters 50 (stores the clusters and blame tables)
-  recall             recall@10 of an IVF index (the library's ``ivf`` kind, built from the stored vectors in
-                     blocks) against the exact stored flat index, on 200 sampled queries (``scale.py --recall-only``)
+  recall             a stored flat index: recall@10 of an IVF index (the library's ``ivf`` kind, built from the
+                     stored vectors in blocks) against the exact stored flat index, on 200 sampled queries; a stored
+                     approximate index (``--index ivf-sq8``, or ``auto`` above 8 GiB of flat index): its recall@10 as
+                     stored at build, and measured again against an exact scan of the Parquet profiles, as
+                     ``neighbors`` takes its answers (candidates re-ranked) and as ``mistakes``' graph does
+                     (``scale.py --recall-only``)
   serve              saliencydb serve, then --serve-clients threads sending --serve-requests requests each over a
                      mix of /api/neighbors/{id}, /, /sample/{id} and /group/{cluster}: p50/p99 per kind and the
                      server's peak RSS (VmHWM from /proc at the end)
@@ -229,7 +234,8 @@ def build(db: Path, samples: int, units: int, features: int, classes: int, dtype
 def db_name(args) -> str:
     shape = {"samples": args.samples, "units": args.units, "features": args.features}
     name = args.preset if args.preset and all(PRESETS[args.preset][k] == v for k, v in shape.items()) else "custom"
-    return f"{name}-{args.samples}x{args.units}x{args.features}-{args.profile_dtype}-{args.data}"
+    kind = "" if args.index == "auto" else f"-{args.index}"
+    return f"{name}-{args.samples}x{args.units}x{args.features}-{args.profile_dtype}-{args.data}{kind}"
 
 
 def disk_bytes(path: Path) -> int:
@@ -247,6 +253,9 @@ def recall(db_path: Path, queries: int, k: int, seed: int) -> dict:
     from saliencydb.storage import indexes
 
     with saliencydb.open(db_path) as db:
+        entry = db.manifest.indexes["saliency"]
+        if getattr(entry, "approximate", False):
+            return stored_recall(db, entry, queries, k, seed)
         flat, mapped = db.query_index("saliency")
         if indexes.flat_part(flat) is None:
             raise SystemExit(f"recall: the stored saliency index of {db_path} is not flat (exact); nothing to compare with")
@@ -287,6 +296,53 @@ def recall(db_path: Path, queries: int, k: int, seed: int) -> dict:
             "nlist": None if ivf_part is None else int(ivf_part.nlist),
             "nprobe": None if ivf_part is None else int(ivf_part.nprobe),
             "ivf_build_s": round(build_s, 3), "ivf_search_s": round(search_s, 4), "exact_search_s": round(exact_s, 4)}
+
+
+def stored_recall(db, entry, queries: int, k: int, seed: int) -> dict:
+    """The stored approximate index's recall@k as the library measured it when it was built (the manifest's entry),
+    and measured again here on this script's own sample of ``queries`` stored rows: the exact answers by a scan of
+    the Parquet profiles (two streamed passes: the sample, then every row against it), the index's answers as
+    ``neighbors`` takes them (its ``rerank`` best candidates; the exact k among them) and as the graph does (its top k)."""
+    import numpy as np
+
+    n = db.manifest.rows()
+
+    def chunks():
+        for ids, raw, dlogit in db.snapshot.iter_raw_profiles(batch_rows=1024):
+            yield ids, db.search_vectors("saliency", raw, dlogit)
+
+    pos = np.sort(np.random.default_rng(seed).choice(n, min(queries, n), replace=False))
+    q, q_ids, seen = [], [], 0
+    for ids, rows in chunks():
+        local = pos[(pos >= seen) & (pos < seen + len(ids))] - seen
+        q.append(rows[local])
+        q_ids.append(ids[local])
+        seen += len(ids)
+    q, q_ids = np.concatenate(q).astype(np.float32), np.concatenate(q_ids)
+    t = time.perf_counter()
+    exact = exact_knn(q, chunks(), k + 1)
+    exact_s = time.perf_counter() - t
+    index = db.snapshot.read_index("saliency", mapped=True)
+    measured = {}
+    for name, take in (("recall", entry.rerank or k), ("graph_recall", k)):
+        t = time.perf_counter()
+        _, approx = index.search(q, take + 1)
+        measured[name + "_search_s"] = round(time.perf_counter() - t, 4)
+        hits = []
+        for r, own in enumerate(q_ids.tolist()):
+            want = [i for i in exact[r].tolist() if i != own and i >= 0][:k]
+            got = [i for i in approx[r].tolist() if i != own and i >= 0][:take]
+            hits.append(len(set(want) & set(got)) / max(1, len(want)))
+        measured[name] = round(float(np.mean(hits)), 4)
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    return {"k": k, "queries": len(pos), "recall": measured["recall"], "graph_recall": measured["graph_recall"],
+            "index_kind": entry.built_kind, "nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe), "rerank": entry.rerank,
+            "stored": {"recall_at_10": entry.recall_at_10, "graph_recall_at_10": entry.graph_recall_at_10,
+                       "recall_queries": entry.recall_queries, "nprobe": entry.nprobe},
+            "index_bytes": (db.path / entry.file).stat().st_size, "ivf_build_s": None,
+            "ivf_search_s": measured["recall_search_s"], "exact_search_s": round(exact_s, 4)}
 
 
 def exact_knn(q, chunks, k: int):
@@ -489,7 +545,7 @@ def build_step(db: Path, args) -> dict:
     run = run_timed([sys.executable, str(HERE), "--build-only", "--out", str(tmp), "--samples", str(args.samples),
                      "--units", str(args.units), "--features", str(args.features), "--classes", str(args.classes),
                      "--profile-dtype", args.profile_dtype, "--data", args.data, "--part-rows", str(args.part_rows),
-                     "--seed", str(args.seed)], "build", args.step_timeout)
+                     "--seed", str(args.seed), "--index", args.index], "build", args.step_timeout)
     if run["rc"] == 0:
         tmp.rename(db)
     return step_of([run], cached=False)
@@ -529,7 +585,7 @@ def document(args, db: Path, steps: dict, size: int | None) -> dict:
     return {
         "machine": {"cpu": cpu_name(), "cores": usable_cores(), "python": sys.version.split()[0]},
         "database": {"path": str(db), "samples": args.samples, "units": args.units, "features": args.features,
-                     "classes": args.classes, "profile_dtype": args.profile_dtype, "data": args.data,
+                     "classes": args.classes, "profile_dtype": args.profile_dtype, "data": args.data, "index": args.index,
                      "part_rows": args.part_rows, "bytes_on_disk": size, "build_seconds": steps["build"]["wall_s"],
                      "reused": bool(steps["build"].get("cached"))},
         "settings": {"preset": args.preset, "steps": args.steps, "seed": args.seed, "serve_clients": args.serve_clients,
@@ -582,7 +638,15 @@ def print_report(r: dict) -> None:
             if run["rc"] != 0 and run.get("tail"):
                 print(f"\n{name} ({run['label']}) failed (exit {run['rc']}):\n    " + run["tail"].replace("\n", "\n    "))
     rec = r["steps"].get("recall", {}).get("result")
-    if rec:
+    if rec and rec.get("stored"):
+        st = rec["stored"]
+        print(f"\nrecall@{rec['k']} of the stored {rec['index_kind']} index (nlist {rec['nlist']}, nprobe {rec['nprobe']}, "
+              f"{rec['index_bytes'] / 2**30:.2f} GiB) against exact, {rec['queries']} queries: neighbors "
+              f"({rec['rerank']} candidates re-ranked) {rec['recall']:.3f}, graph (its own top {rec['k']}) "
+              f"{rec['graph_recall']:.3f}; as stored at build on {st['recall_queries']} samples: {st['recall_at_10']:.3f} / "
+              f"{st['graph_recall_at_10']:.3f}; searched in {rec['ivf_search_s'] * 1000:.0f} ms "
+              f"(exact scan of the profiles: {rec['exact_search_s']:.1f} s)")
+    elif rec:
         print(f"\nrecall@{rec['k']} of {rec['index_kind']} (nlist {rec['nlist']}, nprobe {rec['nprobe']}) against exact, "
               f"{rec['queries']} queries: {rec['recall']:.3f}; ivf built in {rec['ivf_build_s']:.1f} s, "
               f"searched in {rec['ivf_search_s'] * 1000:.0f} ms (exact: {rec['exact_search_s'] * 1000:.0f} ms)")
@@ -610,6 +674,9 @@ def parse_args(argv=None):
     ap.add_argument("--classes", type=int)
     ap.add_argument("--profile-dtype", choices=("float32", "float16"))
     ap.add_argument("--data", choices=("clustered", "noise"), default="clustered")
+    ap.add_argument("--index", choices=("auto", "flat", "ivf", "ivfpq", "ivf-sq8"), default="auto",
+                    help="the indexes' kind as asked (`index --index`): auto, the library's default, is exact flat up to "
+                         "8 GiB of flat index (the million preset: ivf-sq8); another kind names the database apart")
     ap.add_argument("--part-rows", type=int, default=1024, help="samples per committed part (the indexer's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of {', '.join(STEPS)}")
@@ -649,7 +716,7 @@ def main(argv=None) -> None:
                  "schemas.encode_profiles); use --profile-dtype float32")
     if args.build_only:
         build(args.out, args.samples, args.units, args.features, args.classes, args.profile_dtype, args.data,
-              args.part_rows, args.seed)
+              args.part_rows, args.seed, index_kind=args.index)
         return
     if not Path(TIME).exists():
         sys.exit(f"scale benchmark: GNU time ({TIME}) is required to measure peak RSS")
