@@ -267,7 +267,7 @@ def story(result: DemoResult) -> str:
     if result.report:
         lines += ["", f"Report: {result.report}"]
     lines.append(f"(demo took {result.seconds:.0f}s)")
-    lines.append(f"Browse it in a web app: saliencydb serve --db {result.db}   (then open http://127.0.0.1:8765/)")
+    lines.append(f"Browse it in a web app: saliencydb serve --db {result.db}   (then open the URL it prints, with its token)")
     return "\n".join(lines)
 
 
