@@ -42,10 +42,10 @@ has error groups, ``GET /group/{cluster}``, equally likely); meanwhile ``--slow-
 send a deliberately slow console query, ``POST /api/sql`` with form field ``q`` =
 ``SELECT count(*) FROM range(6000000000) WHERE range % 7 = 1`` (and the app's own ``Origin``, which a POST
 needs), again and again until the phase ends. A slow query is answered 400 "ran longer than 10 s" at the
-server's time limit (10 s, or ``--sql-timeout``) (``cut_at_limit``), 200 when a fast machine finishes it within the limit
-(``completed``), or 503 with ``Retry-After`` when the SQL lane is full or its wait too long (``busy_503``:
-the designed answer, not an error; that thread then waits the ``Retry-After``, at most until the phase
-ends). No new request starts after the phase's end; the slow queries still running then
+server's time limit (10 s, or ``--sql-timeout``: ``cut_at_limit``), 200 when a fast machine finishes it
+within the limit (``completed``), or 503 with ``Retry-After`` when the SQL lane is full or its wait too long
+(``busy_503``: the designed answer, not an error; that thread then waits the ``Retry-After``, at most until
+the phase ends, and goes on with a fresh connection: the server closes one idle for 5 s). No new request starts after the phase's end; the slow queries still running then
 (``in_flight_at_end``) are awaited, so the SQL lane is idle again for the next check. Reported per kind
 (neighbors, pages, slow_sql): count, errors, p50/p90/p99/max. The target line: neighbour-query p99 at most
 200 ms, with no errors, while the slow SQL runs.
@@ -427,6 +427,7 @@ def run_mixed(server: Server, ids: list[int], groups: list[int], clients: int, s
                     except ValueError:
                         wait = 1.0
                     time.sleep(max(0.0, min(wait, deadline[0] - time.perf_counter())))
+                    conn.close()  # the server closes a connection idle for 5 s (uvicorn's keep-alive): a fresh one
                 else:
                     slow_records[i].append(("error", status, dt, f"POST /api/sql: HTTP {status}: {text}"))
         finally:
@@ -493,8 +494,9 @@ def sql_lane(sql_timeout: float) -> dict | None:
     return {"workers": lim.workers, "queue": lim.queue, "wait_s": max(lim.wait_s, sql_timeout + 5)}
 
 
-def big_result_check(server: Server, timeout: float) -> dict:
-    """One console query with a gigabyte of result strings; the server process's memory before and after."""
+def big_result_check(server: Server, timeout: float, at_start: dict | None) -> dict:
+    """One console query with a gigabyte of result strings; the server process's memory before and after (and,
+    for reference, ``at_start``: once it first answered, before any phase)."""
     before = server.memory()
     conn = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
     try:
@@ -512,7 +514,7 @@ def big_result_check(server: Server, timeout: float) -> dict:
 
     rss_after = None if after is None else after["VmRSS"]
     return {"query": BIG_SQL, "status": status, "seconds": None if dt is None else round(dt, 3), "answer": answer,
-            "rss_mb": {"before": mb(before, "VmRSS"), "after": mb(after, "VmRSS")},
+            "rss_mb": {"at_start": mb(at_start, "VmRSS"), "before": mb(before, "VmRSS"), "after": mb(after, "VmRSS")},
             "hwm_mb": {"before": mb(before, "VmHWM"), "after": mb(after, "VmHWM")},
             "target": {"rss_mb_below": RSS_TARGET_BYTES / 1e6, "met": None if rss_after is None else rss_after < RSS_TARGET_BYTES}}
 
@@ -550,6 +552,7 @@ def benchmark(args) -> dict:
         server = Server(db, args.port or free_port(), work, args.sql_timeout)
         stack.callback(server.stop)  # always, whatever fails below
         server.start(args.start_timeout)
+        memory_at_start = server.memory()
         info = get_json(server.port, "/api/info", args.timeout)
         ids = sample_ids(server.port, args.timeout)
         # warm-up: one request of each kind, in this order, timed on its own
@@ -580,7 +583,7 @@ def benchmark(args) -> dict:
             if not server.alive():
                 raise BenchmarkError(f"the server died during the mixed phase (exit {server.proc.returncode}): "
                                      f"{server.log_tail() or '(no output)'}")
-            big = big_result_check(server, args.timeout)
+            big = big_result_check(server, args.timeout, memory_at_start)
             if not server.alive():
                 raise BenchmarkError(f"the server died during the big-result check (exit {server.proc.returncode}): "
                                      f"{server.log_tail() or '(no output)'}")
@@ -683,7 +686,7 @@ def print_mixed(x: dict, big: dict | None) -> None:
         print(f"\nbig result: `{big['query']}` answered HTTP {big['status']} in "
               f"{'-' if big['seconds'] is None else format(big['seconds'], '.1f')} s: {big['answer'][:200]}")
         print(f"server memory before / after: VmRSS {rss['before']} / {rss['after']} MB, VmHWM {hwm['before']} / "
-              f"{hwm['after']} MB")
+              f"{hwm['after']} MB (VmRSS when it first answered, before the phases: {rss['at_start']} MB)")
         met = big["target"]["met"]
         print(f"target: server RSS under {big['target']['rss_mb_below']:,.0f} MB afterwards: "
               f"{'-' if met is None else 'met' if met else 'missed'}")

@@ -66,6 +66,7 @@ def test_serve_benchmark_reports_every_kind_and_stops_the_server(digits_db):
     assert isinstance(big["status"], int) and big["answer"]
     for m in (big["rss_mb"], big["hwm_mb"]):
         assert m["before"] > 0 and m["after"] > 0
+    assert big["rss_mb"]["at_start"] > 0
     assert isinstance(big["target"]["met"], bool)
 
     # the server subprocess was stopped and reaped: its port refuses connections and its pid is gone
