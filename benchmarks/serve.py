@@ -45,8 +45,9 @@ needs), again and again until the phase ends. A slow query is answered 400 "ran 
 server's time limit (10 s, or ``--sql-timeout``: ``cut_at_limit``), 200 when a fast machine finishes it
 within the limit (``completed``), or 503 with ``Retry-After`` when the SQL lane is full or its wait too long
 (``busy_503``: the designed answer, not an error; that thread then waits the ``Retry-After``, at most until
-the phase ends, and goes on with a fresh connection: the server closes one idle for 5 s). No new request starts after the phase's end; the slow queries still running then
-(``in_flight_at_end``) are awaited, so the SQL lane is idle again for the next check. Reported per kind
+the phase ends, and goes on with a fresh connection: the server closes one idle for 5 s). No new request
+starts after the phase's end; the slow queries still running or queued then (``in_flight_at_end``) are
+awaited, so the SQL lane is idle again for the next check. Reported per kind
 (neighbors, pages, slow_sql): count, errors, p50/p90/p99/max. The target line: neighbour-query p99 at most
 200 ms, with no errors, while the slow SQL runs.
 
@@ -673,7 +674,8 @@ def print_mixed(x: dict, big: dict | None) -> None:
     print(f"\nslow SQL: {sl['cut_at_limit']} cut at the server's limit"
           + (f" ({cut['min'] / 1000:.1f} to {cut['max'] / 1000:.1f} s)" if cut else "")
           + f", {sl['completed']} completed, {sl['busy_503']} answered 503 with Retry-After, {sl['errors']} errors; "
-          f"{sl['in_flight_at_end']} still running at the phase's end (awaited: {x['slow_sql_drain_seconds']:.1f} s)")
+          f"{sl['in_flight_at_end']} in flight (running or queued) at the phase's end (awaited: "
+          f"{x['slow_sql_drain_seconds']:.1f} s)")
     for name in ("neighbors", "pages", "slow_sql"):
         for e in k[name]["error_examples"]:
             print(f"  error (mixed, {name}): {e}")
