@@ -27,6 +27,8 @@ def handle_errors(fn):
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; committed work is kept and a rerun resumes") from None
+        except BrokenPipeError:
+            quiet_broken_pipe()
         except OSError as e:  # a file outside the database (an --out path, an image, the weights), or the disk
             from ..storage.files import is_disk_full
 
@@ -42,6 +44,24 @@ def handle_errors(fn):
             raise
 
     return wrapper
+
+
+def quiet_broken_pipe() -> None:
+    """The reader of our output went away (``saliencydb info | head``): end quietly, as ``cat`` does, with no
+    "Broken pipe" line and no error when Python flushes stdout at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (a test's captured output): nothing is flushed to it at exit
+    sys.exit(0)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 version', '2 versions', '0 versions' (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 def format_option(fn):
@@ -114,12 +134,25 @@ def emit_rows(rows: list[dict], fmt: str, title: str | None = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    texts = [[cell(r[c]) for c in columns] for r in rows]
     table = Table(title=title, show_lines=False)
-    for c in columns:
-        table.add_column(Text(c), overflow="fold")
-    for r in rows:  # plain Text: a value such as '[infinity]' is shown, not read as Rich markup
-        table.add_row(*[Text(cell(r[c])) for c in columns])
-    Console(width=terminal_width()).print(table)
+    for i, c in enumerate(columns):
+        numbers = [t[i] for t in texts if t[i] != ""]
+        if numbers and all(_is_number(t) for t in numbers):  # a number is never split across lines: -0.8406 / 94
+            table.add_column(Text(c), overflow="fold", no_wrap=True, min_width=max(map(len, numbers)))
+        else:
+            table.add_column(Text(c), overflow="fold")
+    for t in texts:  # plain Text: a value such as '[infinity]' is shown, not read as Rich markup
+        table.add_row(*[Text(v) for v in t])
+    Console(width=terminal_width(), soft_wrap=False).print(table)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def ci_text(stat, pct: bool = False) -> str | None:
@@ -145,13 +178,17 @@ def pylist(table) -> list[dict]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
 
 
+PIPE_WIDTH = 100_000  # written to a file or a pipe: no terminal to fit, so no cell is ever wrapped
+
+
 def terminal_width() -> int:
-    """The terminal's width; written to a file or a pipe, a wide page (no terminal to fit)."""
+    """The terminal's width; written to a file or a pipe, as wide as the table is (nothing wrapped: a program
+    reading the output sees each row on one line)."""
     import shutil
 
     if sys.stdout.isatty():
         return max(40, shutil.get_terminal_size((120, 20)).columns)
-    return max(100, min(200, shutil.get_terminal_size((120, 20)).columns))
+    return PIPE_WIDTH
 
 
 def cell(v, digits: int | None = 6) -> str:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .output import as_of_option, db_option, emit, emit_rows, format_option, handle_errors, wait_option
+from .output import as_of_option, db_option, emit, emit_rows, format_option, handle_errors, plural, wait_option
 
 
 @click.command()
@@ -25,7 +25,8 @@ def versions(db, fmt):
         for r in rows:
             r["current"] = "*" if r["current"] else ""
             r["pinned"] = "yes" if r["pinned"] else ""
-    emit_rows(rows, fmt, title=f"{len(rows)} kept versions of {db} (* current; pinned: a reader holds it)" if fmt == "table" else None)
+    emit_rows(rows, fmt, title=f"{plural(len(rows), 'kept version')} of {db} (* current; pinned: a reader holds it)"
+              if fmt == "table" else None)
 
 
 @click.command()
@@ -60,11 +61,13 @@ def vacuum(db, keep_versions, older_than, dry_run, wait, fmt):
         emit(r, fmt)
         return
     verb = "would remove" if dry_run else "removed"
-    kept = f"{len(r.kept_versions)} versions kept" + (f" (commits {r.kept_versions[0]}..{r.kept_versions[-1]})" if r.kept_versions else "")
-    click.echo(f"{verb} {len(r.removed_versions)} versions and {len(r.removed_files)} files "
-               f"({r.bytes_freed / 1e6:.1f} MB); {kept}")
+    span = (f" (commits {r.kept_versions[0]}..{r.kept_versions[-1]})" if len(r.kept_versions) > 1
+            else f" (commit {r.kept_versions[0]})" if r.kept_versions else "")
+    click.echo(f"{verb} {plural(len(r.removed_versions), 'version')} and {plural(len(r.removed_files), 'file')} "
+               f"({r.bytes_freed / 1e6:.1f} MB); {plural(len(r.kept_versions), 'version')} kept{span}")
     if r.pinned:
-        click.echo(f"kept {len(r.pinned)} older versions that readers still hold: {', '.join(map(str, r.pinned))}")
+        held = "a reader still holds" if len(r.pinned) == 1 else "readers still hold"
+        click.echo(f"kept {plural(len(r.pinned), 'older version')} that {held}: {', '.join(map(str, r.pinned))}")
 
 
 @click.command()
@@ -80,9 +83,9 @@ def verify(db, as_of, fmt):
     if fmt != "table":
         emit(r, fmt)
     elif r.ok:
-        click.echo(f"commit {r.commit}: {r.files_checked} files checked, no damage")
+        click.echo(f"commit {r.commit}: {plural(r.files_checked, 'file')} checked, no damage")
     else:
-        click.echo(f"commit {r.commit}: {len(r.damage)} of {r.files_checked} files damaged", err=True)
+        click.echo(f"commit {r.commit}: {len(r.damage)} of {plural(r.files_checked, 'file')} damaged", err=True)
         for d in r.damage:
             click.echo(f"  {d.file}: {d.problem}; fix: {d.fix}", err=True)
     if not r.ok:
