@@ -10,7 +10,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text,fiftyone,serve]'
+	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text,fiftyone,serve,docs]'
 	bash scripts/fetch-libssl1.1.sh $(VENV)/libssl1.1
 	bash scripts/install-chromium.sh
 	touch $(STAMP)
