@@ -60,7 +60,7 @@ class JobReport(Result):
     split_samples: int = 0  # the split's committed samples after the job (this run's and earlier runs')
     split_correct: int = 0
     notes: list[str] = field(default_factory=list)  # said once, when the job created the database (plan.Opened)
-    index_notes: list[str] = field(default_factory=list)  # each index after the job: its kind, exact or its recall@10
+    index_notes: list[str] = field(default_factory=list)  # each approximate index after the job: its kind and recall@10
 
     @property
     def accuracy(self) -> float | None:
@@ -252,7 +252,7 @@ class Indexer:
         elif not plan.replace:
             m.splits[plan.split].complete = complete
         finish(writer, plan, sink.run_stats, rebuild, self.settings)
-        report.index_notes = [f"{space}: {entry.describe()}" for space, entry in m.indexes.items()]
+        report.index_notes = [f"{space}: {entry.describe()}" for space, entry in m.indexes.items() if entry.approximate]
         files = [p.file for p in m.pending[plan.split].parts] if plan.split in m.pending else m.part_files(plan.split)
         for batch in iter_part_batches(writer.path, files, ["correct"], 65536):
             report.split_samples += len(batch)

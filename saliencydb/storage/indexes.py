@@ -250,11 +250,13 @@ def tune_nprobe(index: faiss.Index, probe: RecallProbe, kind: str) -> int:
 
 def build_approximate(dim: int, kind: str, n: int, chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
                       base: faiss.Index | None = None, new_from: int | None = None,
-                      advance: Callable[[int], None] = lambda n: None) -> tuple[faiss.Index | None, Recall | None]:
+                      advance: Callable[[int], None] = lambda n: None,
+                      base_mapped: bool = False) -> tuple[faiss.Index | None, Recall | None]:
     """An IVF index of ``kind`` over the ``n`` rows of ``chunks()`` (ids, normalised vectors, every committed row in
-    committed order), or ``base`` extended with the rows whose id is at least ``new_from``; and its ``Recall``.
-    Two passes: the recall sample and an evenly strided training sample (about TRAIN_BYTES), then the codes
-    added and the sample's exact neighbours scanned. (None, None): too few rows to train the kind."""
+    committed order), or ``base`` (``base_mapped``: read memory-mapped) extended with the rows whose id is at least
+    ``new_from``; and its ``Recall``. Two passes: the recall sample and an evenly strided training sample (about
+    TRAIN_BYTES), then the codes encoded to a scratch file and the sample's exact neighbours scanned; the lists are
+    then filled once at their final sizes (``_fill_lists``), so memory holds the codes once, not the rows. (None, None): too few rows to train the kind."""
     probe = RecallProbe(n)
     index = base if base is not None else new_index(dim, kind, n)
     want = max(train_rows_for(dim), min_train_rows(index))
@@ -273,15 +275,78 @@ def build_approximate(dim: int, kind: str, n: int, chunks: Callable[[], Iterator
         index.train(train)
         del train
     probe.start_scan()
-    for ids, rows in chunks():
-        new = slice(None) if new_from is None else np.asarray(ids) >= new_from
-        if len(ids[new]):
-            index.add_with_ids(np.ascontiguousarray(rows[new], dtype=np.float32), np.asarray(ids[new], dtype=np.int64))
-        probe.scan(ids, rows)
-        advance(len(ids))
+    with tempfile.TemporaryDirectory(prefix="saliencydb-codes-") as tmp:
+        added = _encode_to_scratch(index, Path(tmp) / "codes", chunks, probe, new_from, advance)
+        _fill_lists(index, added, base_mapped)
+        del added
     if kind == APPROXIMATE_KIND:
         tune_nprobe(index, probe, kind)
     return index, probe.result(index, kind)
+
+
+FILL_BLOCK_BYTES = 64 << 20  # scratch records moved into the inverted lists per block
+
+
+def _encode_to_scratch(index: faiss.Index, path: Path, chunks, probe: RecallProbe, new_from: int | None,
+                       advance: Callable[[int], None]) -> np.ndarray:
+    """The second pass of ``build_approximate``: each chunk scanned by the recall probe, and its rows (those with
+    an id of at least ``new_from``) assigned to their lists and encoded, appended to a scratch file outside any
+    database as (list, id, code) records; the records mapped read-only."""
+    ivf = faiss.extract_index_ivf(index)
+    record = np.dtype([("list", "<i8"), ("id", "<i8"), ("code", "u1", (ivf.code_size,))])
+    written = 0
+    with open(path, "wb") as f:
+        for ids, rows in chunks():
+            probe.scan(ids, rows)
+            new = np.ones(len(ids), bool) if new_from is None else np.asarray(ids) >= new_from
+            x = np.ascontiguousarray(rows[new], dtype=np.float32)
+            if len(x):
+                out = np.empty(len(x), dtype=record)
+                out["list"] = ivf.quantizer.assign(x, 1).ravel()
+                out["id"] = np.asarray(ids)[new]
+                codes = np.empty((len(x), ivf.code_size), np.uint8)
+                lists = np.ascontiguousarray(out["list"])
+                ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
+                out["code"] = codes
+                f.write(memoryview(out).cast("B"))
+                written += len(x)
+            advance(len(ids))
+    return np.memmap(path, dtype=record, mode="r", shape=(written,)) if written else np.zeros(0, dtype=record)
+
+
+def _fill_lists(index: faiss.Index, added: np.ndarray, mapped: bool = False) -> None:
+    """Replace the index's inverted lists by lists allocated once at their final sizes: its own entries (``mapped``:
+    read memory-mapped, each list's pages handed back once copied), then the ``added`` records, block by block. Adding
+    row by row instead grows each list by doubling: up to twice the codes in memory."""
+    ivf = faiss.extract_index_ivf(index)
+    old = ivf.invlists
+    counts = np.bincount(added["list"], minlength=ivf.nlist) if len(added) else np.zeros(ivf.nlist, np.int64)
+    fresh = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    offsets = np.zeros(ivf.nlist, np.int64)
+    for lst in range(ivf.nlist):
+        have = old.list_size(lst)
+        fresh.resize(lst, int(have + counts[lst]))
+        if have:
+            fresh.update_entries(lst, 0, have, old.get_ids(lst), old.get_codes(lst))
+            if mapped:  # only a read-only file mapping: its pages are read back from the file if touched again
+                release_pages(faiss.rev_swig_ptr(old.get_codes(lst), have * ivf.code_size))
+        offsets[lst] = have
+    block = max(1, FILL_BLOCK_BYTES // added.dtype.itemsize)
+    for start in range(0, len(added), block):
+        part = np.array(added[start:start + block])
+        order = np.argsort(part["list"], kind="stable")
+        part = part[order]
+        bounds = np.flatnonzero(np.diff(part["list"])) + 1
+        for group in np.split(part, bounds):
+            lst, n = int(group["list"][0]), len(group)
+            ids, codes = np.ascontiguousarray(group["id"]), np.ascontiguousarray(group["code"])
+            fresh.update_entries(lst, int(offsets[lst]), n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+            offsets[lst] += n
+    ivf.replace_invlists(fresh, True)
+    fresh.this.disown()  # the index owns it now
+    ivf.ntotal = int(offsets.sum())
+    if index is not ivf:
+        index.ntotal = ivf.ntotal
 
 
 def to_search_device(index: faiss.Index) -> faiss.Index:
