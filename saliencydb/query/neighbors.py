@@ -117,9 +117,32 @@ def _reranked(db, space: str, index, vector: np.ndarray, take: int, want: int, n
     found = ids[0][ids[0] >= 0]
     if len(found) < min(want, n):  # the probed lists held too few candidates: scan them all
         found = candidates if candidates is not None else db.ids_where()
-    exact = db.vectors(space, found) @ vector[0]
-    order = np.argsort(-exact, kind="stable")[:want]
+    found, vectors = _exact_vectors(db, space, np.asarray(found, dtype=np.int64))
+    exact = vectors @ vector[0]
+    order = np.lexsort((found, -exact))[:want]  # ties: the lower id first, whatever order the parts were read in
     return exact[order][None], found[order][None]
+
+
+def _exact_vectors(db, space: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, their search vectors) read from the Parquet parts that hold them, the parts shared among a few threads
+    (each candidate costs a row group read and decode; Arrow releases the GIL), so re-ranking takes a fraction of
+    reading them one part after another. The ids come back grouped by thread."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..saliency import l2_normalize
+
+    per_part = [ids[(ids >= p.min_id) & (ids <= p.max_id)] for p in db.manifest.parts]
+    per_part = [h for h in per_part if len(h)]
+    if sum(len(h) for h in per_part) != len(ids):  # an id in no part: the one reader that says which, in one line
+        return ids, db.vectors(space, ids)
+    workers = max(1, min(4, os.cpu_count() or 1, len(per_part)))
+    groups = [np.concatenate(per_part[w::workers]) for w in range(workers)] if per_part else [ids]
+    column = "raw_profile" if space == "saliency" else "feature"
+    with ThreadPoolExecutor(workers) as pool:
+        rows = list(pool.map(lambda g: db.rows(column, g), groups))
+    ordered, rows = np.concatenate(groups), np.concatenate(rows)
+    return ordered, l2_normalize(db.standardise(rows, ordered) if space == "saliency" else rows)
 
 
 def _approximate(db, space: str, kind: str) -> tuple[str, Approximation]:
