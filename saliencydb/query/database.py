@@ -12,6 +12,7 @@ is rolled back, so nothing it might create outlives it (README "Trust").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -76,6 +77,7 @@ class Database:
         # one view may answer several threads at once (the web app's requests): the shared connection's cursors
         # are made and its parser run under ``_con_lock``; the lazily loaded indexes and statistics under ``_lock``
         self._lock, self._con_lock = threading.RLock(), threading.Lock()
+        self._local, self._thread_cursors = threading.local(), []  # ``_execute``'s cursor of each thread
         try:
             self.normalisation = check_normalisation(normalisation or self.manifest.profile_normalisation)
         except SpecError as e:
@@ -437,13 +439,20 @@ class Database:
                              "committed any); run `saliencydb index` (its error, if it failed, says why)")
 
     def _execute(self, query: str, params: list | None = None):
-        """Run the library's own SQL on a fresh cursor, returned for its rows (closed when dropped): a result left
-        unread, or a failure, leaves nothing pending on ``self.con`` or for the next call; a damaged file becomes
-        one line."""
-        cur = self._cursor()
+        """Run the library's own SQL on this thread's cursor (made once per thread, its data registered once:
+        a fresh cursor costs milliseconds), returned for its rows: fetch them before the next call on the same
+        thread, which replaces them. Never on ``self.con``: a result left unread there, or a failure, would be
+        pending for every other caller. A failed statement's cursor is dropped, so nothing of it is left for the
+        next; a damaged file becomes one line."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self._cursor()
+            with self._con_lock:
+                self._thread_cursors.append(cur)
         try:
             return cur.execute(query, params or [])
         except duckdb.Error as e:
+            self._local.cursor = None
             _discard(cur)
             raise self._query_error("SQL error", e) from None
 
@@ -536,6 +545,11 @@ class Database:
 
     def close(self) -> None:
         try:
+            with self._con_lock:
+                for cur in self._thread_cursors:
+                    with contextlib.suppress(duckdb.Error):
+                        cur.close()
+                self._thread_cursors.clear()
             self.con.close()
         finally:
             self.snapshot.close()
