@@ -13,7 +13,8 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="saliencydb")
-def cli():
+@click.pass_context
+def cli(ctx):
     """saliencydb: a database of parameter-space saliency profiles.
 
     Index a dataset once, then ask which samples break the same filters of your
@@ -21,7 +22,11 @@ def cli():
     """
     from ..memory import keep_freed_memory
 
-    keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
+    if ctx.invoked_subcommand not in LONG_RUNNING:  # a batch job: its memory stays at its peak until it exits
+        keep_freed_memory()  # reuse freed activation buffers instead of paging them in again each batch
+
+
+LONG_RUNNING = ("serve",)  # commands that run until stopped: freed memory goes back to the system
 
 
 for _module in (indexing, queries, versions, explaining, interventions, masks, exports, serving, evidence):
