@@ -1,15 +1,22 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 
 .PHONY: install test demo bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# what `make demo` needs: the package, its required dependencies and the web app its output suggests
+$(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[serve]'
+	touch $(CORE)
+
+# what `make test` needs besides: every extra, the OpenSSL helper FiftyOne's database needs, Chromium
+$(STAMP): $(CORE)
 	$(BIN)/pip install -q -e '.[test,timm,hf,datasets,text,fiftyone,serve,docs]'
 	bash scripts/fetch-libssl1.1.sh $(VENV)/libssl1.1
 	bash scripts/install-chromium.sh
@@ -18,7 +25,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/saliencydb demo
 
 bench: $(STAMP)
