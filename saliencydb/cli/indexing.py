@@ -44,7 +44,7 @@ def hf_column_options(fn):
 @click.option("--aggregate", type=click.Choice(["mean_abs", "rms"]),
               help="Profile value per filter, chosen when the database is created: mean_abs, the paper's mean |dL/dw| "
                    "(default), or rms, an approximation that is faster at small feature maps (its measured agreement "
-                   "and speed: README, 'Approximate profiles').")
+                   "and speed: docs/method.md, 'Approximate profiles').")
 @click.option("--units", type=click.Choice(["auto", "conv", "linear", "all"]),
               help="Which weights are units, chosen when the database is created: conv filters, linear layers (and "
                    "attention projections), all, or auto (default): conv when the model has at least as many conv "
@@ -56,11 +56,11 @@ def hf_column_options(fn):
                    "statistics of that torchvision model (checked filter by filter) instead of computing them here.")
 @click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
               help="Chosen when the database is created (switch later with `restat --normalisation`). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
-                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
+                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (docs/method.md, 'What the numbers mean').")
 @click.option("--profile-dtype", type=click.Choice(["float32", "float16"]),
               help="How raw profiles are stored, chosen when the database is created: float32 (default), or float16 "
-                   "scaled by a power of two per row (half the bytes; 2**-11 relative precision, README 'Database "
-                   "layout'). The statistics are computed from the float32 profiles either way.")
+                   "scaled by a power of two per row (half the bytes; 2**-11 relative precision, docs/database-format.md). "
+                   "The statistics are computed from the float32 profiles either way.")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--random-weights", is_flag=True,
@@ -140,7 +140,7 @@ def _job_summary(report) -> None:
 @click.option("--splits", help="Comma-separated splits to compute the statistics over (default: all).")
 @click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
               help="Switch the database to this normalisation (default: keep its own). " + "Profile normalisation: zscore, the paper's per-filter z-score (default); zscore-unitnorm, each profile "
-                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (README, 'What the numbers mean').")
+                   "divided by its L2 norm first; zscore-dlogit, divided by ||dL/dlogits|| first (docs/method.md, 'What the numbers mean').")
 @click.option("--wait", is_flag=True, help="Wait for another writer to finish instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors

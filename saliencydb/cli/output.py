@@ -82,7 +82,7 @@ def normalisation_option(fn):
     return click.option("--normalisation", type=click.Choice(["zscore", "zscore-unitnorm", "zscore-dlogit"]),
                         help="See the profiles through this normalisation instead of the database's own: its statistics "
                              "are computed over the reference splits on the fly, neighbours use an exact flat search, "
-                             "and nothing is stored (README, 'What the numbers mean').")(fn)
+                             "and nothing is stored (docs/method.md, 'What the numbers mean').")(fn)
 
 
 def wait_option(fn):

@@ -118,7 +118,7 @@ def sql(db, query, as_of, fmt):
     Tables: samples, units, knn, clusters, blame, triage, failures, ingests, interventions.
     Views: classes, zscores, salient_units.
     Macros: profile(id), top_units(id, k).
-    Columns: README "Database layout". The query cannot write or read files."""
+    Columns: docs/database-format.md. The query cannot write or read files."""
     from ..query import open as open_db
 
     with open_db(db, as_of=as_of) as d:

@@ -27,7 +27,7 @@ def pad_rows(batch_size: int, todo: int) -> int | None:
     backward kernels run on the same shapes (BLAS and oneDNN can round differently for another batch size, by
     up to 1e-4 relative on a ResNet-18), so a resumed `index` and an `ingest` store what one `index` run stores. A job smaller than one
     batch runs as it is (it costs up to a batch of padding otherwise): its last bits can differ from a larger
-    job's (README "Reproducible bytes")."""
+    job's (docs/method.md, "Reproducible bytes")."""
     return batch_size if todo >= batch_size > 1 else None
 
 

@@ -25,7 +25,7 @@ def code_file(spec: str) -> Path | None:
 
 def model_record(model: LoadedModel, transform: Transform, num_classes_arg: int | None, aggregate: str,
                  transform_source: str | None = None) -> ModelRecord:
-    """The manifest's ``model`` entry for a model loaded from its spec (README "Database layout")."""
+    """The manifest's ``model`` entry for a model loaded from its spec (docs/database-format.md)."""
     code = code_file(model.spec)
     return ModelRecord(
         spec=absolute_spec(model.spec),

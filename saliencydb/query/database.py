@@ -7,7 +7,7 @@ disk, so no directory is reachable from SQL) and no Python replacement scans, it
 system is then disabled and its configuration locked, so no statement of any kind can read or
 write the file system or the network. Which statements run is decided by DuckDB's own parser
 (``check_read_only``), and each user statement runs on a fresh cursor inside a transaction that
-is rolled back, so nothing it might create outlives it (README "Trust").
+is rolled back, so nothing it might create outlives it (docs/reliability.md, "Trust").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The typed answers of the query layer (``saliencydb.results.Result``): ``to_dict()`` is the JSON
-the CLI prints with ``--format json`` (README "Database layout" documents it), ``rows()`` the
+the CLI prints with ``--format json`` (docs/database-format.md documents it), ``rows()`` the
 rows of its table and CSV output."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 default. ``rms``, the root mean square of the same gradient, is an approximation of it
 that the engine can compute without forming per-sample gradients for layers with small
 feature maps (from the Gram matrix of the layer's input patches); its measured agreement
-with ``mean_abs`` is printed by ``benchmarks/profiles.py`` and given in the README.
+with ``mean_abs`` is printed by ``benchmarks/profiles.py`` and given in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ _NESTED = {("PendingReplace", "parts"): "parts"}
 
 @dataclass
 class Manifest:
-    """What one version of a database holds (README "Database layout" documents each key)."""
+    """What one version of a database holds (docs/database-format.md documents each key)."""
 
     model: ModelRecord
     units: dict  # saliency.UnitLayout.to_dict(): the unit kind, the layers and their offsets

@@ -1,5 +1,5 @@
 """Arrow schemas of every table a database holds. The on-disk format is specified here
-and in the README's "Database layout"; nothing else defines a column."""
+and in docs/database-format.md; nothing else defines a column."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ name holds the server's port, so two servers on one machine (cookies ignore port
 from the app's own pages: an ``Origin`` header naming another origin (a page of another site posting a form
 to the app), or no ``Origin`` with ``Sec-Fetch-Site`` saying another site sent it, gets a 403 with one line.
 Together with the Host check (``serve.hosts``) and SameSite=Strict, a web page the user visits can neither read
-the app nor make it run a request (README "Browsing a database")."""
+the app nor make it run a request (docs/web-app.md)."""
 
 from __future__ import annotations
 

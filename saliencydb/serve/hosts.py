@@ -4,7 +4,7 @@ A web page on another site can make the user's browser send requests to a local 
 own name resolves to 127.0.0.1, so the browser treats the app as that page's origin and lets it read the
 answers. Such a request carries the page's name in ``Host``. Refusing every name that is not the server's own
 (loopback names for a loopback bind; any IP address otherwise, since an address cannot be rebound; plus the
-names given with ``--allow-host``) closes that door (README "Browsing a database")."""
+names given with ``--allow-host``) closes that door (docs/web-app.md)."""
 
 from __future__ import annotations
 

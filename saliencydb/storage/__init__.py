@@ -3,7 +3,7 @@
 Manifest and kept versions (``versions``), the writer lock and commits (``writer``), pinned
 reads (``reader``), file creation and checksums (``files``), and the operator's tools
 (``maintenance``: history, restore, vacuum, verify). The indexing pipeline and the query
-layer both sit on top of it; it imports neither (docs: README "Database layout").
+layer both sit on top of it; it imports neither (docs: docs/database-format.md).
 """
 
 from .files import TMP_SUFFIX, new_file, write_parquet

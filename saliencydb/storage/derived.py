@@ -4,7 +4,7 @@
 A ``DerivedWriter`` holds the writer lock but can do only this: write parts of those tables and
 commit them. A derived table records its base commit and a fingerprint of the samples and
 statistics it was computed from; it is stored only when the database still holds exactly
-those, otherwise nothing is stored and ``StaleError`` says so (README "Reliability").
+those, otherwise nothing is stored and ``StaleError`` says so (docs/reliability.md).
 Readers (``query.Database``) never take it themselves: the caller opens one, before reading
 when the result must be stored on the version it was computed from (docs/architecture.md).
 """

@@ -1,5 +1,5 @@
 """Files inside a database directory: atomic creation, checksums, and the one-line errors
-for a full disk, a read-only medium and a damaged file (docs: README "Database layout").
+for a full disk, a read-only medium and a damaged file (docs: docs/database-format.md).
 
 Every file a database lists is created here: written under a temporary name (ending in
 ``.tmp``, never ``.parquet`` or ``.json``), flushed and fsynced, renamed to its final name,

@@ -6,8 +6,8 @@
 on ``pins/commit-<commit>``, then checks that the version is still kept; ``vacuum`` creates
 and locks that same file exclusively (never waiting) before it deletes anything of the
 version, so pinning and deleting cannot interleave: nothing a reader still reads is ever
-deleted, and a reader that arrives late is told its version was removed (README
-"Database layout").
+deleted, and a reader that arrives late is told its version was removed
+(docs/database-format.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The single writer of a database: lock, new files, atomic versioned commits, crash sweeps.
 
-Protocol (README "Database layout"): a new file is written under a temporary name,
+Protocol (docs/database-format.md): a new file is written under a temporary name,
 fsynced and renamed (``files.new_file``), and only then listed by a commit, which writes the
 immutable ``versions/manifest-<commit>.json`` and replaces ``manifest.json``. A writer never
 deletes a file that a kept version lists; on open it deletes only crash leftovers: temporary
