@@ -181,13 +181,14 @@ def _cluster_effects(target: int, cluster_of: np.ndarray, correct_before: np.nda
 
 def group_records(result: GroupFix, *, run_id: str, weights_sha256: str) -> list[dict]:
     """One interventions-table row per attempt of a ``fix_group`` result."""
-    from .record import attempt_record
+    from .record import AttemptRun, AttemptScores, attempt_record
 
-    return [attempt_record(
-        run_id=run_id, command="fix-group", method=result.method, scope="cluster", attempt=a, seed=result.seed,
-        weights_sha256=weights_sha256, lr=result.lr, cluster=result.cluster, cluster_run=result.cluster_run,
-        split=",".join(result.splits), targets=a.group_size, targets_wrong_before=a.group_wrong_before,
+    run = AttemptRun(run_id=run_id, command="fix-group", method=result.method, scope="cluster", seed=result.seed,
+                     weights_sha256=weights_sha256, lr=result.lr, cluster=result.cluster,
+                     cluster_run=result.cluster_run, split=",".join(result.splits))
+    return [attempt_record(run, a, AttemptScores(
+        targets=a.group_size, targets_wrong_before=a.group_wrong_before,
         corrected=a.corrected, broken=a.broken, fixed_elsewhere=a.fixed_elsewhere, scored=result.scored,
         accuracy_before=a.accuracy_before, accuracy_after=a.accuracy_after,
         delta_true_conf=a.delta_true_conf, delta_pred_conf=a.delta_pred_conf,
-    ) for a in result.attempts]
+    )) for a in result.attempts]

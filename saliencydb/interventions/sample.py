@@ -195,14 +195,14 @@ def _sample(bench: Bench, sample_id: int) -> InterventionSample:
 
 def sample_records(result: Intervention, *, run_id: str, weights_sha256: str) -> list[dict]:
     """One interventions-table row per attempt of an ``intervene`` result (finetune: neighbours count as 'elsewhere')."""
-    from .record import attempt_record
+    from .record import AttemptRun, AttemptScores, attempt_record
 
     s = result.sample
     wrong_before = int(not s.baseline_correct)
-    return [attempt_record(
-        run_id=run_id, command="intervene", method=result.method, scope="sample", attempt=a, seed=result.seed,
-        weights_sha256=weights_sha256, lr=result.lr, sigma=result.sigma, sample_id=s.sample_id, split=s.split,
+    run = AttemptRun(run_id=run_id, command="intervene", method=result.method, scope="sample", seed=result.seed,
+                     weights_sha256=weights_sha256, lr=result.lr, sigma=result.sigma, sample_id=s.sample_id, split=s.split)
+    return [attempt_record(run, a, AttemptScores(
         targets=1, targets_wrong_before=wrong_before, corrected=int(a.corrected),
         broken=a.nb_broken, fixed_elsewhere=a.nb_corrected, scored=1 + (a.neighbors or 0),
         delta_true_conf=a.delta_true_conf, delta_pred_conf=a.delta_pred_conf,
-    ) for a in result.attempts]
+    )) for a in result.attempts]
