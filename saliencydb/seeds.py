@@ -9,15 +9,13 @@ true-class confidence is kept per k, and summarised across seeds by the sign of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .demo import DEMO_MODELS, RECIPE, train_demo_model
+from .demo import DEMO_MODELS, RECIPE, default_cache_dir, train_demo_model
 from .errors import QueryError
 from .indexer import Indexer
-from .interventions import Bench, Estimate, Validation, validate
-from .interventions.methods import DEFAULT_LR, DEFAULT_SIGMA
-from .interventions.sample import DEFAULT_NEIGHBORS
+from .interventions import Bench, Estimate, Validation, ValidationSettings, validate
 from .progress import NullProgress, Progress
 from .query import open as open_db
 from .results import Result
@@ -148,49 +146,58 @@ def _indexed(db: Path, weights: Path) -> bool:
     return SPLIT in m.splits and m.splits[SPLIT].complete and m.model.weights == str(weights.resolve())
 
 
-def seed_sweep(data: str, seeds, method: str, ks=None, *, limit: int | None = None, n_boot: int = 1000, seed: int = 0,
-               random_draws: int = 10, cache_dir: Path, device: str = "auto", progress: Progress | None = None,
-               epochs: int | None = None, lr: float = DEFAULT_LR, sigma: float = DEFAULT_SIGMA,
-               n_neighbors: int = DEFAULT_NEIGHBORS, wait: bool = False) -> SeedSweep:
-    """``validate`` (``method`` at each of ``ks`` on the mistakes of the validation split) on the built-in model
-    trained with each of ``seeds``; per seed the split's accuracy and the paired salient - random differences,
-    per k the signs of their intervals across seeds. ``ks`` None: those of 1, 5, 10, 25, 50 that fit the model."""
+@dataclass(frozen=True)
+class SweepSettings:
+    """How ``seed_sweep`` trains, indexes and validates each model seed.
+
+    Each seed's validation: ``validation`` (ks, limit, bootstrap, seed, random draws, step sizes; on the mistakes).
+    The training: ``epochs`` (None: the demo recipe's); ``cache_dir`` keeps the models and databases (None: the demo's).
+    How it runs: ``device``; ``progress``; ``wait`` for another writer's lock on a database.
+    """
+
+    validation: ValidationSettings = field(default_factory=lambda: ValidationSettings(random_draws=10))
+    epochs: int | None = None
+    cache_dir: Path | None = None
+    device: str = "auto"
+    progress: Progress | None = None
+    wait: bool = False
+
+
+def seed_sweep(data: str, seeds, method: str, settings: SweepSettings | None = None) -> SeedSweep:
+    """``validate`` (``method`` at each k of ``settings.validation`` on the mistakes of the validation split) on the
+    built-in model trained with each of ``seeds``; per seed the split's accuracy and the paired salient - random
+    differences, per k the signs of their intervals across seeds. ks None: those of 1, 5, 10, 25, 50 that fit the model."""
     from .models.device import resolve_device
 
+    s = settings or SweepSettings()
     builtin_split(data)
-    ks = _check_options(ks, method, limit=limit, n_boot=n_boot, lr=lr, sigma=sigma, random_draws=random_draws)
-    resolve_device(device)  # an unknown device is one line before any training
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    validation = replace(s.validation, ks=_check_options(s.validation, method))
+    resolve_device(s.device)  # an unknown device is one line before any training
+    seeds = list(dict.fromkeys(int(seed) for seed in seeds))
     if not seeds:
         raise QueryError("--seeds is empty; give model seeds such as 0,1,2")
-    recipe = {} if epochs is None else {"epochs": _check_epochs(epochs)}
+    recipe = {} if s.epochs is None else {"epochs": _check_epochs(s.epochs)}
+    cache_dir = Path(s.cache_dir) if s.cache_dir is not None else default_cache_dir()
     runs = []
     for model_seed in seeds:
-        db = builtin_database(data, model_seed, cache_dir, progress, wait, device=device, **recipe)
-        runs.append(_seed_run(db, model_seed, method, ks, device=device, progress=progress, limit=limit, n_boot=n_boot,
-                              seed=seed, lr=lr, sigma=sigma, n_neighbors=n_neighbors, random_draws=random_draws))
+        db = builtin_database(data, model_seed, cache_dir, s.progress, s.wait, device=s.device, **recipe)
+        runs.append(_seed_run(db, model_seed, method, validation, device=s.device, progress=s.progress))
     ks = runs[0].validation.ks
-    return SeedSweep(data=data, method=method, model_seeds=seeds, ks=ks, limit=limit, bootstrap=n_boot,
-                     random_draws=random_draws, seed=seed, epochs=int(recipe.get("epochs", RECIPE["epochs"])), runs=runs,
+    return SeedSweep(data=data, method=method, model_seeds=seeds, ks=ks, limit=validation.limit,
+                     bootstrap=validation.n_boot, random_draws=validation.random_draws, seed=validation.seed,
+                     epochs=int(recipe.get("epochs", RECIPE["epochs"])), runs=runs,
                      summary=[_sign_count(k, runs) for k in ks])
 
 
-def _check_options(ks, method: str, *, limit, n_boot: int, lr: float, sigma: float, random_draws: int) -> list[int]:
+def _check_options(validation: ValidationSettings, method: str) -> list[int]:
     """The options ``validate`` checks, checked before minutes of training; returns the ks, sorted."""
-    from .interventions import check_draws, check_k, parse_ks
-    from .interventions.methods import check_method, check_params
+    from .interventions.methods import check_method
 
-    n_units = demo_units()
-    ks = parse_ks(None, n_units) if ks is None else sorted({check_k(k, n_units, "--ks value") for k in ks})
-    if not ks:
-        raise QueryError("--ks is empty; give values such as 1,5,10,25,50")
+    ks = validation.checked_ks(demo_units())
     check_method(method)
-    check_params(lr, sigma)
-    check_draws(random_draws)
-    if n_boot < 1:
-        raise QueryError(f"--bootstrap must be at least 1, got {n_boot}")
-    if limit is not None and limit < 1:
-        raise QueryError(f"--limit must be at least 1, got {limit}")
+    validation.check()
+    if validation.correct:
+        raise QueryError("a seed sweep validates each model's mistakes; drop correct=True")
     return ks
 
 
@@ -200,13 +207,14 @@ def _check_epochs(epochs) -> int:
     return epochs
 
 
-def _seed_run(db: Path, model_seed: int, method: str, ks, *, device: str, progress, **options) -> SeedRun:
+def _seed_run(db: Path, model_seed: int, method: str, validation: ValidationSettings, *, device: str,
+              progress) -> SeedRun:
     """``validate`` on the validation split of one model seed's database."""
     from .models.device import resolve_device
 
     with open_db(db) as d:
         split = d.info().splits[SPLIT]
-        v = validate(Bench(d, device=resolve_device(device)), SPLIT, method, ks, progress=progress, **options)
+        v = validate(Bench(d, device=resolve_device(device)), SPLIT, method, validation, progress=progress)
         m = d.manifest.model
     return SeedRun(model_seed=model_seed, weights=m.weights or "",
                    weights_sha256=m.weights_sha256, database=str(db), samples=split.samples, accuracy=split.accuracy,

@@ -232,18 +232,18 @@ def test_validate_finetune_scores_neighbours(digits_db):
 
 
 def test_a_sweep_computes_each_baseline_once_and_one_forward_per_edit(digits_db):
-    from saliencydb.interventions import validate
+    from saliencydb.interventions import ValidationSettings, validate
     from saliencydb.interventions.sweep import select_samples
 
     with saliencydb.open(digits_db) as db:
         b = Bench(db)
         rows_seen, calls = [], []
         b.model.register_forward_pre_hook(lambda m, inp: (rows_seen.append(inp[0].shape[0]), calls.append(1)) and None)
-        validate(b, "val", "prune", [1, 2], limit=5, n_boot=20)
+        validate(b, "val", "prune", ValidationSettings(ks=[1, 2], limit=5, n_boot=20))
         assert sum(rows_seen) == 5 + 5 * 2 * 3  # the baselines once, then each edit on its own sample
         assert len(calls) == 1 + 5 * 2 * 3  # the baselines in one batch
         rows_seen.clear()
-        validate(b, "val", "finetune", [1], limit=5, n_boot=20, n_neighbors=3)
+        validate(b, "val", "finetune", ValidationSettings(ks=[1], limit=5, n_boot=20, n_neighbors=3))
         chosen = select_samples(db, "val", limit=5, seed=0)
         new = len(set(b.neighbors(chosen, 3).ravel().tolist()) - set(chosen.tolist()))
         # cached baselines: only the neighbours' are new; per sample one gradient pass and 4 edits x (1 + 3 neighbours)

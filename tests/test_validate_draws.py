@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import saliencydb
-from saliencydb.interventions import (RANDOM, SALIENT, Bench, choose_filters, edited, grad_scales, intervene,
-                                      random_filters, salient_filters, validate)
+from saliencydb.interventions import (RANDOM, SALIENT, Bench, ValidationSettings, choose_filters, edited, grad_scales,
+                                      intervene, random_filters, salient_filters, validate)
 from saliencydb.interventions.methods import noise_generator
 from saliencydb.interventions.sweep import select_samples
 
@@ -82,7 +82,7 @@ def test_one_draw_is_the_single_draw_of_before(digits_db, bench, reference, meth
     row = _random_row(doc, K)
     for m, vs in values.items():
         assert row[m]["n"] == LIMIT and row[m]["mean"] == pytest.approx(np.mean(vs), abs=1e-12), m
-    lib = validate(bench, "val", method, [K], limit=LIMIT, n_boot=20, random_draws=1)
+    lib = validate(bench, "val", method, ValidationSettings(ks=[K], limit=LIMIT, n_boot=20, random_draws=1))
     assert lib.sample_ids == ids
     for m, vs in values.items():
         assert lib.per_sample[(K, RANDOM)][m] == vs, m
@@ -90,12 +90,12 @@ def test_one_draw_is_the_single_draw_of_before(digits_db, bench, reference, meth
 
 def test_the_random_value_of_a_sample_is_the_mean_of_its_draws(digits_db, bench, reference):
     draws = 4
-    result = validate(bench, "val", "prune", [K], limit=LIMIT, n_boot=50, random_draws=draws)
+    result = validate(bench, "val", "prune", ValidationSettings(ks=[K], limit=LIMIT, n_boot=50, random_draws=draws))
     assert result.random_draws == draws
     ids = _selected(reference)
     assert result.sample_ids == ids
     per = result.per_sample[(K, RANDOM)]
-    single = validate(bench, "val", "prune", [K], limit=LIMIT, n_boot=50, random_draws=1).per_sample[(K, RANDOM)]
+    single = validate(bench, "val", "prune", ValidationSettings(ks=[K], limit=LIMIT, n_boot=50, random_draws=1)).per_sample[(K, RANDOM)]
     for i, sid in enumerate(ids):
         seeds = [[0, sid, K]] + [[0, sid, K, d] for d in range(1, draws)]
         edits = [_random_edit(reference, sid, K, s) for s in seeds]
@@ -106,7 +106,7 @@ def test_the_random_value_of_a_sample_is_the_mean_of_its_draws(digits_db, bench,
         assert per["correct_after"][i] in {0.0, 0.25, 0.5, 0.75, 1.0}
     assert per["delta_true_conf"] != single["delta_true_conf"]  # 4 draws are not the first draw alone
     # the salient filters do not depend on the draws; the interval is over the per-sample means
-    assert result.per_sample[(K, SALIENT)] == validate(bench, "val", "prune", [K], limit=LIMIT, n_boot=50).per_sample[(K, SALIENT)]
+    assert result.per_sample[(K, SALIENT)] == validate(bench, "val", "prune", ValidationSettings(ks=[K], limit=LIMIT, n_boot=50)).per_sample[(K, SALIENT)]
     (row,) = [r for r in result.table if r.k == K and r.filters == RANDOM]
     assert row.delta_true_conf.mean == pytest.approx(np.mean(per["delta_true_conf"]), abs=1e-12)
     (paired,) = result.paired_delta_true_conf
@@ -116,7 +116,7 @@ def test_the_random_value_of_a_sample_is_the_mean_of_its_draws(digits_db, bench,
 
 def test_finetune_rescales_each_draw_to_the_salient_gradient(bench, reference):
     draws, limit, lr = 3, 2, 1e-3
-    result = validate(bench, "val", "finetune", [K], limit=limit, n_boot=20, random_draws=draws, n_neighbors=2)
+    result = validate(bench, "val", "finetune", ValidationSettings(ks=[K], limit=limit, n_boot=20, random_draws=draws, n_neighbors=2))
     ids = _selected(reference, limit)
     for i, sid in enumerate(ids):
         z = reference.z([sid])[0]

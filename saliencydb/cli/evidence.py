@@ -29,17 +29,17 @@ def seed_sweep(data, seeds, method, ks, limit, bootstrap, random_draws, seed, ca
     the validation split, and run validate's paired salient - random difference on each model's mistakes."""
     from pathlib import Path
 
-    from ..demo import default_cache_dir
-    from ..interventions import parse_ks
-    from ..seeds import builtin_split, demo_units, parse_seeds, seed_sweep as run
+    from ..interventions import ValidationSettings, parse_ks
+    from ..seeds import SweepSettings, builtin_split, demo_units, parse_seeds, seed_sweep as run
 
     builtin_split(data)
     seed_list = parse_seeds(seeds)
     k_list = parse_ks(ks, demo_units())
+    validation = ValidationSettings(ks=k_list, limit=limit, n_boot=bootstrap, seed=seed, random_draws=random_draws)
     with progress_bars(not quiet and fmt == "table") as progress:
-        result = run(data, seed_list, method, k_list, limit=limit, n_boot=bootstrap, seed=seed, random_draws=random_draws,
-                     cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), device=device, progress=progress,
-                     epochs=epochs)
+        result = run(data, seed_list, method, SweepSettings(validation=validation, epochs=epochs,
+                                                            cache_dir=Path(cache_dir) if cache_dir else None,
+                                                            device=device, progress=progress))
     if fmt != "table":
         emit(result, fmt)
     else:

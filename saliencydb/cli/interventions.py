@@ -141,7 +141,7 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
              quiet, as_of):
     """Do the salient filters matter? An intervention on every mistake of a split over a range of k, vs random and least-salient filters."""
     from ..explain import check_out_file
-    from ..interventions import check_draws, parse_ks, validate as run, validate_figure
+    from ..interventions import ValidationSettings, check_draws, parse_ks, validate as run, validate_figure
     from ..query import open as open_db
 
     check_draws(random_draws)
@@ -151,8 +151,9 @@ def validate(db, split, method, ks, limit, correct, bootstrap, out, lr, sigma, n
         with open_db(db, as_of=as_of) as d:
             k_list = parse_ks(ks, d.manifest.n_units)
             d.ids_where(split=split)  # an unknown split fails before the model is loaded
-            result = run(_bench(d, device), split, method, k_list, correct=correct, limit=limit, n_boot=bootstrap, seed=seed,
-                         lr=lr, sigma=sigma, n_neighbors=n_neighbors, random_draws=random_draws, progress=progress)
+            settings = ValidationSettings(ks=k_list, correct=correct, limit=limit, n_boot=bootstrap, seed=seed,
+                                          random_draws=random_draws, lr=lr, sigma=sigma, n_neighbors=n_neighbors)
+            result = run(_bench(d, device), split, method, settings, progress=progress)
     if out is not None:
         result.out = str(validate_figure(result, out))
     if fmt != "table":

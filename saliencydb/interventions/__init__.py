@@ -16,8 +16,8 @@ from .mask import MaskedParameter, MaskResult, MaskUnit, write_mask
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, METHODS, edited, grad_scales
 from .record import attempts_table, new_run_id, write_attempts
 from .sample import Attempt, Intervention, InterventionSample, intervene, sample_attempts, sample_records
-from .sweep import (Estimate, PairedDifference, Validation, ValidationRow, bootstrap, bootstrap_ci, check_draws,
-                    validate)
+from .sweep import (Estimate, PairedDifference, Validation, ValidationRow, ValidationSettings, bootstrap, bootstrap_ci,
+                    check_draws, validate)
 
 __all__ = [
     "AdversarialAgreement", "AdversarialProfiles", "AgreementRow", "adversarial_agreement", "adversarial_profiles",
@@ -28,5 +28,5 @@ __all__ = [
     "MaskedParameter", "MaskResult", "MaskUnit", "write_mask",
     "DEFAULT_LR", "DEFAULT_SIGMA", "METHODS", "edited", "grad_scales", "attempts_table", "new_run_id",
     "write_attempts", "Attempt", "Intervention", "InterventionSample", "intervene", "sample_attempts", "sample_records",
-    "Estimate", "PairedDifference", "Validation", "ValidationRow", "bootstrap", "bootstrap_ci", "check_draws", "validate",
+    "Estimate", "PairedDifference", "Validation", "ValidationRow", "ValidationSettings", "bootstrap", "bootstrap_ci", "check_draws", "validate",
 ]

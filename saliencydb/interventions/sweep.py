@@ -15,7 +15,7 @@ from ..errors import QueryError
 from ..progress import NullProgress
 from ..results import Result
 from .bench import Bench
-from .filters import CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, seeded_subset
+from .filters import CHOICES, LEAST_SALIENT, RANDOM, SALIENT, WHOLE_NETWORK, check_k, parse_ks, seeded_subset
 from .methods import DEFAULT_LR, DEFAULT_SIGMA, check_method, check_params
 from .sample import DEFAULT_NEIGHBORS, sample_attempts
 
@@ -148,36 +148,76 @@ def select_samples(db, split: str, *, correct: bool = False, limit: int | None =
     return seeded_subset(ids, limit, seed)
 
 
-def validate(bench: Bench, split: str, method: str, ks=DEFAULT_KS, *, correct: bool = False, limit: int | None = None,
-             n_boot: int = 1000, seed: int = 0, lr: float = DEFAULT_LR, sigma: float = DEFAULT_SIGMA,
-             n_neighbors: int = DEFAULT_NEIGHBORS, random_draws: int = 1, progress=None) -> Validation:
+@dataclass(frozen=True)
+class ValidationSettings:
+    """How ``validate`` runs, whatever the split and method: what its result records.
+
+    At which k: ``ks`` (None: those of 1, 5, 10, 25, 50 that fit the model, as the CLI's default).
+    On which samples: the mistakes, or with ``correct`` the correctly classified; ``limit``: a seeded subset of that many.
+    The statistics: ``n_boot`` bootstrap resamples; ``seed`` of the subset, the random controls and the bootstrap.
+    The random control: ``random_draws`` seeded draws per sample and k, averaged (1: one draw, as in earlier versions).
+    The edits: ``lr`` (finetune), ``sigma`` (perturb); ``n_neighbors``: saliency neighbours scored per sample (finetune).
+    """
+
+    ks: tuple[int, ...] | None = None
+    correct: bool = False
+    limit: int | None = None
+    n_boot: int = 1000
+    seed: int = 0
+    random_draws: int = 1
+    lr: float = DEFAULT_LR
+    sigma: float = DEFAULT_SIGMA
+    n_neighbors: int = DEFAULT_NEIGHBORS
+
+    def __post_init__(self) -> None:
+        if self.ks is not None:  # any iterable of ks (a list, a range), kept as a tuple
+            object.__setattr__(self, "ks", tuple(self.ks))
+
+    def checked_ks(self, n_units: int) -> list[int]:
+        """The ks, sorted and distinct, each checked against the model's ``n_units``."""
+        if self.ks is None:
+            return parse_ks(None, n_units)
+        ks = sorted({check_k(k, n_units, "--ks value") for k in self.ks})
+        if not ks:
+            raise QueryError("--ks is empty; give values such as 1,5,10,25,50")
+        return ks
+
+    def check(self) -> None:
+        """The options that need no model, each wrong one a clear line."""
+        check_params(self.lr, self.sigma)
+        check_draws(self.random_draws)
+        if self.n_boot < 1:
+            raise QueryError(f"--bootstrap must be at least 1, got {self.n_boot}")
+        if self.limit is not None and self.limit < 1:
+            raise QueryError(f"--limit must be at least 1, got {self.limit}")
+
+
+def validate(bench: Bench, split: str, method: str, settings: ValidationSettings | None = None, *,
+             progress=None) -> Validation:
     """Run ``method`` on the salient, random and least-salient filters of every selected sample at every k
     (and the whole-network step for finetune); summarise per (k, filter choice) with bootstrap intervals.
-    The random control is ``random_draws`` seeded draws per sample and k, averaged per sample (1: one draw,
-    seeded ``[seed, sample_id, k]`` as in earlier versions)."""
+    ``settings``: the ks, the samples, the bootstrap, the random control's draws and the edits' step sizes
+    (``ValidationSettings``; None: its defaults)."""
+    s = settings or ValidationSettings()
     check_method(method)
-    check_params(lr, sigma)
-    random_draws = check_draws(random_draws)
-    if n_boot < 1:
-        raise QueryError(f"--bootstrap must be at least 1, got {n_boot}")
-    ks = sorted({check_k(k, bench.n_units, "--ks value") for k in ks})
-    if not ks:
-        raise QueryError("--ks is empty; give values such as 1,5,10,25,50")
-    ids = select_samples(bench.db, split, correct=correct, limit=limit, seed=seed)
-    neighbors = _prepare(bench, ids, method, n_neighbors)
+    s.check()
+    random_draws = check_draws(s.random_draws)
+    ks = s.checked_ks(bench.n_units)
+    ids = select_samples(bench.db, split, correct=s.correct, limit=s.limit, seed=s.seed)
+    neighbors = _prepare(bench, ids, method, s.n_neighbors)
     base = bench.baseline(ids)
-    per = _collect(bench, ids, method, ks, neighbors, split=split, lr=lr, sigma=sigma, seed=seed,
+    per = _collect(bench, ids, method, ks, neighbors, split=split, lr=s.lr, sigma=s.sigma, seed=s.seed,
                    random_draws=random_draws, progress=progress or NullProgress())
-    rng = np.random.default_rng(seed)
-    table = _summarise(per, ks, method, n_boot, rng)
+    rng = np.random.default_rng(s.seed)
+    table = _summarise(per, ks, method, s.n_boot, rng)
     return Validation(
-        split=split, method=method, samples=int(len(ids)), which="correct" if correct else "misclassified", ks=ks,
-        bootstrap=n_boot, seed=seed, random_draws=random_draws, lr=lr if method == "finetune" else None,
-        sigma=sigma if method == "perturb" else None, neighbors=n_neighbors if method == "finetune" else None,
+        split=split, method=method, samples=int(len(ids)), which="correct" if s.correct else "misclassified", ks=ks,
+        bootstrap=s.n_boot, seed=s.seed, random_draws=random_draws, lr=s.lr if method == "finetune" else None,
+        sigma=s.sigma if method == "perturb" else None, neighbors=s.n_neighbors if method == "finetune" else None,
         baseline_accuracy_of_selected=float(base["correct"].mean()),
         # recomputed correctness that differs from the stored one
-        baseline_mismatches=int((base["correct"] != correct).sum()),
-        table=table, paired_delta_true_conf=_paired(per, ks, n_boot, rng),
+        baseline_mismatches=int((base["correct"] != s.correct).sum()),
+        table=table, paired_delta_true_conf=_paired(per, ks, s.n_boot, rng),
         sample_ids=[int(i) for i in ids], per_sample=per,
     )
 
