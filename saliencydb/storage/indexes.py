@@ -335,6 +335,8 @@ def _fill_lists(index: faiss.Index, added: np.ndarray, mapped: bool = False) -> 
     block = max(1, FILL_BLOCK_BYTES // added.dtype.itemsize)
     for start in range(0, len(added), block):
         part = np.array(added[start:start + block])
+        if isinstance(added, np.memmap):  # the scratch file's pages: not kept resident beside the lists they fill
+            release_pages(added[start:start + block])
         order = np.argsort(part["list"], kind="stable")
         part = part[order]
         bounds = np.flatnonzero(np.diff(part["list"])) + 1
