@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -162,16 +164,16 @@ def check(db, what, sample_id, top_k, top_p, fill, split, find_corrections, min_
                 d.sample(sample_id)  # an unknown id fails before the model is loaded
             else:
                 d.ids_where(split=split)  # an unknown split too
-            result = _run_check(d, "corrections" if find_corrections else what, sample_id, split=split, top_k=top_k,
-                                top_p=top_p, fill=fill, min_rise=min_rise, limit=limit, levels=level_list,
-                                n_noise=n_noise, stats_samples=stats_samples, seed=seed, progress=progress,
-                                channel_reduce=channel_reduce)
+            settings = CheckSettings(top_k=top_k, channel_reduce=channel_reduce, seed=seed, top_p=top_p, fill=fill,
+                                     split=split, min_rise=min_rise, limit=limit, levels=tuple(level_list),
+                                     n_noise=n_noise, stats_samples=stats_samples, progress=progress)
+            result = _run_check(d, "corrections" if find_corrections else what, sample_id, settings)
     if fmt != "table":
         emit(result, fmt)
     elif find_corrections:
-        _print_corrections(result, top_k=top_k, top_p=top_p, min_rise=min_rise)
+        _print_corrections(result, settings)
     else:
-        _print_check(result, what, top_p=top_p, fill=fill, n_noise=n_noise)
+        _print_check(result, what, settings)
 
 
 def _check_check_args(what: str, sample_id, split, find_corrections: bool) -> None:
@@ -187,33 +189,57 @@ def _check_check_args(what: str, sample_id, split, find_corrections: bool) -> No
         raise QueryError("--split is only used with --find-corrections")
 
 
-def _run_check(d, what: str, sample_id, *, split, top_k: int, top_p: float, fill: str, min_rise: float, limit,
-               levels: list[float], n_noise: int, stats_samples: int, seed: int, progress, channel_reduce: str):
-    """Run one check (``what``: masking, smoothgrad, randomization or corrections) on the open database; the input-space
-    maps of masking and randomization reduce their channels by ``channel_reduce``."""
+@dataclass(frozen=True)
+class CheckSettings:
+    """How ``check`` runs its check, whatever the sample.
+
+    Every check: the input-space maps boost the ``top_k`` salient units, reduce channels by ``channel_reduce``; ``seed``.
+    masking (and --find-corrections): the top ``top_p`` percent of pixels masked, filled with ``fill`` (mean or black).
+    --find-corrections: the mistakes of ``split`` (at most ``limit``) whose true-class confidence rises by ``min_rise``.
+    smoothgrad: the noise ``levels`` (fractions of the input's range), ``n_noise`` noisy copies per level.
+    randomization: ``stats_samples`` samples re-standardise each randomised model (0: the database's statistics).
+    ``progress``: the progress bars of the checks that run over many samples or models.
+    """
+
+    top_k: int = 10
+    channel_reduce: str = CHANNEL_REDUCTIONS[0]
+    seed: int = 0
+    top_p: float = 5.0
+    fill: str = "mean"
+    split: str | None = None
+    min_rise: float = 0.25
+    limit: int | None = None
+    levels: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5)
+    n_noise: int = 32
+    stats_samples: int = 256
+    progress: Any = None
+
+
+def _run_check(d, what: str, sample_id, s: CheckSettings):
+    """Run one check (``what``: masking, smoothgrad, randomization or corrections) on the open database, as ``s`` says."""
     from .. import explain as E
 
-    ex = E.Explainer(d, channel_reduce)
+    ex = E.Explainer(d, s.channel_reduce)
     ex.require_images(f"check {what}")
     if what == "corrections":
-        return E.find_corrections(ex, split, top_p=top_p, fill=fill, top_k=top_k, min_rise=min_rise, seed=seed,
-                                  limit=limit, progress=progress)
+        return E.find_corrections(ex, s.split, top_p=s.top_p, fill=s.fill, top_k=s.top_k, min_rise=s.min_rise,
+                                  seed=s.seed, limit=s.limit, progress=s.progress)
     if what == "masking":
-        return E.masking(ex, sample_id, top_p=top_p, fill=fill, top_k=top_k, seed=seed)
+        return E.masking(ex, sample_id, top_p=s.top_p, fill=s.fill, top_k=s.top_k, seed=s.seed)
     if what == "smoothgrad":
-        return E.smoothgrad(ex, sample_id, levels=levels, n=n_noise, k=top_k, seed=seed)
-    return E.randomization(ex, sample_id, top_k=top_k, stats_samples=stats_samples, seed=seed, progress=progress)
+        return E.smoothgrad(ex, sample_id, levels=list(s.levels), n=s.n_noise, k=s.top_k, seed=s.seed)
+    return E.randomization(ex, sample_id, top_k=s.top_k, stats_samples=s.stats_samples, seed=s.seed, progress=s.progress)
 
 
-def _print_corrections(result, *, top_k: int, top_p: float, min_rise: float) -> None:
+def _print_corrections(result, s: CheckSettings) -> None:
     emit_rows(result.rows(), "table", title=f"mistakes of {result.split} whose true-class confidence rises by "
-                                            f">= {min_rise:.0%} when the top {top_p:g}% salient pixels are masked")
+                                            f">= {s.min_rise:.0%} when the top {s.top_p:g}% salient pixels are masked")
     click.echo(f"{result.found} of {result.mistakes} mistakes ({result.corrected} corrected); controls: "
-               f"{result.found_with_random_units} with the maps of {top_k} random units, "
+               f"{result.found_with_random_units} with the maps of {s.top_k} random units, "
                f"{result.found_with_random_pixels} masking random pixels")
 
 
-def _print_check(result, what: str, *, top_p: float, fill: str, n_noise: int) -> None:
+def _print_check(result, what: str, settings: CheckSettings) -> None:
     s = result.sample
     click.echo(f"sample {s.sample_id} ({s.key}): label {s.label_name}, predicted {s.pred_name}")
     if what == "masking":
@@ -221,10 +247,10 @@ def _print_check(result, what: str, *, top_p: float, fill: str, n_noise: int) ->
                  "p(true) before": r.true_conf_before, "p(true) after": r.true_conf_after,
                  "p(pred) before": r.pred_conf_before, "p(pred) after": r.pred_conf_after,
                  "prediction after": r.pred_name_after} for r in result.results]
-        emit_rows(rows, "table", title=f"masking the top {top_p:g}% pixels of each map (fill: {fill}); "
+        emit_rows(rows, "table", title=f"masking the top {settings.top_p:g}% pixels of each map (fill: {settings.fill}); "
                                        f"pred = the original prediction {s.pred_name}")
     elif what == "smoothgrad":
-        emit_rows(result.rows(), "table", title=f"SmoothGrad parameter saliency ({n_noise} noisy copies) vs the plain profile")
+        emit_rows(result.rows(), "table", title=f"SmoothGrad parameter saliency ({settings.n_noise} noisy copies) vs the plain profile")
     else:
         emit_rows(result.rows(), "table", title="cascading randomisation: Spearman correlation with the original map")
 
