@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saliencydb.data.sources import Source, _label_kind, _one_line
+from saliencydb.data.base import Source, _label_kind, _one_line
 from saliencydb.errors import DataError, SpecError
 
 TEXT_TASKS = ("sequence-classification", "masked-lm")
