@@ -277,25 +277,28 @@ def build_approximate(dim: int, kind: str, n: int, chunks: Callable[[], Iterator
         del train
     probe.start_scan()
     with tempfile.TemporaryDirectory(prefix="saliencydb-codes-") as tmp:
-        added = _encode_to_scratch(index, Path(tmp) / "codes", chunks, probe, new_from, advance)
-        _fill_lists(index, added, base_mapped)
+        added, counts = _encode_to_scratch(index, Path(tmp) / "codes", chunks, probe, new_from, advance)
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()  # the passes' decoded batches: not kept beside the codes
+        _fill_lists(index, added, counts, base_mapped)
         del added
     if kind == APPROXIMATE_KIND:
         tune_nprobe(index, probe, kind)
     return index, probe.result(index, kind)
 
 
-FILL_BLOCK_BYTES = 64 << 20  # scratch records moved into the inverted lists per block
+FILL_BLOCK_BYTES = 16 << 20  # scratch records moved into the inverted lists per block (a few copies of it at once)
 
 
 def _encode_to_scratch(index: faiss.Index, path: Path, chunks, probe: RecallProbe, new_from: int | None,
-                       advance: Callable[[int], None]) -> np.ndarray:
+                       advance: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
     """The second pass of ``build_approximate``: each chunk scanned by the recall probe, and its rows (those with
     an id of at least ``new_from``) assigned to their lists and encoded, appended to a scratch file outside any
-    database as (list, id, code) records; the records mapped read-only."""
+    database as (list, id, code) records; (the records mapped read-only, the count of each list)."""
     ivf = faiss.extract_index_ivf(index)
     record = np.dtype([("list", "<i8"), ("id", "<i8"), ("code", "u1", (ivf.code_size,))])
-    written = 0
+    written, counts = 0, np.zeros(ivf.nlist, np.int64)
     with open(path, "wb") as f:
         for ids, rows in chunks():
             probe.scan(ids, rows)
@@ -309,19 +312,20 @@ def _encode_to_scratch(index: faiss.Index, path: Path, chunks, probe: RecallProb
                 lists = np.ascontiguousarray(out["list"])
                 ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
                 out["code"] = codes
+                counts += np.bincount(lists, minlength=ivf.nlist)
                 f.write(memoryview(out).cast("B"))
                 written += len(x)
             advance(len(ids))
-    return np.memmap(path, dtype=record, mode="r", shape=(written,)) if written else np.zeros(0, dtype=record)
+    added = np.memmap(path, dtype=record, mode="r", shape=(written,)) if written else np.zeros(0, dtype=record)
+    return added, counts
 
 
-def _fill_lists(index: faiss.Index, added: np.ndarray, mapped: bool = False) -> None:
+def _fill_lists(index: faiss.Index, added: np.ndarray, counts: np.ndarray, mapped: bool = False) -> None:
     """Replace the index's inverted lists by lists allocated once at their final sizes: its own entries (``mapped``:
     read memory-mapped, each list's pages handed back once copied), then the ``added`` records, block by block. Adding
     row by row instead grows each list by doubling: up to twice the codes in memory."""
     ivf = faiss.extract_index_ivf(index)
     old = ivf.invlists
-    counts = np.bincount(added["list"], minlength=ivf.nlist) if len(added) else np.zeros(ivf.nlist, np.int64)
     fresh = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
     offsets = np.zeros(ivf.nlist, np.int64)
     for lst in range(ivf.nlist):
