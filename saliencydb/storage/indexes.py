@@ -21,8 +21,9 @@ Index ids are sample_ids. Kinds (``INDEX_KINDS``; ``auto``, the default, chooses
 
 Every IVF kind trains on an evenly strided sample of about ``TRAIN_BYTES`` of rows (``train_rows_for``),
 and its recall@10 against exact search is measured after each build on a fixed-seed sample of stored
-rows (``RecallProbe``: the exact answers by a streaming scan, one chunk in memory), with ``nprobe``
-chosen as the smallest power of two whose recall on a separate tuning sample reaches ``NPROBE_TARGET``.
+rows (``RecallProbe``: the exact answers by a streaming scan, one chunk in memory); an ivf-sq8 index's
+``nprobe`` is the smallest power of two whose recall on a separate tuning sample reaches ``NPROBE_TARGET``
+(ivf and ivfpq keep their fixed share of the lists).
 ``to_search_device`` moves an index to the GPUs when FAISS sees any (used for the batched neighbour
 graph; filtered single queries stay on the CPU, since GPU indexes take no ID selectors).
 """
