@@ -259,3 +259,23 @@ def test_serve_limits_options(digits_db):
             assert r.status_code == 400 and "200 MiB of memory" in r.json()["error"], r.text
     finally:
         server.stop()
+
+
+def test_an_approximate_graph_is_never_served_as_the_exact_answer(tmp_path):
+    """A stored graph searched in an approximate index (here the saliency space's) is not read in place of a
+    search; the exact space's graph still is."""
+    import saliencydb
+    from saliencydb.query.stored import stored_neighbors
+    from saliencydb.serve import api
+    from test_approx_index import SMALL_LIMIT, _build
+    from tests.helpers import run_cli
+
+    db_path = _build(tmp_path / "db", flat_max_bytes=SMALL_LIMIT)
+    run_cli("mistakes", "--db", str(db_path), "-k", "10")
+    with saliencydb.open(db_path) as db:
+        split = db.sample(5)["split"]
+        assert stored_neighbors(db, 5, k=10, space="saliency", split=split) is None
+        feature = stored_neighbors(db, 5, k=10, space="feature", split=split)
+        assert feature is not None and feature.note.startswith("read from the stored neighbour graph")
+        searched = api.neighbors(db, 5, k=10, space="saliency", split=split)
+        assert "stored neighbour graph" not in (searched.note or "")

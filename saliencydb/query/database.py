@@ -78,6 +78,7 @@ class Database:
         # are made and its parser run under ``_con_lock``; the lazily loaded indexes and statistics under ``_lock``
         self._lock, self._con_lock = threading.RLock(), threading.Lock()
         self._local, self._thread_cursors = threading.local(), []  # ``_execute``'s cursor of each thread
+        self._memo: dict = {}  # facts about this (immutable) version computed once (``memo``)
         try:
             self.normalisation = check_normalisation(normalisation or self.manifest.profile_normalisation)
         except SpecError as e:
@@ -255,6 +256,13 @@ class Database:
     def overridden(self) -> bool:
         """Whether this view's normalisation is not the database's own (its statistics computed on opening)."""
         return self.normalisation != self.manifest.profile_normalisation
+
+    def memo(self, key: str, compute):
+        """``compute()`` once per view: a fact about this pinned version, which never changes under it."""
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
 
     @property
     def stats(self) -> tuple[np.ndarray, np.ndarray]:

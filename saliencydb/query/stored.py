@@ -9,7 +9,8 @@ the profiles and statistics of the commit it names. It answers a search exactly 
   and the view sees the database's own normalisation;
 - the search is restricted to the sample's split, or the database has one split (then the two agree);
 - no other filter applies, and it holds at least the k neighbours asked for in that space;
-- it was computed exactly (a graph from an approximate index says so in its notes, and is not used).
+- it was computed exactly (a graph searched in an approximate index says so in its parts' metadata,
+  ``knn.stored_approximations``, and is not used here: the search states its own recall).
 
 Anything else returns None, and the caller searches. Among neighbours with exactly equal similarity
 the graph ranks by committed order, as the exact search does."""
@@ -51,4 +52,8 @@ def _usable(db, space: str) -> bool:
     m = db.manifest
     if db.overridden or "knn" not in m.tables or not m.tables["knn"] or "knn" in m.stale_derived():
         return False
-    return space in db.spaces
+    if space not in db.spaces:
+        return False
+    from .knn import stored_approximations
+
+    return space not in db.memo("knn-approximations", lambda: stored_approximations(db))
