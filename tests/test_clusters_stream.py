@@ -38,6 +38,7 @@ def test_streaming_with_every_row_in_the_sample_is_the_in_memory_answer(digits_c
     streamed = _spy(monkeypatch, "_streamed")
     trained = _spy(monkeypatch, "_train")
     monkeypatch.setattr(clusters_mod, "_in_memory", lambda n_rows, n_units: False)  # the streaming path...
+    monkeypatch.setattr(clusters_mod, "_stored_run", lambda *a: None)  # clustered again, not read back
     after = saliencydb.open(digits_copy).clusters(4, seed=3, **kw).to_dict()  # ...with the default budgets
     after.pop("base_commit")
     assert len(streamed) == 1 and trained[0][0].shape[0] == before["samples"]  # every chosen row trained

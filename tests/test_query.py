@@ -137,16 +137,22 @@ def test_mistakes_graph_and_statistic(digits_copy):
     assert lo <= e["correct_neighbors_of_incorrect"]["mean"] <= hi
     # on a trained model, saliency neighbours of mistakes are mistakes more often than correct ones' are
     assert e["correct_neighbors_of_incorrect"]["mean"] < e["correct_neighbors_of_correct"]["mean"]
-    out = run_cli("mistakes", "--db", digits_copy, "--format", "csv", "--bootstrap", 50).output.splitlines()
+    again = run_cli("mistakes", "--db", digits_copy, "--format", "csv", "--bootstrap", 50)
+    assert "read, not searched again" in again.stderr  # the stored graph is this version's for -k 10
+    out = again.stdout.splitlines()
     assert out[0] == "split,space,group,samples,correct_neighbors,ci95_low,ci95_high,same_confusion"
     assert len(out) == 1 + 2 * (2 + 3) * 2  # 2 splits x (2 spaces + 3 baselines) x 2 groups
 
 
 def test_clusters_deterministic_and_joinable(digits_copy):
     a = saliencydb.open(digits_copy).clusters(4, seed=3).to_dict()
-    b = saliencydb.open(digits_copy).clusters(4, seed=3).to_dict()
-    assert a.pop("base_commit") < b.pop("base_commit")  # the second ran on the version the first stored
+    b = saliencydb.open(digits_copy).clusters(4, seed=3, write=False).to_dict()  # clustered again, not stored
+    c = saliencydb.open(digits_copy).clusters(4, seed=3).to_dict()  # the stored run is current: read back
+    base_a, base_b, base_c = a.pop("base_commit"), b.pop("base_commit"), c.pop("base_commit")
+    assert base_a < base_b == base_c + 1  # the second ran on the version the first stored; the third read that
+    assert base_c == base_a and a.pop("stored") is True and b.pop("stored") is False and c.pop("reused") is True
     assert a == b
+    assert c.pop("stored") is True and c == a
     db = saliencydb.open(digits_copy)
     n_err = db.sql("SELECT count(*) AS n FROM samples WHERE NOT correct").column("n")[0].as_py()
     sizes = db.sql("SELECT cluster, count(*) AS n FROM clusters GROUP BY cluster ORDER BY cluster").to_pylist()

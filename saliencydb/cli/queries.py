@@ -186,6 +186,9 @@ def mistakes(db, k, bootstrap, seed, no_store, normalisation, as_of, wait, fmt, 
         report, note = _derived(db, as_of, no_store, wait, f"mistakes -k {k}",
                                 lambda d, w: d.mistakes(k, n_boot=bootstrap, seed=seed, progress=progress,
                                                         write=w is not None, store=w), normalisation)
+    if report.reused:
+        note = (f"the stored neighbour graph (knn table, computed at commit {report.base_commit}) is this version's "
+                f"for -k {k}: read, not searched again; nothing was stored")
     notes([f"note: {n}" for n in (note, report.note) if n])
     for name, e in report.splits.items():
         if e.samples < TINY_PER_GROUP * k:
@@ -240,6 +243,9 @@ def clusters(db, n_clusters, errors_only, split, seed, no_store, normalisation, 
     result, note = _derived(db, as_of, no_store, wait, f"clusters -n {n_clusters}",
                             lambda d, w: d.clusters(n_clusters, errors_only=errors_only, split=split, seed=seed,
                                                     write=w is not None, store=w), normalisation)
+    if result.reused:
+        note = (f"the stored error groups (computed at commit {result.base_commit}) are this version's for {result.run}: "
+                "read, not clustered again; nothing was stored")
     if note:
         notes([f"note: {note}"])
     if result.samples < TINY_PER_GROUP * n_clusters:

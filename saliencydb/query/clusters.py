@@ -46,10 +46,11 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     what = ("misclassified " if errors_only else "") + "samples" + (f" in split '{split}'" if split else "")
     if len(ids) < n_clusters:
         raise QueryError(f"--n-clusters {n_clusters} is more than the {len(ids)} {what}; lower --n-clusters")
-    assign, sim, means = _cluster(db, ids, n_clusters, seed, niter, split)
     run = f"kmeans:k={n_clusters}:seed={seed}:" + ("errors" if errors_only else "all") + f":split={split or '*'}"
     if db.normalisation != "zscore":  # the paper's needs no mark (and runs stored before the option have none)
         run += f":norm={db.normalisation}"
+    stored = _stored_run(db, run, ids, n_clusters) if write else None
+    assign, sim, means = stored if stored is not None else _cluster(db, ids, n_clusters, seed, niter, split)
 
     layout = UnitLayout.from_dict(db.manifest.units)
     layer_of = layout.layer_of(np.arange(layout.n_units))
@@ -58,12 +59,34 @@ def clusters(db, n_clusters: int = 8, *, errors_only: bool = True, split: str | 
     groups, blame_parts = _groups(db, ids, assign, sim, means, names, layer_of, channel)
     result = ClustersResult(run=run, n_clusters=n_clusters, samples=int(len(ids)), clusters=groups, base_commit=db.commit,
                             images=image_context(db, [e.sample_id for g in groups for e in g.exemplars]))
-    if write:
+    if stored is not None:  # the same run on an unchanged version: the stored groups are the answer, nothing to store
+        result.stored, result.reused = True, True
+        result.base_commit = db.manifest.derived["clusters"].base_commit
+    elif write:
         tables = _tables(run, ids, assign, sim, blame_parts, names, layer_of, channel)
         store_derived(db, lambda w: {name: [w.write(name, t)] for name, t in tables.items()},
                       operation=f"clusters {run}", store=store, wait=wait)
         result.stored = True
     return result
+
+
+def _stored_run(db, run: str, ids: np.ndarray, n_clusters: int):
+    """(assign, sim, means) of ``run`` read back from the stored clusters and blame tables when they hold exactly
+    it for this version (computed from these samples and statistics, the same rows), else None."""
+    m = db.manifest
+    stale = m.stale_derived()
+    if db.overridden or any(not m.tables.get(t) or t in stale for t in ("clusters", "blame")):
+        return None
+    t = db._execute("SELECT sample_id, cluster, distance, run FROM clusters ORDER BY sample_id").fetchnumpy()
+    if not np.array_equal(t["sample_id"], ids) or set(t["run"].tolist()) != {run}:
+        return None
+    b = db._execute("SELECT cluster, unit_id, mean_z FROM blame WHERE run = ?", [run]).fetchnumpy()
+    means = np.zeros((n_clusters, m.n_units), np.float32)
+    if len(b["cluster"]) and (b["cluster"].max() >= n_clusters or b["unit_id"].max() >= m.n_units):
+        return None
+    means[b["cluster"], b["unit_id"]] = b["mean_z"]
+    sim = (1.0 - t["distance"].astype(np.float64)).astype(np.float32)
+    return t["cluster"].astype(np.int64), sim, means
 
 
 def _groups(db, ids, assign, sim, means, names, layer_of, channel) -> tuple[list[ErrorGroup], list]:

@@ -232,6 +232,10 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     db.require_samples()
     spaces = [s for s in db.spaces if s in db.manifest.indexes]
+    if write and _graph_is_current(db, k, spaces):  # the same question on an unchanged version: nothing to redo
+        report = stored_mistakes(db, n_boot=n_boot, seed=seed)
+        report.reused = True
+        return report
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
     report = shares_report(db, meta, graphs, k, n_boot, seed)
     report.base_commit = db.commit
@@ -241,6 +245,19 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
                       operation=f"mistakes -k {k}", store=store, wait=wait)
         report.stored = True
     return report
+
+
+def _graph_is_current(db, k: int, spaces: list[str]) -> bool:
+    """Whether the stored knn table is this version's graph of ``k`` neighbours in exactly ``spaces``: computed from
+    these samples and statistics, for the database's own normalisation (then searching again would store the same)."""
+    m = db.manifest
+    if db.overridden or not m.tables.get("knn") or "knn" in m.stale_derived():
+        return False
+    try:
+        stored_k, graphs = stored_graphs(db)
+    except QueryError:
+        return False
+    return stored_k == k and sorted(g.space for g in graphs) == sorted(spaces)
 
 
 def shares_report(db, meta: dict, graphs: list[Graph], k: int, n_boot: int, seed: int) -> MistakesReport:

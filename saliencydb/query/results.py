@@ -209,8 +209,9 @@ class MistakesReport(Result):
     normalisation: str = "zscore"  # the profile normalisation of the saliency space
     note: str | None = None  # e.g. the feature space is absent (a model without a feature vector); absent from the JSON when None
     approximate: dict[str, Approximation] | None = None  # space -> how its graph was searched approximately (None: exact)
+    reused: bool | None = None  # True: the stored graph was this version's, for this k: read, not searched again
 
-    optional = ("note", "approximate")
+    optional = ("note", "approximate", "reused")
 
     def rows(self) -> list[dict]:
         """One row per split, space and group (correctly or incorrectly classified)."""
@@ -285,8 +286,10 @@ class ClustersResult(Result):
     base_commit: int | None = None
     stored: bool = False
     images: dict | None = field(default=None, repr=False, compare=False)  # where the images are (html.image_context)
+    reused: bool | None = None  # True: the stored groups were this version's, of this run: read, not clustered again
 
     internal = ("images",)
+    optional = ("reused",)
 
     def _repr_html_(self) -> str:
         from .html import ImageLookup, clusters_html
