@@ -264,3 +264,26 @@ def test_rms_database_stores_rms_profiles_and_keeps_them_on_ingest(tmp_path, cnn
     d.close()
     r = run_cli("index", "--db", db, "--data", "builtin:mnist5k:val", "--aggregate", "mean_abs", "--quiet", expect=1)
     assert r.output == f"Error: database '{db}' stores rms profiles; omit --aggregate, or use another --db\n"
+
+
+def test_indexer_takes_its_options_as_a_dataclass_or_keywords(tmp_path):
+    """IndexOptions holds what an Indexer is told; the keyword form builds the same options; bad values are one line."""
+    from dataclasses import FrozenInstanceError
+
+    from saliencydb.errors import SpecError
+    from saliencydb.indexer import IndexOptions, Indexer
+
+    opts = IndexOptions(model="python:saliencydb.data.zoo:small_cnn", batch_size=50, workers=0)
+    a = Indexer(tmp_path / "a", opts)
+    b = Indexer(tmp_path / "b", model="python:saliencydb.data.zoo:small_cnn", batch_size=50, workers=0)
+    assert a.options == b.options and a.settings.batch_size == 50 and a.choice.spec == b.choice.spec
+    c = Indexer(tmp_path / "c", opts, batch_size=10)  # keywords replace fields of the given options
+    assert c.options.batch_size == 10 and c.options.model == opts.model and opts.batch_size == 50
+    with pytest.raises(FrozenInstanceError):
+        opts.batch_size = 1
+    for bad, message in ((dict(batch_size=0), "--batch-size must be at least 1"), (dict(seed=3), "--random-weights"),
+                         (dict(index_kind="hnsw"), "--index 'hnsw' is unknown"), (dict(modle="x"), "fields of IndexOptions")):
+        with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+            Indexer(tmp_path / "d", **bad)
+    with pytest.raises(SpecError, match="takes IndexOptions"):
+        Indexer(tmp_path / "d", {"model": "x"})

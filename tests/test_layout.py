@@ -158,7 +158,6 @@ def test_cli_modules_stay_small():
 MAX_PARAMETERS = 12
 # "path:qualified name" -> why it still takes more; remove its line once it is converted
 MANY_PARAMETERS = {
-    "indexer/job.py:Indexer.__init__": "to be converted: its settings into a dataclass, as JobSettings and ModelChoice",
 }
 
 

@@ -9,7 +9,7 @@ The modules import torch and are loaded on first use.
 
 from ..lazy import lazy_attributes
 
-__all__ = ["Indexer", "JobReport", "RestatResult", "restat", "torchrun_job", "update_indexes"]
-__getattr__ = lazy_attributes(__name__, {"Indexer": ".job", "JobReport": ".job", "RestatResult": ".restat",
+__all__ = ["IndexOptions", "Indexer", "JobReport", "RestatResult", "restat", "torchrun_job", "update_indexes"]
+__getattr__ = lazy_attributes(__name__, {"IndexOptions": ".job", "Indexer": ".job", "JobReport": ".job", "RestatResult": ".restat",
                                          "restat": ".restat", "update_indexes": ".commit",
                                          "torchrun_job": ".sharded"})

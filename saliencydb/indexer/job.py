@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -102,39 +102,83 @@ class JobSink:
         self.writer.commit()
 
 
-class Indexer:
-    """Profiles a split of a data source into a database (creating it if needed)."""
+@dataclass(frozen=True)
+class IndexOptions:
+    """Everything an ``Indexer`` is told, checked when made (one line for a bad value).
 
-    def __init__(self, db: str | os.PathLike, *, model: str | None = None, task: str | None = None, weights: str | None = None,
-                 transform: str | None = None, num_classes: int | None = None, device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, part_rows: int = 1024, index_kind: str | None = None,
-                 aggregate: str | None = None, normalisation: str | None = None, units: str | None = None,
-                 linear_units: str | None = None, stats: str | None = None, progress: Progress | None = None,
-                 wait: bool = False,
-                 random_weights: bool = False, seed: int | None = None, classes: str | os.PathLike | None = None,
-                 profile_dtype: str | None = None):
-        if batch_size < 1:
-            raise SpecError(f"--batch-size must be at least 1, got {batch_size}")
-        if seed is not None and not random_weights:
+    The model (``index``; all None for ``ingest``, which uses the database's own): ``model`` (a spec),
+    ``task``, ``weights``, ``transform``, ``num_classes``, ``classes`` (a file of class names), ``aggregate``,
+    ``normalisation``, ``units``, ``linear_units``, ``stats`` (shipped statistics), ``random_weights`` and
+    ``seed``, ``profile_dtype``. How the job runs: ``device``, ``batch_size``, ``workers``, ``part_rows``,
+    ``index_kind`` (None: the database's own, auto for a new one), ``progress``, ``wait``."""
+
+    model: str | None = None
+    task: str | None = None
+    weights: str | None = None
+    transform: str | None = None
+    num_classes: int | None = None
+    classes: str | os.PathLike | None = None
+    aggregate: str | None = None
+    normalisation: str | None = None
+    units: str | None = None
+    linear_units: str | None = None
+    stats: str | None = None
+    random_weights: bool = False
+    seed: int | None = None
+    profile_dtype: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None
+    part_rows: int = 1024
+    index_kind: str | None = None
+    progress: Progress | None = None
+    wait: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise SpecError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.seed is not None and not self.random_weights:
             raise SpecError("--seed draws random weights: pass it with --random-weights (or drop it)")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise SpecError(f"--seed {seed} is out of range; give a whole number from 0 to 2**63 - 1")
-        if profile_dtype is not None and profile_dtype not in PROFILE_DTYPES:
-            raise SpecError(f"--profile-dtype '{profile_dtype}' is unknown; use one of {', '.join(PROFILE_DTYPES)}")
-        if index_kind is not None and index_kind not in ASKED_KINDS:
-            raise SpecError(f"--index '{index_kind}' is unknown; use one of {', '.join(ASKED_KINDS)}")
-        self.db = Path(db)
-        self.settings = JobSettings(device=_job_device(device), batch_size=batch_size, workers=_workers(workers),
-                                    part_rows=max(part_rows, 1), index_kind=index_kind,
-                                    progress=progress or NullProgress(), wait=wait)
-        self.choice = ModelChoice(spec=model, weights=weights, transform=transform, num_classes=num_classes,
-                                  classes=read_class_names(classes) if classes is not None else None,
-                                  aggregate=None if aggregate is None else check_aggregate(aggregate),
-                                  normalisation=None if normalisation is None else check_normalisation(normalisation),
-                                  units=_choice(units, UNIT_CHOICES, "--units"),
-                                  linear_units=_choice(linear_units, LINEAR_AXES, "--linear-units"),
-                                  stats=check_stats_spec(stats),
-                                  random_weights=random_weights, seed=seed, task=task, profile_dtype=profile_dtype)
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise SpecError(f"--seed {self.seed} is out of range; give a whole number from 0 to 2**63 - 1")
+        if self.profile_dtype is not None and self.profile_dtype not in PROFILE_DTYPES:
+            raise SpecError(f"--profile-dtype '{self.profile_dtype}' is unknown; use one of {', '.join(PROFILE_DTYPES)}")
+        if self.index_kind is not None and self.index_kind not in ASKED_KINDS:
+            raise SpecError(f"--index '{self.index_kind}' is unknown; use one of {', '.join(ASKED_KINDS)}")
+
+    def job_settings(self) -> JobSettings:
+        return JobSettings(device=_job_device(self.device), batch_size=self.batch_size, workers=_workers(self.workers),
+                           part_rows=max(self.part_rows, 1), index_kind=self.index_kind,
+                           progress=self.progress or NullProgress(), wait=self.wait)
+
+    def model_choice(self) -> ModelChoice:
+        return ModelChoice(spec=self.model, weights=self.weights, transform=self.transform, num_classes=self.num_classes,
+                           classes=read_class_names(self.classes) if self.classes is not None else None,
+                           aggregate=None if self.aggregate is None else check_aggregate(self.aggregate),
+                           normalisation=None if self.normalisation is None else check_normalisation(self.normalisation),
+                           units=_choice(self.units, UNIT_CHOICES, "--units"),
+                           linear_units=_choice(self.linear_units, LINEAR_AXES, "--linear-units"),
+                           stats=check_stats_spec(self.stats), random_weights=self.random_weights, seed=self.seed,
+                           task=self.task, profile_dtype=self.profile_dtype)
+
+
+class Indexer:
+    """Profiles a split of a data source into a database (creating it if needed).
+
+    >>> Indexer("db", IndexOptions(model="timm:resnet18", batch_size=32)).run("folder:val/", split="val")
+
+    or, the same, with the options as keywords: ``Indexer("db", model="timm:resnet18", batch_size=32)``."""
+
+    def __init__(self, db: str | os.PathLike, options: IndexOptions | None = None, /, **fields):
+        if options is not None and not isinstance(options, IndexOptions):
+            raise SpecError(f"Indexer takes IndexOptions (or the options as keywords), not {type(options).__name__}")
+        try:
+            options = replace(options, **fields) if options is not None else IndexOptions(**fields)
+        except TypeError as e:  # an unknown keyword
+            raise SpecError(f"Indexer: {e}; the options are the fields of IndexOptions") from None
+        self.db, self.options = Path(db), options
+        self.settings = options.job_settings()
+        self.choice = options.model_choice()
 
     def run(self, data: str, split: str = "val", limit: int | None = None, command: str = "index",
             replace: bool = False, require_existing: bool = False) -> JobReport | None:
