@@ -279,3 +279,21 @@ def test_an_approximate_graph_is_never_served_as_the_exact_answer(tmp_path):
         assert feature is not None and feature.note.startswith("read from the stored neighbour graph")
         searched = api.neighbors(db, 5, k=10, space="saliency", split=split)
         assert "stored neighbour graph" not in (searched.note or "")
+
+
+def test_metadata_kept_in_memory_is_the_sql_answer(digits_db):
+    """The web app's view keeps the samples' metadata columns in memory; every lookup equals the SQL one."""
+    import saliencydb
+
+    with saliencydb.open(digits_db) as sql, saliencydb.open(digits_db) as kept:
+        kept.keep_metadata = True
+        ids = sql.sql("SELECT sample_id FROM samples").column("sample_id").to_pylist()
+        for i in ids[::37] + [ids[0], ids[-1]]:
+            assert kept.sample(i) == sql.sample(i)
+        cols = ["sample_id", "key", "label_name", "correct", "loss"]
+        asked = [ids[3], -1, ids[-1], 10**9, ids[0]]
+        assert kept.metadata(asked, cols) == sql.metadata(asked, cols) and len(kept.metadata(asked, cols)) == 3
+        assert kept.metadata([], cols) == {}
+        for bad in (-1, 10**9):
+            with pytest.raises(Exception, match="no sample with id"):
+                kept.sample(bad)

@@ -79,6 +79,9 @@ class Database:
         self._lock, self._con_lock = threading.RLock(), threading.Lock()
         self._local, self._thread_cursors = threading.local(), []  # ``_execute``'s cursor of each thread
         self._memo: dict = {}  # facts about this (immutable) version computed once (``memo``)
+        # ``metadata`` from the samples' metadata columns loaded once per view (the web app: many small lookups)
+        # instead of one SQL query each (a command's single lookup)
+        self.keep_metadata = False
         try:
             self.normalisation = check_normalisation(normalisation or self.manifest.profile_normalisation)
         except SpecError as e:
@@ -431,14 +434,39 @@ class Database:
 
     def sample(self, sample_id: int) -> dict:
         """The metadata of one sample (no vectors); a text sample's sentence as ``text``."""
-        cols = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf", "pred_conf"]
-        cols += ["text"] if self.modality == "text" else []
-        rows = self._execute(f"SELECT {', '.join(cols)} FROM samples WHERE sample_id = ?", [int(sample_id)]).fetchall()
+        cols = META_COLUMNS + (["text"] if self.modality == "text" else [])
+        rows = [tuple(r.values()) for r in self.metadata([int(sample_id)], cols).values()]
         if not rows:
             self.require_samples()
             lo, hi = self._execute("SELECT min(sample_id), max(sample_id) FROM samples").fetchone()
             raise QueryError(f"no sample with id {sample_id} in '{self.path}' (ids run {lo}..{hi}); find ids with `saliencydb sql`")
         return dict(zip(cols, rows[0]))
+
+    def metadata(self, ids: list[int], columns: list[str]) -> dict[int, dict]:
+        """Sample id -> {column: value} of the stored samples among ``ids`` (``columns`` of the samples view, the
+        first ``sample_id``). With ``keep_metadata`` (the web app), read from this version's metadata columns
+        loaded once (no profile, no feature: 50,000 samples take a few MB), else by one SQL query."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        if not self.keep_metadata:
+            marks = ",".join("?" * len(ids))
+            rows = self._execute(f"SELECT {', '.join(columns)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
+            return {r[0]: dict(zip(columns, r)) for r in rows}
+        table, sorted_ids = self.memo("metadata", self._metadata_table)
+        want = np.asarray(ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
+        found = pos[sorted_ids[pos] == want] if len(sorted_ids) else pos[:0]
+        return {r["sample_id"]: r for r in table.take(pa.array(found)).select(columns).to_pylist()}
+
+    def _metadata_table(self) -> tuple[pa.Table, np.ndarray]:
+        cols = META_COLUMNS + (["text"] if self.modality == "text" else [])
+        cur = self._cursor()
+        try:
+            table = _arrow(cur.sql(f"SELECT {', '.join(cols)} FROM samples ORDER BY sample_id"))
+        finally:
+            cur.close()
+        return table, table.column("sample_id").to_numpy()
 
     def require_samples(self) -> None:
         """Refuse, in one line, to answer about the samples of a version that holds none."""
@@ -691,6 +719,10 @@ def _converts(col) -> bool:
         return True
     except (OverflowError, ValueError, pa.ArrowException):
         return False
+
+
+META_COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct", "loss", "true_conf",
+                "pred_conf"]  # a sample's metadata (``Database.sample``); a text sample's adds ``text``
 
 
 def check_space(space: str) -> None:

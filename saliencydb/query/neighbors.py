@@ -163,11 +163,7 @@ _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_na
 
 
 def _metadata(db, ids: list[int], columns: list[str]) -> dict[int, dict]:
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = db._execute(f"SELECT {', '.join(columns)} FROM samples WHERE sample_id IN ({marks})", ids).fetchall()
-    return {r[0]: dict(zip(columns, r)) for r in rows}
+    return db.metadata(ids, columns)
 
 
 def _summary(query: SampleMeta, rows: list[dict]) -> NeighborSummary:

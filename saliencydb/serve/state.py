@@ -107,6 +107,7 @@ class ServedDatabase:
 
         db = open_db(self.path, threads=self.threads)
         db.timeout_s = self.timeout_s  # every statement of a request is bounded, a --where's too
+        db.keep_metadata = True  # a page's many small lookups of sample metadata from memory, not SQL
         # a where= filter runs in a child process with a memory limit, as the console's statements do
         db.filter_runner = lambda where, split: self.sql_processes.ids_where(db, where, split, self.timeout_s)
         return db
