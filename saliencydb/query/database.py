@@ -567,10 +567,10 @@ class Database:
 
     # -- summary ------------------------------------------------------------------------
     def split_summary(self) -> dict[str, dict]:
-        """Per split: its samples, accuracy (6 decimals) and mistakes."""
-        rows = self._execute(
+        """Per split: its samples, accuracy (6 decimals) and mistakes (counted once per view: the version is fixed)."""
+        rows = self.memo("split-summary", lambda: self._execute(
             "SELECT split, count(*), avg(correct::INT), sum((NOT correct)::INT) FROM samples GROUP BY split ORDER BY split"
-        ).fetchall()
+        ).fetchall())
         return {s: {"samples": n, "accuracy": round(acc, 6), "mistakes": int(mis)} for s, n, acc, mis in rows}
 
     def info(self):
