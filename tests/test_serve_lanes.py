@@ -297,3 +297,25 @@ def test_metadata_kept_in_memory_is_the_sql_answer(digits_db):
         for bad in (-1, 10**9):
             with pytest.raises(Exception, match="no sample with id"):
                 kept.sample(bad)
+
+
+def test_group_documents_are_the_stored_tables(digits_copy):
+    """A group's page reads its members and blame from memory; they equal the stored tables joined by SQL."""
+    import saliencydb
+    from saliencydb.serve import api
+    from tests.helpers import run_cli
+
+    run_cli("clusters", "--db", str(digits_copy), "--n-clusters", "4")
+    with saliencydb.open(digits_copy) as db:
+        db.keep_metadata = True
+        for cluster in range(4):
+            doc = api.group(db, cluster)
+            want = db.sql("""SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance, s.text
+                             FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
+                             ORDER BY s.correct, c.distance, s.sample_id""", [cluster]).to_pylist()
+            assert doc["members"] == want and doc["size"] == len(want) > 0
+            blame = db.sql("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
+                           [cluster]).to_pylist()
+            assert doc["blame"] == blame and len(blame) == 20
+        with pytest.raises(Exception, match="no error group 9; the groups are 0, 1, 2, 3"):
+            api.group(db, 9)

@@ -152,23 +152,34 @@ def neighbors(db, sample_id: int, *, k: int = NEIGHBORS, space: str = "saliency"
 
 def group(db, cluster: int) -> dict:
     """An error group: its members (mistakes first) and its blame table."""
-    known = [r[0] for r in db._execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()]
+    known = db.memo("groups", lambda: [r[0] for r in db._execute("SELECT DISTINCT cluster FROM clusters ORDER BY 1").fetchall()])
     if cluster not in known:
         raise QueryError(f"no error group {cluster}" + (f"; the groups are {', '.join(map(str, known))}" if known
                                                         else "; run `saliencydb clusters` first"))
-    members = db._execute(
-        """SELECT s.sample_id, s.split, s.label_name, s.pred_name, s.correct, s.pred_conf, c.distance, s.text
-           FROM clusters c JOIN samples s USING (sample_id) WHERE c.cluster = ?
-           ORDER BY s.correct, c.distance, s.sample_id""", [cluster]).fetchall()
-    blame = db._execute("SELECT rank, unit_id, layer, channel, mean_z FROM blame WHERE cluster = ? ORDER BY rank LIMIT 20",
-                           [cluster]).fetchall()
-    cols = ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf", "distance", "text"]
-    doc = {"cluster": cluster, "size": len(members), "members": [dict(zip(cols, m)) for m in members],
-           "blame": [dict(zip(["rank", "unit_id", "layer", "channel", "mean_z"], b)) for b in blame]}
+    distance = dict(db._execute("SELECT sample_id, distance FROM clusters WHERE cluster = ?", [cluster]).fetchall())
+    text = db.modality == "text"
+    meta = db.metadata(list(distance), ["sample_id", "split", "label_name", "pred_name", "correct", "pred_conf"]
+                       + (["text"] if text else []))
+    members = sorted(({**m, "distance": distance[i], "text": m.get("text") if text else None} for i, m in meta.items()),
+                     key=lambda m: (m["correct"], m["distance"], m["sample_id"]))
+    doc = {"cluster": cluster, "size": len(members), "members": members, "blame": _blame_tops(db).get(cluster, [])}
     note = groups_note(db)
     if note:
         doc["note"] = note
     return doc
+
+
+def _blame_tops(db) -> dict[int, list[dict]]:
+    """Each error group's 20 most blamed units (the stored blame table's first ranks), read once per version."""
+    def read():
+        tops: dict[int, list[dict]] = {}
+        for c, rank, unit, layer, channel, mean_z in db._execute(
+                "SELECT cluster, rank, unit_id, layer, channel, mean_z FROM blame WHERE rank <= 20 ORDER BY cluster, rank"
+        ).fetchall():
+            tops.setdefault(c, []).append({"rank": rank, "unit_id": unit, "layer": layer, "channel": channel, "mean_z": mean_z})
+        return tops
+
+    return db.memo("blame-tops", read)
 
 
 def sql(db, query: str, max_rows: int = SQL_MAX_ROWS, timeout_s: float = SQL_TIMEOUT_S) -> dict:
