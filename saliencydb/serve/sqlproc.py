@@ -7,7 +7,8 @@ range(1000)`` takes a gigabyte inside the process that runs it whatever the row 
 result. The console's statements therefore run in a child process (started by a fork server that has
 the query layer loaded, so a statement costs one fork and the opening of the pinned version): its data
 segment is limited (``RLIMIT_DATA``, ``SQL_MEMORY_BYTES`` over what the child holds when it starts),
-its time too (DuckDB's interrupt at the request's limit; the child is killed a little after it), and it
+its time too (DuckDB's interrupt at the request's limit; the child is killed a little after it), its CPU
+priority is below the server's (nice 10: pages and neighbours come first), and it
 sends back only the result the console shows, already cut at its row and byte limits (``api.sql``).
 A statement that runs out of memory, crashes or overruns is one line; the server is untouched
 (docs/architecture.md, "serve")."""
@@ -15,11 +16,13 @@ A statement that runs out of memory, crashes or overruns is one line; the server
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 from ..errors import QueryError, SaliencyDBError
 
 SQL_MEMORY_BYTES = 1 << 30  # what one console statement may allocate, beyond the child's own start
+CHILD_NICENESS = 10  # a child's scheduling priority below the server's (nice 10: about a tenth of a core's share)
 GRACE_S = 5.0  # how long past its time limit a child may take to answer before it is killed
 _PRELOAD = ["saliencydb.serve.api", "saliencydb.query"]
 
@@ -83,6 +86,7 @@ class SQLProcesses:
 
 def _child(sender, path: str, commit: int, task: tuple, timeout_s: float, memory_bytes: int) -> None:
     _limit_memory(memory_bytes)
+    os.nice(CHILD_NICENESS)  # the server's own requests (pages, neighbours) come first for the CPU
     try:
         from ..query import open as open_db
         from . import api
