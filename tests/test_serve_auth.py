@@ -325,3 +325,14 @@ def test_a_browser_opens_the_printed_url_and_posts_the_console(digits_db):
     finally:
         browser.quit()
         server.stop()
+
+
+def test_the_token_redirect_never_leaves_the_server(digits_db):
+    """`//host?token=...` (a path a browser would read as another site) redirects to a path of this server."""
+    from starlette.testclient import TestClient
+
+    from saliencydb.serve import create_app
+
+    client = TestClient(create_app(digits_db, token="t" * 24), base_url="http://localhost", follow_redirects=False)
+    r = client.get("//evil.example/x?token=" + "t" * 24)
+    assert r.status_code == 303 and r.headers["location"].startswith("/") and not r.headers["location"].startswith("//")

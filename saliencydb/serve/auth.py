@@ -101,6 +101,7 @@ class TokenCheck:
     async def _redirect(self, scope, send, name: str, rest: str) -> None:
         """303 to the same path without the token, setting the cookie."""
         location = scope.get("raw_path") or quote(scope.get("path") or "/").encode()
+        location = b"/" + location.lstrip(b"/")  # a path, never '//host' (which a browser reads as another site)
         location += (b"?" + rest.encode("latin-1")) if rest else b""
         cookie = f"{name}={self.cookie}; HttpOnly; SameSite=Strict; Path=/".encode()
         await send({"type": "http.response.start", "status": 303, "headers": [
