@@ -229,13 +229,14 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     sample's neighbours with its exact confusion pair; bootstrap 95% intervals."""
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
-    meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     db.require_samples()
     spaces = [s for s in db.spaces if s in db.manifest.indexes]
-    if write and _graph_is_current(db, k, spaces):  # the same question on an unchanged version: nothing to redo
-        report = stored_mistakes(db, n_boot=n_boot, seed=seed)
+    current = _current_graphs(db, k, spaces) if write else None
+    if current is not None:  # the same question on an unchanged version: nothing to redo
+        report = stored_mistakes(db, n_boot=n_boot, seed=seed, graphs=current)
         report.reused = True
         return report
+    meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     graphs = [knn_graph(db, space, k, progress) for space in spaces]
     report = shares_report(db, meta, graphs, k, n_boot, seed)
     report.base_commit = db.commit
@@ -247,17 +248,18 @@ def mistakes(db, k: int = 10, *, n_boot: int = 1000, seed: int = 0, write: bool 
     return report
 
 
-def _graph_is_current(db, k: int, spaces: list[str]) -> bool:
-    """Whether the stored knn table is this version's graph of ``k`` neighbours in exactly ``spaces``: computed from
-    these samples and statistics, for the database's own normalisation (then searching again would store the same)."""
+def _current_graphs(db, k: int, spaces: list[str]) -> list[Graph] | None:
+    """The stored knn table's graphs when they are this version's graph of ``k`` neighbours in exactly ``spaces``:
+    computed from these samples and statistics, for the database's own normalisation (then searching again would
+    store the same); else None."""
     m = db.manifest
     if db.overridden or not m.tables.get("knn") or "knn" in m.stale_derived():
-        return False
+        return None
     try:
         stored_k, graphs = stored_graphs(db)
     except QueryError:
-        return False
-    return stored_k == k and sorted(g.space for g in graphs) == sorted(spaces)
+        return None
+    return graphs if stored_k == k and sorted(g.space for g in graphs) == sorted(spaces) else None
 
 
 def shares_report(db, meta: dict, graphs: list[Graph], k: int, n_boot: int, seed: int) -> MistakesReport:
@@ -313,14 +315,14 @@ def stored_graphs(db) -> tuple[int, list[Graph]]:
     return ks.pop(), sorted(graphs, key=lambda g: order.index(g.space) if g.space in order else len(order))
 
 
-def stored_mistakes(db, *, n_boot: int = 1000, seed: int = 0) -> MistakesReport:
+def stored_mistakes(db, *, n_boot: int = 1000, seed: int = 0, graphs: list[Graph] | None = None) -> MistakesReport:
     """``mistakes``' report from the stored knn table (read, never searched): the same shares as the run that
     stored it. A QueryError when the table is missing, or was computed from other samples or statistics."""
     stale = db.manifest.stale_derived()
     if "knn" in stale:
         raise QueryError(f"the stored neighbour graph was computed at commit {stale['knn']}, from other samples or "
                          f"statistics than this version's; run `saliencydb mistakes --db {db.path}` to refresh it")
-    k, graphs = stored_graphs(db)
+    k, graphs = stored_graphs(db) if graphs is None else (graphs[0].neighbors.shape[1], graphs)  # given: already read
     meta = db._execute("SELECT sample_id, split, label, pred, correct, loss FROM samples ORDER BY sample_id").fetchnumpy()
     report = shares_report(db, meta, graphs, k, n_boot, seed)
     report.base_commit = db.manifest.derived["knn"].base_commit if "knn" in db.manifest.derived else None

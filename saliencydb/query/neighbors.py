@@ -95,7 +95,7 @@ def neighbors(db, sample_id=None, *, k=10, space="saliency", where=None, split=N
         raise QueryError(f"the {space} index returned {len(found)} of the {min(k, n)} neighbours asked for; "
                          f"run `saliencydb verify --db {db.path}`")
     columns = _COLUMNS + (["text"] if db.modality == "text" else [])
-    rows = _metadata(db, [i for i, _ in found], columns)
+    rows = db.metadata([i for i, _ in found], columns)
     out = []
     for rank, (i, sim) in enumerate(found, start=1):
         out.append({"rank": rank, "sample_id": i, **{c: rows[i][c] for c in columns[1:]}, "similarity": round(sim, 6)})
@@ -161,9 +161,6 @@ def _approximate(db, space: str, kind: str) -> tuple[str, Approximation]:
 
 _COLUMNS = ["sample_id", "split", "key", "label", "label_name", "pred", "pred_name", "correct"]
 
-
-def _metadata(db, ids: list[int], columns: list[str]) -> dict[int, dict]:
-    return db.metadata(ids, columns)
 
 
 def _summary(query: SampleMeta, rows: list[dict]) -> NeighborSummary:

@@ -17,7 +17,7 @@ the graph ranks by committed order, as the exact search does."""
 
 from __future__ import annotations
 
-from .neighbors import NeighborResult, _COLUMNS, _metadata, _summary
+from .neighbors import NeighborResult, _COLUMNS, _summary
 from .html import image_context
 from .results import SampleMeta
 
@@ -26,7 +26,7 @@ def stored_neighbors(db, sample_id: int, *, k: int, space: str, split: str | Non
     """The ``k`` nearest neighbours of stored sample ``sample_id`` in ``space`` as the stored graph holds
     them (``split``: the search is restricted to that split), or None when the graph cannot give exactly
     the answer a search would."""
-    if not _usable(db, space):
+    if k < 1 or not _usable(db, space):  # a bad k, space or split: the search refuses it in one line
         return None
     query = SampleMeta(**db.sample(sample_id))  # QueryError for an unknown id, as a search
     if split is not None and split != query.split or split is None and len(db.manifest.splits) != 1:
@@ -37,7 +37,7 @@ def stored_neighbors(db, sample_id: int, *, k: int, space: str, split: str | Non
         return None
     found = [(int(i), float(s)) for i, s in rows[:k]]
     columns = _COLUMNS + (["text"] if db.modality == "text" else [])
-    meta = _metadata(db, [i for i, _ in found], columns)
+    meta = db.metadata([i for i, _ in found], columns)
     if len(meta) != len(found):
         return None  # a neighbour the version does not hold: never a short answer
     out = [{"rank": rank, "sample_id": i, **{c: meta[i][c] for c in columns[1:]}, "similarity": round(sim, 6)}

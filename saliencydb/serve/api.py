@@ -140,14 +140,8 @@ def neighbors(db, sample_id: int, *, k: int = NEIGHBORS, space: str = "saliency"
     search would give (``query.stored``), else searched."""
     from ..query.stored import stored_neighbors
 
-    if where is None and k >= 1:
-        db.require_space(space)
-        if split is not None and split not in db.manifest.splits:
-            db.ids_where(None, split)  # the one-line refusal of an unknown split
-        stored = stored_neighbors(db, sample_id, k=k, space=space, split=split)
-        if stored is not None:
-            return stored
-    return db.neighbors(sample_id, k=k, space=space, where=where, split=split)
+    stored = None if where is not None else stored_neighbors(db, sample_id, k=k, space=space, split=split)
+    return stored if stored is not None else db.neighbors(sample_id, k=k, space=space, where=where, split=split)
 
 
 def group(db, cluster: int) -> dict:

@@ -9,7 +9,8 @@ names given with ``--allow-host``) closes that door (docs/web-app.md)."""
 from __future__ import annotations
 
 import ipaddress
-import json
+
+from .auth import refuse
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -73,14 +74,6 @@ class HostCheck:
         host = headers.get(b"host", b"").decode("latin-1")
         if self.policy.allows(host):
             return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 1008})
         shown = host_name(host) or host[:80]
-        message = (f"host '{shown}' is not served here (a page of another site?); open the address serve printed, "
-                   f"or start it with --allow-host {shown or 'NAME'}")
-        api = scope.get("path", "").startswith("/api/")
-        body = (json.dumps({"error": message}) if api else message).encode()
-        await send({"type": "http.response.start", "status": 403, "headers": [
-            (b"content-type", b"application/json" if api else b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, 403, f"host '{shown}' is not served here (a page of another site?); open the address "
+                                       f"serve printed, or start it with --allow-host {shown or 'NAME'}")

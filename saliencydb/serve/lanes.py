@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import os
 from dataclasses import dataclass
+
+from .auth import refuse
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,5 @@ class Lanes:
 
 async def _busy(scope, send, lane: _Lane) -> None:
     retry = max(1, int(lane.limits.wait_s // 3))
-    message = (f"the server is busy: {lane.working} {lane.name} request(s) at work and {lane.waiting} waiting; "
-               f"retry in {retry} s")
-    api = scope.get("path", "").startswith("/api/")
-    body = (json.dumps({"error": message}) if api else message).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json" if api else b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()), (b"retry-after", str(retry).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await refuse(scope, send, 503, f"the server is busy: {lane.working} {lane.name} request(s) at work and "
+                                   f"{lane.waiting} waiting; retry in {retry} s", ((b"retry-after", str(retry).encode()),))
